@@ -1,0 +1,37 @@
+"""medmlo engines: a declarative multilevel-optimisation DSL on Betty.
+
+Knows nothing of medicine: levels, graphs, hypergradient methods and runs.
+"""
+
+from . import _betty  # noqa: F401  (refuses a wrong betty-ml version with the install command)
+from .data import DataStream, IterableSource, mix_seed
+from .errors import GraphError, NonFiniteError, ResumeError
+from .graph import Graph
+from .hypergrad import METHODS, MethodInfo, conjugate_gradient, method_table, register_method
+from .level import Level
+from .memory import MemoryReport, track_peak_memory
+from .run import EarlyStopping, RunResult, Runner, resolve_device, run, seed_everything
+
+__all__ = [
+    "DataStream",
+    "EarlyStopping",
+    "Graph",
+    "GraphError",
+    "IterableSource",
+    "Level",
+    "METHODS",
+    "MemoryReport",
+    "MethodInfo",
+    "NonFiniteError",
+    "ResumeError",
+    "RunResult",
+    "Runner",
+    "conjugate_gradient",
+    "method_table",
+    "mix_seed",
+    "register_method",
+    "resolve_device",
+    "run",
+    "seed_everything",
+    "track_peak_memory",
+]

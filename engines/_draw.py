@@ -1,0 +1,72 @@
+"""PNG drawing of a level graph (matplotlib, no graphviz needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+_BOX_W, _BOX_H = 2.6, 0.9
+
+
+def _layout(graph: Graph) -> dict[str, tuple[float, float]]:
+    """Levels in rows by depth (top level highest), spread evenly within a row."""
+    rows: dict[int, list[str]] = {}
+    for name in sorted(graph.levels):
+        rows.setdefault(graph.depth(name), []).append(name)
+    pos = {}
+    for depth, names in rows.items():
+        for i, name in enumerate(names):
+            pos[name] = ((i - (len(names) - 1) / 2) * 3.6, depth * 2.2)
+    return pos
+
+
+def draw_graph(graph: Graph, path: Path) -> Path:
+    pos = _layout(graph)
+    xs = [x for x, _ in pos.values()]
+    ys = [y for _, y in pos.values()]
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * (max(xs) - min(xs)) / 3.6 + 5), 2.0 + 1.4 * (max(ys) / 2.2 + 1)))
+    for name, (x, y) in pos.items():
+        level = graph[name]
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - _BOX_W / 2, y - _BOX_H / 2), _BOX_W, _BOX_H,
+                boxstyle="round,pad=0.05", facecolor="#e8f0fb", edgecolor="#2f5597", linewidth=1.4,
+            )
+        )
+        method = f"{level.hypergrad}, K={level.unroll}" if graph.uppers(name) else "top level"
+        ax.text(x, y + 0.16, name, ha="center", va="center", fontsize=11, fontweight="bold")
+        ax.text(x, y - 0.18, f"{type(level.module).__name__} | {method}", ha="center", va="center", fontsize=7.5)
+
+    def arrow(a: str, b: str, style: str, color: str, label: str, bend: float) -> None:
+        (x0, y0), (x1, y1) = pos[a], pos[b]
+        dy = _BOX_H / 2 if y1 > y0 else -_BOX_H / 2
+        ax.add_patch(
+            FancyArrowPatch(
+                (x0, y0 + dy), (x1, y1 - dy), arrowstyle="-|>", mutation_scale=14,
+                linestyle=style, color=color, linewidth=1.3, connectionstyle=f"arc3,rad={bend}",
+            )
+        )
+        ax.text((x0 + x1) / 2 + bend * 1.6, (y0 + y1) / 2, label, fontsize=7, color=color, ha="center")
+
+    for upper in graph.levels:
+        for lower in graph.lowers(upper):
+            arrow(lower, upper, "-", "#2f5597", "nest", 0.15)
+    for e in graph._feeds:
+        arrow(e.upper, e.lower, "--", "#c55a11", "feeds", 0.15)
+    ax.set_xlim(min(xs) - 2.2, max(xs) + 2.2)
+    ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
+    ax.set_axis_off()
+    ax.set_title(f"{graph.name}: solid = solution enters upper loss (nest), dashed = parameters enter lower loss (feeds)", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path

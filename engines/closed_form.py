@@ -1,0 +1,313 @@
+"""Multilevel problems whose hypergradients are known exactly, for checking methods.
+
+Each builder returns a :class:`ClosedForm`: a ready graph whose top level's first
+hypergradient is captured after the lower levels have converged, and the exact
+hypergradient computed by a dense float64 solve. Used by the tests and by
+``benchmarks/hypergrad_accuracy.py``.
+
+Problems (``n``: dimension):
+
+* ``ridge`` — weight-decay HPO of ridge regression, one decay per feature:
+  lower ``g(w, λ) = ||X w - y||²/2n + Σ_j exp(λ_j) w_j²/2``, upper the validation MSE.
+* ``quadratic`` — ``g(w, λ) = wᵀHw/2 - wᵀCλ``, ``f = ||w - t||²/2 + λᵀDλ/2``;
+  ``dw*/dλ = H⁻¹C`` in closed form (``cond`` sets H's condition number).
+* ``three_level`` — E2EAug's shape: ``z*(λ)`` (bottom, λ enters its loss), ``w*(z*, λ)``
+  (middle, λ enters its loss too), ``f(w*)`` on top.
+* ``two_uppers`` — DuMeta++'s shape: one lower shared by two uppers, each with its own loss.
+* ``maml`` — a start map ``φ_0 = θ`` and K gradient steps on a quadratic: the hypergradient
+  is ``((I - ηH)^K)ᵀ (φ_K - b)``; only unrolled and first-order methods apply.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .graph import Graph
+from .level import Level
+from .run import Runner
+
+__all__ = ["ClosedForm", "PROBLEMS", "build", "measure"]
+
+DTYPE = torch.float64
+
+
+class Vector(nn.Module):
+    """A module holding one parameter vector."""
+
+    def __init__(self, value: Tensor):
+        super().__init__()
+        self.value = nn.Parameter(value.clone().to(DTYPE))
+
+    def forward(self) -> Tensor:
+        return self.value
+
+
+@dataclass
+class ClosedForm:
+    """A graph plus the exact hypergradient of its top level(s).
+
+    ``exact[name]()`` returns the exact hypergradient of upper level ``name`` at the current
+    upper parameters; ``steps`` global steps bring the lower levels to convergence and trigger
+    the uppers once.
+    """
+
+    name: str
+    graph: Graph
+    exact: dict[str, Callable[[], Tensor]]
+    steps: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _spd(n: int, cond: float, gen: torch.Generator) -> Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DTYPE))
+    eig = torch.logspace(0, torch.log10(torch.tensor(cond)).item(), n, dtype=DTYPE) / cond**0.5
+    return q @ torch.diag(eig) @ q.T
+
+
+def _sgd(lr: float) -> Callable:
+    return functools.partial(torch.optim.SGD, lr=lr)
+
+
+def _lower_steps(H: Tensor) -> tuple[float, int]:
+    """Step size 1/L and enough steps to converge to ~1e-10 on a quadratic with Hessian H."""
+    eig = torch.linalg.eigvalsh(H)
+    lr = 1.0 / float(eig.max())
+    rate = 1 - float(eig.min()) * lr
+    return lr, int(min(5000, max(50, torch.log(torch.tensor(1e-10)) / torch.log(torch.tensor(rate)))))
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def ridge(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 20, seed: int = 0) -> ClosedForm:
+    gen = torch.Generator().manual_seed(seed)
+    samples = 4 * n
+    X_tr, X_val = (torch.randn(samples, n, generator=gen, dtype=DTYPE) for _ in range(2))
+    w_true = torch.randn(n, generator=gen, dtype=DTYPE)
+    y_tr = X_tr @ w_true + 0.5 * torch.randn(samples, generator=gen, dtype=DTYPE)
+    y_val = X_val @ w_true + 0.5 * torch.randn(samples, generator=gen, dtype=DTYPE)
+    lam0 = 0.3 * torch.randn(n, generator=gen, dtype=DTYPE)
+    A = X_tr.T @ X_tr / samples
+
+    def inner_loss(level: Level, _: Any) -> Tensor:
+        w, lam = level.module(), level.decay.module()
+        return (X_tr @ w - y_tr).pow(2).sum() / (2 * samples) + (lam.exp() * w * w).sum() / 2
+
+    def outer_loss(level: Level, _: Any) -> Tensor:
+        return (X_val @ level.weights.module() - y_val).pow(2).sum() / (2 * samples)
+
+    lr, needed = _lower_steps(A + torch.diag(lam0.exp()))
+    warmup = _round_up(needed, unroll)
+    inner = Level("weights", Vector(torch.zeros(n)), _sgd(lr), inner_loss, hypergrad=method,
+                  unroll=unroll, options=options, warmup=warmup)
+    outer = Level("decay", Vector(lam0), _sgd(0.0), outer_loss)
+    g = Graph("ridge")
+    g.add(inner, outer)
+    g.bilevel(lower=inner, upper=outer)
+
+    def exact() -> Tensor:
+        lam = outer.module.value.detach().clone().requires_grad_(True)
+        w = torch.linalg.solve(A + torch.diag(lam.exp()), X_tr.T @ y_tr / samples)
+        return torch.autograd.grad((X_val @ w - y_val).pow(2).sum() / (2 * samples), lam)[0]
+
+    return ClosedForm("ridge", g, {"decay": exact}, warmup + unroll, {"n": n, "unroll": unroll, "lower_lr": lr})
+
+
+def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 20, p: int = 8,
+              cond: float = 4.0, seed: int = 0) -> ClosedForm:
+    gen = torch.Generator().manual_seed(seed)
+    H = _spd(n, cond, gen)
+    C = torch.randn(n, p, generator=gen, dtype=DTYPE) / n**0.5
+    D = torch.diag(torch.rand(p, generator=gen, dtype=DTYPE))
+    t = torch.randn(n, generator=gen, dtype=DTYPE)
+    lam0 = torch.randn(p, generator=gen, dtype=DTYPE)
+
+    def inner_loss(level: Level, _: Any) -> Tensor:
+        w = level.module()
+        return w @ H @ w / 2 - w @ (C @ level.hyper.module())
+
+    def outer_loss(level: Level, _: Any) -> Tensor:
+        lam = level.module()
+        return (level.solution.module() - t).pow(2).sum() / 2 + lam @ D @ lam / 2
+
+    lr, needed = _lower_steps(H)
+    warmup = _round_up(needed, unroll)
+    inner = Level("solution", Vector(torch.zeros(n)), _sgd(lr), inner_loss, hypergrad=method,
+                  unroll=unroll, options=options, warmup=warmup)
+    outer = Level("hyper", Vector(lam0), _sgd(0.0), outer_loss)
+    g = Graph(f"quadratic(cond={cond:g})")
+    g.add(inner, outer)
+    g.bilevel(lower=inner, upper=outer)
+
+    def exact() -> Tensor:
+        lam = outer.module.value.detach()
+        w = torch.linalg.solve(H, C @ lam)
+        return C.T @ torch.linalg.solve(H, w - t) + D @ lam
+
+    name = "quadratic" if cond <= 10 else "quadratic_ill"
+    return ClosedForm(name, g, {"hyper": exact}, warmup + unroll, {"n": n, "p": p, "cond": cond, "unroll": unroll})
+
+
+def three_level(method: str, options: dict | None = None, *, unroll: int = 10, n: int = 12,
+                seed: int = 0) -> ClosedForm:
+    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2``."""
+    gen = torch.Generator().manual_seed(seed)
+    H1, H2 = _spd(n, 4.0, gen), _spd(n, 4.0, gen)
+    B = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
+    C1, C2 = (torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5 for _ in range(2))
+    t = torch.randn(n, generator=gen, dtype=DTYPE)
+    rho = 0.1
+    lam0 = torch.randn(n, generator=gen, dtype=DTYPE)
+
+    def bottom_loss(level: Level, _: Any) -> Tensor:
+        z = level.module()
+        return z @ H1 @ z / 2 - z @ (C1 @ level.top.module())
+
+    def middle_loss(level: Level, _: Any) -> Tensor:
+        w = level.module()
+        return w @ H2 @ w / 2 - w @ (B @ level.bottom.module() + C2 @ level.top.module())
+
+    def top_loss(level: Level, _: Any) -> Tensor:
+        lam = level.module()
+        return (level.middle.module() - t).pow(2).sum() / 2 + rho * lam @ lam / 2
+
+    lr1, need1 = _lower_steps(H1)
+    lr2, need2 = _lower_steps(H2)
+    # the middle level moves once per `unroll` bottom steps; it converges in need2 of its own steps
+    warm_mid = _round_up(need2, unroll)
+    warm_bottom = _round_up(need1, unroll)
+    bottom = Level("bottom", Vector(torch.zeros(n)), _sgd(lr1), bottom_loss, hypergrad=method,
+                   unroll=unroll, options=options, warmup=warm_bottom)
+    middle = Level("middle", Vector(torch.zeros(n)), _sgd(lr2), middle_loss, hypergrad=method,
+                   unroll=unroll, options=options, warmup=warm_mid)
+    top = Level("top", Vector(lam0), _sgd(0.0), top_loss)
+    g = Graph("three_level")
+    g.add(bottom, middle, top)
+    g.nest(lower=bottom, upper=middle)
+    g.nest(lower=middle, upper=top)
+    g.feeds(top, into=[bottom, middle])
+
+    def exact() -> Tensor:
+        lam = top.module.value.detach()
+        J = torch.linalg.solve(H2, B @ torch.linalg.solve(H1, C1) + C2)
+        return J.T @ (J @ lam - t) + rho * lam
+
+    steps = warm_bottom + (warm_mid + unroll) * unroll  # the middle level steps once per `unroll` bottom steps
+    return ClosedForm("three_level", g, {"top": exact}, steps, {"n": n, "unroll": unroll})
+
+
+def two_uppers(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 16, p: int = 6,
+               seed: int = 0) -> ClosedForm:
+    """``g(w; λ1, λ2) = wᵀHw/2 - wᵀ(C1λ1 + C2λ2)``; ``f1 = ||w - t1||²/2``, ``f2 = ||Mw - t2||²/2``."""
+    gen = torch.Generator().manual_seed(seed)
+    H = _spd(n, 4.0, gen)
+    C1, C2 = (torch.randn(n, p, generator=gen, dtype=DTYPE) / n**0.5 for _ in range(2))
+    M = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
+    t1, t2 = torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE)
+    l1, l2 = torch.randn(p, generator=gen, dtype=DTYPE), torch.randn(p, generator=gen, dtype=DTYPE)
+
+    def inner_loss(level: Level, _: Any) -> Tensor:
+        w = level.module()
+        return w @ H @ w / 2 - w @ (C1 @ level.first.module() + C2 @ level.second.module())
+
+    lr, needed = _lower_steps(H)
+    warmup = _round_up(needed, unroll)
+    inner = Level("shared", Vector(torch.zeros(n)), _sgd(lr), inner_loss, hypergrad=method,
+                  unroll=unroll, options=options, warmup=warmup)
+    first = Level("first", Vector(l1), _sgd(0.0), lambda lv, _: (lv.shared.module() - t1).pow(2).sum() / 2)
+    second = Level("second", Vector(l2), _sgd(0.0), lambda lv, _: (M @ lv.shared.module() - t2).pow(2).sum() / 2)
+    g = Graph("two_uppers")
+    g.add(inner, first, second)
+    g.bilevel(lower=inner, upper=first)
+    g.bilevel(lower=inner, upper=second)
+
+    def w_star() -> Tensor:
+        return torch.linalg.solve(H, C1 @ first.module.value.detach() + C2 @ second.module.value.detach())
+
+    return ClosedForm(
+        "two_uppers", g,
+        {"first": lambda: C1.T @ torch.linalg.solve(H, w_star() - t1),
+         "second": lambda: C2.T @ torch.linalg.solve(H, M.T @ (M @ w_star() - t2))},
+        warmup + unroll, {"n": n, "p": p, "unroll": unroll},
+    )
+
+
+def maml(method: str, options: dict | None = None, *, unroll: int = 5, n: int = 10, seed: int = 0) -> ClosedForm:
+    """Inner ``g(φ) = (φ-a)ᵀH(φ-a)/2`` from ``φ_0 = θ``; outer ``f = ||φ_K - b||²/2``."""
+    gen = torch.Generator().manual_seed(seed)
+    H = _spd(n, 4.0, gen)
+    a, b = torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE)
+    theta0 = torch.randn(n, generator=gen, dtype=DTYPE)
+    lr = 0.5 / float(torch.linalg.eigvalsh(H).max())
+
+    def inner_loss(level: Level, _: Any) -> Tensor:
+        d = level.module() - a
+        return d @ H @ d / 2
+
+    inner = Level("adapted", Vector(theta0), _sgd(lr), inner_loss, hypergrad=method, unroll=unroll,
+                  options=options, start=lambda lv: {"value": lv.meta.module()})
+    outer = Level("meta", Vector(theta0), _sgd(0.0), lambda lv, _: (lv.adapted.module() - b).pow(2).sum() / 2)
+    g = Graph("maml")
+    g.add(inner, outer)
+    g.nest(lower=inner, upper=outer)
+    g.feeds(outer, into=inner)  # θ enters the lower problem through its start map
+
+    def exact() -> Tensor:
+        theta = outer.module.value.detach()
+        P = torch.linalg.matrix_power(torch.eye(n, dtype=DTYPE) - lr * H, unroll)
+        phi_k = a + P @ (theta - a)
+        return P.T @ (phi_k - b)
+
+    return ClosedForm("maml", g, {"meta": exact}, unroll, {"n": n, "unroll": unroll, "inner_lr": lr})
+
+
+PROBLEMS: dict[str, Callable[..., ClosedForm]] = {
+    "ridge": ridge,
+    "quadratic": quadratic,
+    "quadratic_ill": functools.partial(quadratic, cond=1e3),
+    "three_level": three_level,
+    "two_uppers": two_uppers,
+    "maml": maml,
+}
+
+
+def build(problem: str, method: str, options: dict | None = None, **kwargs: Any) -> ClosedForm:
+    return PROBLEMS[problem](method, options, **kwargs)
+
+
+def measure(cf: ClosedForm) -> dict[str, dict[str, float]]:
+    """Run ``cf`` until every upper has taken its first hypergradient; compare with the exact one.
+
+    Returns ``{upper: {"cosine": ..., "relative_error": ..., "norm": ..., "exact_norm": ...}}``.
+    """
+    captured: dict[str, Tensor] = {}
+    uppers = {name: cf.graph[name] for name in cf.exact}
+    for name, level in uppers.items():
+        def grab(level: Level = level, name: str = name) -> None:
+            if name not in captured:
+                captured[name] = torch.cat([p.grad.detach().flatten() for p in level.trainable_parameters()])
+        level.grad_callback = grab
+    runner = Runner(cf.graph, cf.steps + 1, device="cpu", progress=False)
+    while len(captured) < len(uppers) and runner.step_count < cf.steps + 1:
+        runner.step()
+    runner.close()
+    out = {}
+    for name, level in uppers.items():
+        if name not in captured:
+            raise RuntimeError(f"{cf.name}: upper level '{name}' was never stepped in {cf.steps + 1} steps")
+        got, want = captured[name], cf.exact[name]()
+        cos = float(torch.nn.functional.cosine_similarity(got, want, dim=0)) if got.norm() > 0 else 0.0
+        out[name] = {
+            "cosine": cos,
+            "relative_error": float((got - want).norm() / want.norm()),
+            "norm": float(got.norm()),
+            "exact_norm": float(want.norm()),
+        }
+    return out

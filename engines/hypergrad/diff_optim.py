@@ -1,0 +1,93 @@
+"""Differentiable (out-of-place) versions of the SGD and Adam/AdamW updates.
+
+``exact`` replays a level's recorded steps functionally; each update must keep the
+autograd graph from the new parameters back to the old ones and to the gradients.
+The hyperparameters are read from the level's real ``torch.optim`` optimizer, so the
+replay follows the same rule as the steps it re-enacts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def group_of(optimizer: torch.optim.Optimizer, param: Tensor) -> dict[str, Any]:
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return group
+    raise KeyError("parameter is not managed by the level's optimizer")
+
+
+def snapshot_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[dict[str, Any]]:
+    """Detached copies of the per-parameter optimizer state (momentum buffers, Adam moments)."""
+    out = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        out.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in state.items()})
+    return out
+
+
+def update(
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    grads: list[Tensor],
+    values: list[Tensor],
+    states: list[dict[str, Any]],
+) -> tuple[list[Tensor], list[dict[str, Any]]]:
+    """One differentiable step: new ``values`` and ``states`` for ``params`` (the real parameters,
+    used only to look up their hyperparameter group)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        step = _sgd
+    elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        step = _adam
+    else:
+        raise TypeError(f"no differentiable update for {type(optimizer).__name__}")
+    decoupled = isinstance(optimizer, torch.optim.AdamW)
+    new_values, new_states = [], []
+    for p, g, v, s in zip(params, grads, values, states):
+        nv, ns = step(group_of(optimizer, p), g, v, s, decoupled)
+        new_values.append(nv)
+        new_states.append(ns)
+    return new_values, new_states
+
+
+def _sgd(group: dict, g: Tensor, p: Tensor, state: dict, _: bool) -> tuple[Tensor, dict]:
+    if group.get("maximize", False):
+        g = -g
+    if group["weight_decay"]:
+        g = g + group["weight_decay"] * p
+    momentum = group["momentum"]
+    if momentum:
+        buf = state.get("momentum_buffer")
+        buf = g if buf is None else momentum * buf + (1 - group["dampening"]) * g
+        g = g + momentum * buf if group["nesterov"] else buf
+        state = {**state, "momentum_buffer": buf}
+    return p - group["lr"] * g, state
+
+
+def _adam(group: dict, g: Tensor, p: Tensor, state: dict, decoupled: bool) -> tuple[Tensor, dict]:
+    if group.get("amsgrad", False):
+        raise TypeError("exact: AMSGrad has no differentiable replay here; use plain Adam/AdamW")
+    if group.get("maximize", False):
+        g = -g
+    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if wd:
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+    step = float(state.get("step", 0)) + 1
+    m = state.get("exp_avg", torch.zeros_like(p))
+    v = state.get("exp_avg_sq", torch.zeros_like(p))
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
+    # the tiny shift keeps d sqrt(v)/dv finite where v == 0 (there g == 0, so the product is 0)
+    new_p = p - lr * m_hat / ((v_hat + 1e-30).sqrt() + eps)
+    return new_p, {**state, "step": torch.tensor(step), "exp_avg": m, "exp_avg_sq": v}

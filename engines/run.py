@@ -1,0 +1,458 @@
+"""Executing a level graph: device, precision, seeds, logging, validation, checkpoints, DDP.
+
+Everything here is about running, nothing about the maths. One *global step* is what
+Betty calls a step: every bottom level takes one step, and a level's uppers are stepped
+after it has taken ``unroll`` steps.
+
+Run directory (``out``)::
+
+    config.json            fully resolved settings, graph description and signature, versions
+    metrics.jsonl          one line per logged step per level, plus validation lines
+    checkpoint_latest.pt   every ``checkpoint_every`` steps, written atomically
+    checkpoint_best.pt     at the best value of the monitored validation metric
+    tensorboard/           optional
+
+Checkpoints are taken only when the graph is *at rest* (every level that is unrolled under
+an upper has completed its inner loop), so that no partially recorded inner loop has to be
+saved; with ``checkpoint_every`` not a multiple of the inner-loop length the checkpoint is
+taken at the next step at rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .errors import NonFiniteError, ResumeError
+from .graph import Graph
+
+__all__ = ["EarlyStopping", "RunResult", "Runner", "run", "seed_everything", "resolve_device"]
+
+Validate = Callable[[Graph], dict[str, float]]
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` validations without an improvement larger than ``min_delta``."""
+
+    patience: int
+    min_delta: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """What a run did. ``losses[level]`` holds the loss of every real step of that level."""
+
+    steps: int
+    stop_reason: str
+    best: dict[str, Any] | None
+    last_validation: dict[str, Any] | None
+    out: Path | None
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> this rank's GPU if there is one, else CPU; ``cuda`` without a GPU is an error."""
+    device = str(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' was asked for but torch sees no CUDA device; use --device cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "betty-ml", "numpy", "monai", "segmentation-models-pytorch", "albumentations", "medmlo"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Runner:
+    """Runs a graph step by step; :func:`run` is the one-call form.
+
+    Args:
+        graph: the validated program.
+        steps: total global steps (a resumed run continues up to this number).
+        out: run directory (None: nothing is written).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        seed: seeds Python/NumPy/torch at the start (plus the rank under DDP).
+        deterministic: deterministic kernels (slower on GPU).
+        precision: "fp32", "bf16" (autocast; CPU or GPU) or "fp16" (autocast + loss scaling; GPU).
+        validate: ``fn(graph) -> {metric: value}``, run on rank 0 with all modules in eval mode.
+        valid_every: validate every N global steps (0: only at the end if ``validate`` is given).
+        monitor, mode: metric that selects the best checkpoint ("max" or "min"); default: the
+            first metric returned, "min" if its name contains "loss" else "max".
+        early_stopping: stop after this many validations without improvement.
+        checkpoint_every: write ``checkpoint_latest.pt`` every N steps (0: only at the end).
+        resume: continue the run in ``out`` from ``checkpoint_latest.pt``.
+        progress: show a progress bar with each level's latest loss.
+        tensorboard: also log to ``out/tensorboard``.
+        config: extra settings recorded in ``config.json`` (e.g. a recipe's arguments).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        steps: int,
+        *,
+        out: str | Path | None = None,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        deterministic: bool = False,
+        precision: str = "fp32",
+        validate: Validate | None = None,
+        valid_every: int = 0,
+        monitor: str | None = None,
+        mode: str | None = None,
+        early_stopping: EarlyStopping | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
+        progress: bool = True,
+        tensorboard: bool = False,
+        config: dict[str, Any] | None = None,
+    ):
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        if mode not in (None, "max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if early_stopping is not None and validate is None:
+            raise ValueError("early_stopping needs a validate function")
+        self.graph = graph
+        self.steps = int(steps)
+        self.out = Path(out) if out is not None else None
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device (use bf16 on CPU)")
+        self.seed, self.deterministic, self.precision = seed, deterministic, precision
+        self.validate_fn, self.valid_every = validate, int(valid_every)
+        self.monitor, self.mode = monitor, mode
+        self.early_stopping = early_stopping
+        self.checkpoint_every = int(checkpoint_every)
+        self.resume, self.show_progress, self.use_tensorboard = resume, progress, tensorboard
+        self.user_config = dict(config or {})
+        self.step_count = 0
+        self.best: dict[str, Any] | None = None
+        self.last_validation: dict[str, Any] | None = None
+        self.bad_rounds = 0
+        self.losses: dict[str, list[float]] = {}
+        self._pending_checkpoint = False
+        self._metrics_file = None
+        self._tb = None
+        self._bar = None
+        self._started = False
+        self._stop = False
+        self._t0 = 0.0
+        self.rank, self.world = 0, 1
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def start(self) -> None:
+        """Seed, build the engine, prepare the run directory, restore a checkpoint if resuming."""
+        self.rank, self.world = _init_distributed(self.device)
+        seed_everything(self.seed + self.rank, self.deterministic)
+        self.graph.build(self.device)
+        for level in self.graph.levels.values():
+            level.configure_precision(_PRECISIONS[self.precision], self.device.type)
+        if self.out is not None:
+            self._prepare_out()
+        self._started = True
+        self._t0 = time.perf_counter()
+        self._bar = tqdm(
+            total=self.steps, initial=self.step_count, disable=not (self.show_progress and self.is_main),
+            dynamic_ncols=True, desc=self.graph.name,
+        )
+
+    def _prepare_out(self) -> None:
+        latest = self.out / "checkpoint_latest.pt"
+        if self.resume:
+            if not latest.is_file():
+                raise ResumeError(f"cannot resume: {latest} does not exist (start a new run without --resume)")
+            self._restore(load_checkpoint(latest, map_location=self.device))
+        elif latest.exists() and self.is_main:
+            raise ResumeError(
+                f"run directory {self.out} already holds a run (checkpoint_latest.pt); pass resume=True "
+                "(--resume) to continue it, or choose another output directory"
+            )
+        if not self.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._truncate_metrics()
+        self._write_config()
+        self._metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if self.use_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _write_config(self) -> None:
+        config = {
+            "graph": self.graph.signature(),
+            "description": self.graph.describe(),
+            "run": {
+                "steps": self.steps, "device": str(self.device), "seed": self.seed,
+                "deterministic": self.deterministic, "precision": self.precision,
+                "valid_every": self.valid_every, "monitor": self.monitor, "mode": self.mode,
+                "early_stopping": asdict(self.early_stopping) if self.early_stopping else None,
+                "checkpoint_every": self.checkpoint_every, "world_size": self.world,
+            },
+            "config": self.user_config,
+            "versions": _versions(),
+        }
+        tmp = self.out / ".config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+        os.replace(tmp, self.out / "config.json")
+
+    def _truncate_metrics(self) -> None:
+        """On resume drop metric lines after the checkpoint, so no step is logged twice."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= self.step_count]
+        if self.step_count == 0:
+            kept = []
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "step": self.step_count,
+            "graph": self.graph.signature(),
+            "levels": {name: lv.state_dict() for name, lv in self.graph.levels.items()},
+            "rng": rng_state(),
+            "runner": {"best": self.best, "bad_rounds": self.bad_rounds, "last_validation": self.last_validation,
+                       "losses": self.losses},
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["graph"] != self.graph.signature():
+            raise ResumeError(
+                f"cannot resume {self.out}: the checkpoint was written by a different graph "
+                f"(saved {json.dumps(state['graph'])[:400]}..., now {json.dumps(self.graph.signature())[:400]}...)"
+            )
+        for name, level in self.graph.levels.items():
+            level.load_state_dict(state["levels"][name])
+        set_rng_state(state["rng"])
+        runner = state["runner"]
+        self.best, self.bad_rounds = runner["best"], runner["bad_rounds"]
+        self.last_validation = runner["last_validation"]
+        self.losses = {k: list(v) for k, v in runner["losses"].items()}
+        self.step_count = int(state["step"])
+        self.graph.engine.global_step = self.step_count
+
+    def at_rest(self) -> bool:
+        """True when every level below an upper has completed its inner loop."""
+        return all(
+            lv.count % lv.unroll == 0 for name, lv in self.graph.levels.items() if self.graph.uppers(name)
+        )
+
+    def save_checkpoint(self, name: str = "checkpoint_latest.pt") -> Path | None:
+        if self.out is None or not self.is_main:
+            return None
+        return save_atomic(self.state_dict(), self.out / name)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> None:
+        """One global step, with logging, scheduled validation and checkpointing."""
+        if not self._started:
+            self.start()
+        self.step_count += 1
+        engine = self.graph.engine
+        engine.global_step = self.step_count
+        try:
+            engine.train_step()
+        except NonFiniteError as err:
+            self._on_non_finite(err)
+            raise
+        self._drain_logs()
+        if self.checkpoint_every and self.step_count % self.checkpoint_every == 0:
+            self._pending_checkpoint = True
+        if self.validate_fn is not None and self.valid_every and self.step_count % self.valid_every == 0:
+            self.validate()
+        if self._pending_checkpoint and self.at_rest():
+            self.save_checkpoint()
+            self._pending_checkpoint = False
+        self._bar.update(1)
+
+    def _drain_logs(self) -> None:
+        postfix = {}
+        for name, level in self.graph.levels.items():
+            for entry in level.step_log:
+                self.losses.setdefault(name, []).append(entry["loss"])
+                self._write_metric(entry)
+                postfix[name] = f"{entry['loss']:.4g}"
+            level.step_log.clear()
+        if postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+
+    def _write_metric(self, entry: dict[str, Any]) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(entry, default=float) + "\n")
+        if self._tb is not None:
+            for key, value in entry.items():
+                if key not in ("level", "step", "local_step") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{entry['level']}/{key}", value, entry["step"])
+
+    def _on_non_finite(self, err: NonFiniteError) -> None:
+        latest = self.out / "checkpoint_latest.pt" if self.out is not None else None
+        kept = f"the last good checkpoint is {latest}" if latest is not None and latest.exists() else "no checkpoint was written"
+        message = f"stopped: {err}; {kept} (not overwritten)"
+        self._write_metric({"level": "run", "step": self.step_count, "event": "non_finite",
+                            "failed_level": err.level, "what": err.what, "message": message})
+        if self.is_main:
+            tqdm.write(message)
+        self.close()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float] | None:
+        """Validate now (rank 0), select the best checkpoint, step plateau schedulers, early-stop."""
+        metrics = None
+        stop = False
+        if self.is_main:
+            self.graph.engine.eval()
+            try:
+                metrics = {k: float(v) for k, v in self.validate_fn(self.graph).items()}
+            finally:
+                self.graph.engine.train()
+            stop = self._judge(metrics)
+        stop = self._broadcast_flag(stop)
+        if metrics is not None:
+            for level in self.graph.levels.values():
+                if level.plateau_scheduler is not None:
+                    level.plateau_scheduler.step(metrics[self.monitor])
+        self._stop = stop
+        return metrics
+
+    def _judge(self, metrics: dict[str, float]) -> bool:
+        if not metrics:
+            raise ValueError("validate() returned no metrics")
+        if self.monitor is None:
+            self.monitor = next(iter(metrics))
+        if self.mode is None:
+            self.mode = "min" if "loss" in self.monitor else "max"
+        if self.monitor not in metrics:
+            raise KeyError(f"validation returned {sorted(metrics)} but the monitored metric is '{self.monitor}'")
+        value = metrics[self.monitor]
+        self.last_validation = {"step": self.step_count, "metrics": metrics}
+        self._write_metric({"level": "validation", "step": self.step_count, **metrics})
+        if self._tb is not None:
+            for key, v in metrics.items():
+                self._tb.add_scalar(f"validation/{key}", v, self.step_count)
+        delta = self.early_stopping.min_delta if self.early_stopping else 0.0
+        best_value = None if self.best is None else self.best["metrics"][self.monitor]
+        improved = math.isfinite(value) and (
+            best_value is None
+            or (value > best_value + delta if self.mode == "max" else value < best_value - delta)
+        )
+        if improved:
+            self.best = {"step": self.step_count, "metrics": metrics}
+            self.bad_rounds = 0
+            self.save_checkpoint("checkpoint_best.pt")
+        else:
+            self.bad_rounds += 1
+        self._bar.set_postfix({self.monitor: f"{value:.4g}"}, refresh=False)
+        return self.early_stopping is not None and self.bad_rounds >= self.early_stopping.patience
+
+    def _broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's decision, sent to every rank so that all of them stop at the same step."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    # ------------------------------------------------------------------ whole run
+    def run(self) -> RunResult:
+        """Step until ``steps`` or early stopping; validate and checkpoint at the end."""
+        if not self._started:
+            self.start()
+        reason = "completed"
+        while self.step_count < self.steps:
+            self.step()
+            if self._stop:
+                reason = "early_stopping"
+                break
+        validated_now = self.last_validation is not None and self.last_validation["step"] == self.step_count
+        if self.validate_fn is not None and not validated_now and reason == "completed":
+            self.validate()
+        if self.at_rest():
+            self.save_checkpoint()
+        result = RunResult(
+            steps=self.step_count,
+            stop_reason=reason,
+            best=self.best,
+            last_validation=self.last_validation,
+            out=self.out,
+            losses=self.losses,
+            wall_time_s=time.perf_counter() - self._t0,
+        )
+        self.close()
+        return result
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def run(graph: Graph, steps: int, **kwargs: Any) -> RunResult:
+    """Run ``graph`` for ``steps`` global steps; see :class:`Runner` for the keyword arguments."""
+    return Runner(graph, steps, **kwargs).run()
