@@ -32,7 +32,7 @@ from .graph import Graph
 from .level import Level
 from .run import Runner
 
-__all__ = ["ClosedForm", "PROBLEMS", "build", "measure"]
+__all__ = ["ClosedForm", "PROBLEMS", "build", "capture", "measure"]
 
 DTYPE = torch.float64
 
@@ -282,11 +282,8 @@ def build(problem: str, method: str, options: dict | None = None, **kwargs: Any)
     return PROBLEMS[problem](method, options, **kwargs)
 
 
-def measure(cf: ClosedForm) -> dict[str, dict[str, float]]:
-    """Run ``cf`` until every upper has taken its first hypergradient; compare with the exact one.
-
-    Returns ``{upper: {"cosine": ..., "relative_error": ..., "norm": ..., "exact_norm": ...}}``.
-    """
+def capture(cf: ClosedForm) -> dict[str, Tensor]:
+    """Run ``cf`` until every upper level has computed its first hypergradient; return them flat."""
     captured: dict[str, Tensor] = {}
     uppers = {name: cf.graph[name] for name in cf.exact}
     for name, level in uppers.items():
@@ -298,11 +295,20 @@ def measure(cf: ClosedForm) -> dict[str, dict[str, float]]:
     while len(captured) < len(uppers) and runner.step_count < cf.steps + 1:
         runner.step()
     runner.close()
+    missing = sorted(set(uppers) - set(captured))
+    if missing:
+        raise RuntimeError(f"{cf.name}: upper level(s) {missing} were never stepped in {cf.steps + 1} steps")
+    return captured
+
+
+def measure(cf: ClosedForm) -> dict[str, dict[str, float]]:
+    """Compare each upper's first hypergradient with the exact one.
+
+    Returns ``{upper: {"cosine": ..., "relative_error": ..., "norm": ..., "exact_norm": ...}}``.
+    """
     out = {}
-    for name, level in uppers.items():
-        if name not in captured:
-            raise RuntimeError(f"{cf.name}: upper level '{name}' was never stepped in {cf.steps + 1} steps")
-        got, want = captured[name], cf.exact[name]()
+    for name, got in capture(cf).items():
+        want = cf.exact[name]()
         cos = float(torch.nn.functional.cosine_similarity(got, want, dim=0)) if got.norm() > 0 else 0.0
         out[name] = {
             "cosine": cos,

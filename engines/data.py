@@ -144,6 +144,9 @@ class DataStream:
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
+            # a private generator: opening an iterator must not consume the global RNG (that would
+            # shift dropout masks after a resume, which opens the epoch at a different step)
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1)),
         )
         return iter(loader)
 

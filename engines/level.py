@@ -419,6 +419,7 @@ class Level(ImplicitProblem):
             inner_loop_start=self._inner_loop_start,
             data=source_state() if callable(source_state) else None,
             method_state={k: v for k, v in self.method_state.items() if k != "replay_warned"},
+            diagnostics=dict(self.diagnostics),
             extra=self.extra_state_dict(),
         )
         return state
@@ -435,6 +436,7 @@ class Level(ImplicitProblem):
         if callable(loader) and state.get("data") is not None:
             loader(state["data"])
         self.method_state = dict(state.get("method_state", {}))
+        self.diagnostics = dict(state.get("diagnostics", {}))
         self.load_extra_state_dict(state.get("extra", {}))
 
     def __repr__(self) -> str:

@@ -16,10 +16,15 @@ from torch import Tensor
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
-def group_of(optimizer: torch.optim.Optimizer, param: Tensor) -> dict[str, Any]:
-    for group in optimizer.param_groups:
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The hyperparameters of every param group now (without the parameters themselves)."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _group_index(optimizer: torch.optim.Optimizer, param: Tensor) -> int:
+    for i, group in enumerate(optimizer.param_groups):
         if any(p is param for p in group["params"]):
-            return group
+            return i
     raise KeyError("parameter is not managed by the level's optimizer")
 
 
@@ -38,9 +43,11 @@ def update(
     grads: list[Tensor],
     values: list[Tensor],
     states: list[dict[str, Any]],
+    settings: list[dict[str, Any]],
 ) -> tuple[list[Tensor], list[dict[str, Any]]]:
-    """One differentiable step: new ``values`` and ``states`` for ``params`` (the real parameters,
-    used only to look up their hyperparameter group)."""
+    """One differentiable step: new ``values`` and ``states``. ``params`` are the real parameters,
+    used only to find their param group; ``settings`` are the groups' hyperparameters recorded
+    at the step being replayed (see :func:`group_settings`)."""
     if isinstance(optimizer, torch.optim.SGD):
         step = _sgd
     elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
@@ -50,7 +57,7 @@ def update(
     decoupled = isinstance(optimizer, torch.optim.AdamW)
     new_values, new_states = [], []
     for p, g, v, s in zip(params, grads, values, states):
-        nv, ns = step(group_of(optimizer, p), g, v, s, decoupled)
+        nv, ns = step(settings[_group_index(optimizer, p)], g, v, s, decoupled)
         new_values.append(nv)
         new_states.append(ns)
     return new_values, new_states
