@@ -215,6 +215,12 @@ class Level(ImplicitProblem):
                 p.copy_(values[name])
         self.optimizer.state.clear()  # each inner loop is a fresh optimisation
 
+    def step_normal(self, global_step: int | None = None) -> None:
+        # Betty records the global step only for bottom levels (in step()); uppers need it for logs and errors
+        if global_step is not None:
+            self._global_step = global_step
+        super().step_normal(global_step=global_step)
+
     @property
     def count(self) -> int:
         return self._count

@@ -26,9 +26,11 @@ clf = g.add(Level("classifier", nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Li
                   DataStream(train, batch_size=128), hypergrad="darts", unroll=1))
 w = g.add(Level("weights", nn.Embedding(512, 1), functools.partial(torch.optim.Adam, lr=0.1), clean_ce))
 g.bilevel(lower=clf, upper=w)
-print(g.describe())
-result = g.run(steps=300, device="cpu", progress=False,
-               validate=lambda g: {"val_acc": (g["classifier"].module(x_val).argmax(1) == y_val).float().mean()})
-weight = torch.sigmoid(w.module.weight.detach().squeeze(1))
-print(f"validation accuracy {result.best['metrics']['val_acc']:.3f}; mean weight of clean labels "
-      f"{weight[~flipped].mean():.3f}, of flipped labels {weight[flipped].mean():.3f}")
+
+if __name__ == "__main__":
+    print(g.describe())
+    result = g.run(steps=300, device="cpu", out="runs/reweighting", validate=lambda g: {
+        "val_acc": (g["classifier"].module(x_val).argmax(1) == y_val).float().mean()})
+    weight = torch.sigmoid(w.module.weight.detach().squeeze(1))
+    print(f"validation accuracy {result.best['metrics']['val_acc']:.3f}; mean weight of clean labels "
+          f"{weight[~flipped].mean():.3f}, of flipped labels {weight[flipped].mean():.3f}")

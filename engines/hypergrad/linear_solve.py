@@ -74,7 +74,7 @@ def conjugate_gradient(
         blockwise: treat the leading dimension as independent systems.
 
     Returns:
-        A :class:`CGResult`. Directions with non-positive curvature ``p^T A p <= 0``
+        A :class:`CGResult`. Directions with non-positive curvature (``p^T A p <= 1e-12 p^T p``)
         stop their block (the current iterate is kept) instead of dividing by it.
 
     Example:
@@ -108,7 +108,8 @@ def conjugate_gradient(
     while iterations < maxiter and bool(active.any()):
         ap = apply(p)
         curvature = _dot(p, ap, blockwise)
-        active = active & (curvature > 0)
+        # stop a block on non-positive (or numerically vanishing) curvature instead of dividing by it
+        active = active & (curvature > 1e-12 * _dot(p, p, blockwise))
         step = torch.where(active, rs / torch.where(active, curvature, torch.ones_like(curvature)), 0.0)
         x = [xi + _scale(step, pi, blockwise) for xi, pi in zip(x, p)]
         r = [ri - _scale(step, api, blockwise) for ri, api in zip(r, ap)]

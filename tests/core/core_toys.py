@@ -48,7 +48,7 @@ def reweighting_graph(method: str = "cg_warm", unroll: int = 2, seed: int = 0, o
         return nn.functional.cross_entropy(level.net.module(x_val), y_val)
 
     if options is None and method in ("cg", "cg_warm"):
-        options = {"maxiter": 5, "damping": 0.1}
+        options = {"maxiter": 5, "damping": 1.0}  # the MLP is non-convex: damp the Hessian
     net = Level("net", classifier(), functools.partial(torch.optim.Adam, lr=0.05), lower_loss or train_ce,
                 DataStream(data, batch_size=16, seed=seed), hypergrad=method, unroll=unroll, options=options,
                 scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=7, gamma=0.5))
