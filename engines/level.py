@@ -301,11 +301,16 @@ class Level(ImplicitProblem):
                 torch.cuda.set_rng_state(cuda, torch.device(self.device))
             yield
 
-    def training_step_exec(self, batch: Any) -> Tensor | Mapping[str, Any]:
-        """Loss under autocast; outside the real step it replays that step's random state."""
+    def _loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
+        """The loss (or loss dict) under autocast; outside the real step it replays that step's random state."""
         replay = None if self._in_real_step else self.last_step_rng
         with self._rng(replay), self._autocast():
             return self.training_step(batch)
+
+    def training_step_exec(self, batch: Any) -> Tensor:
+        """The scalar loss on ``batch`` (what Betty's hypergradient functions recompute)."""
+        out = self._loss_output(batch)
+        return out["loss"] if isinstance(out, Mapping) else out
 
     def functional_loss(self, values: list[Tensor], buffers: dict[str, Tensor], batch: Any, rng: RngState) -> Tensor:
         """The loss with the trainable parameters replaced by ``values`` and buffers by ``buffers``."""
@@ -315,7 +320,7 @@ class Level(ImplicitProblem):
             return torch.func.functional_call(_LossModule(self), swap, (batch,), strict=False)
 
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        out = self.training_step_exec(batch)
+        out = self._loss_output(batch)
         loss = out["loss"] if isinstance(out, Mapping) else out
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -368,12 +373,19 @@ class Level(ImplicitProblem):
                 indirect = [g / self._grad_scaler.get_scale() for g in indirect]
         self.last_indirect_grads = indirect
 
+    def sync_gradients(self, params: Iterable[Tensor]) -> None:
+        """Average the gradients of ``params`` across ranks (no-op in one process). The engine does
+        this for the level's trainable parameters; call it for parameters a level updates itself
+        (e.g. a discriminator stepped in :meth:`before_step`)."""
+        params = [p for p in params if p.grad is not None]
+        if params and self._world_size and self._world_size > 1:
+            _average_gradients(params, self._world_size)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         params = [p for p in self.trainable_parameters() if p.grad is not None]
         if not params:
             return
-        if self._world_size and self._world_size > 1:
-            _average_gradients(params, self._world_size)
+        self.sync_gradients(params)
         if self._grad_scaler is not None:
             self._grad_scaler.unscale_(self.optimizer)
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params]))))

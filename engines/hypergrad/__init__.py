@@ -125,7 +125,7 @@ register_method(MethodInfo(
     cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps)",
     memory="grows linearly with T (activations of T steps during the hop; T batches kept)",
     options={"truncate": (None, None)},
-    optimizers=("SGD", "Adam", "AdamW"),
+    optimizers=("SGD", "Adam", "AdamW", "RMSprop"),
     on_lower_step=record_step,
 ))
 register_method(MethodInfo(

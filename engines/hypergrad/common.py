@@ -36,8 +36,6 @@ def lower_gradient(curr: Any) -> tuple[list[Tensor], list[Tensor]]:
     """
     params = list(curr.trainable_parameters())
     loss = curr.training_step_exec(curr.cur_batch)
-    if isinstance(loss, dict):
-        loss = loss["loss"]
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     return params, zeros_for_none(grads, params)
 

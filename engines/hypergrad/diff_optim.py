@@ -1,4 +1,4 @@
-"""Differentiable (out-of-place) versions of the SGD and Adam/AdamW updates.
+"""Differentiable (out-of-place) versions of the SGD, Adam/AdamW and RMSprop updates.
 
 ``exact`` replays a level's recorded steps functionally; each update must keep the
 autograd graph from the new parameters back to the old ones and to the gradients.
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
 
 
 def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -52,6 +52,8 @@ def update(
         step = _sgd
     elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         step = _adam
+    elif isinstance(optimizer, torch.optim.RMSprop):
+        step = _rmsprop
     else:
         raise TypeError(f"no differentiable update for {type(optimizer).__name__}")
     decoupled = isinstance(optimizer, torch.optim.AdamW)
@@ -98,3 +100,20 @@ def _adam(group: dict, g: Tensor, p: Tensor, state: dict, decoupled: bool) -> tu
     # the tiny shift keeps d sqrt(v)/dv finite where v == 0 (there g == 0, so the product is 0)
     new_p = p - lr * m_hat / ((v_hat + 1e-30).sqrt() + eps)
     return new_p, {**state, "step": torch.tensor(step), "exp_avg": m, "exp_avg_sq": v}
+
+
+def _rmsprop(group: dict, g: Tensor, p: Tensor, state: dict, _: bool) -> tuple[Tensor, dict]:
+    if group.get("centered", False):
+        raise TypeError("exact: centered RMSprop has no differentiable replay here; use centered=False")
+    if group.get("maximize", False):
+        g = -g
+    if group["weight_decay"]:
+        g = g + group["weight_decay"] * p
+    alpha, eps, lr, momentum = group["alpha"], group["eps"], group["lr"], group["momentum"]
+    square_avg = alpha * state.get("square_avg", torch.zeros_like(p)) + (1 - alpha) * g * g
+    avg = (square_avg + 1e-30).sqrt() + eps
+    new_state = {**state, "square_avg": square_avg, "step": torch.tensor(float(state.get("step", 0)) + 1)}
+    if momentum > 0:
+        buf = momentum * state.get("momentum_buffer", torch.zeros_like(p)) + g / avg
+        return p - lr * buf, {**new_state, "momentum_buffer": buf}
+    return p - lr * g / avg, new_state

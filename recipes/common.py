@@ -1,0 +1,128 @@
+"""What every recipe's command line shares: options, presets, run folders, results files.
+
+Common options mean the same in every recipe: --dataset, --data-root, --download,
+--preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
+Without --preset a recipe picks the one that finishes in minutes where it runs (smoke on CPU,
+small on a GPU) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines import METHODS, resolve_device
+
+PRESETS = ("smoke", "small", "paper")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[str], default_dataset: str) -> None:
+    parser.add_argument("--dataset", default=default_dataset, choices=list(datasets), help="dataset to run on")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder holding the official archives, extracted unchanged (default: the "
+                             "embedded synthetic sample, written in the real layout)")
+    parser.add_argument("--download", action="store_true",
+                        help="download openly available datasets into --data-root (checksum verified)")
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
+                             "default: smoke on CPU, small on GPU")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=None, help="a single seed (shorthand for --seeds S)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds; results are averaged over them")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<recipe>-<dataset>-<preset>)")
+    parser.add_argument("--resume", action="store_true", help="continue the runs in --out where they stopped")
+    parser.add_argument("--hypergrad", default=None,
+                        help="hypergradient method for every level, or per level as 'level=method,level=method' "
+                             f"(methods: {', '.join(m for m, i in METHODS.items() if not i.refused)})")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision (fp16 needs a GPU)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per level")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def choose_preset(requested: str | None, device: torch.device) -> str:
+    """The requested preset, or smoke on CPU / small on GPU (printed, so the user knows)."""
+    if requested is not None:
+        return requested
+    chosen = "small" if device.type == "cuda" else "smoke"
+    print(f"[medmlo] no --preset given: using '{chosen}' on {device} (pass --preset to choose)")
+    return chosen
+
+
+def resolve(args: argparse.Namespace) -> tuple[torch.device, str, list[int]]:
+    if args.download and args.data_root is None:
+        raise SystemExit("error: --download needs --data-root (the folder to download and extract into)")
+    device = resolve_device(args.device)
+    preset = choose_preset(args.preset, device)
+    if args.seed is not None and args.seeds is not None:
+        raise SystemExit("error: give --seed or --seeds, not both")
+    seeds = args.seeds if args.seeds is not None else ([args.seed] if args.seed is not None else None)
+    return device, preset, seeds
+
+
+def parse_hypergrad(spec: str | None, levels: Sequence[str]) -> dict[str, str]:
+    """``"cg"`` -> every level; ``"gan=darts,seg=cg"`` -> per level. Unknown names are errors."""
+    if spec is None:
+        return {}
+    if "=" not in spec:
+        return dict.fromkeys(levels, spec)
+    out = {}
+    for part in spec.split(","):
+        level, _, method = part.partition("=")
+        if level not in levels:
+            raise SystemExit(f"error: --hypergrad names level '{level}'; this recipe's levels are {list(levels)}")
+        out[level] = method
+    return out
+
+
+def override(preset: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` ignoring None values (unset command-line options)."""
+    return replace(preset, **{k: v for k, v in changes.items() if v is not None})
+
+
+def prepare_out(out: Path, resume: bool) -> Path:
+    """Create the output folder; refuse to mix a new run into a finished one without --resume."""
+    if (out / "results.json").exists() and not resume:
+        raise SystemExit(f"error: {out} already holds results.json; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if torch.is_tensor(obj):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def preset_table(preset: Any) -> str:
+    return ", ".join(f"{f.name}={getattr(preset, f.name)}" for f in fields(preset))
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
