@@ -63,7 +63,9 @@ class Level(ImplicitProblem):
         optimizer: an optimizer over exactly the trainable parameters, or a factory
             ``params -> optimizer`` (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3)``).
         loss: ``loss(level, batch) -> Tensor | {"loss": Tensor, ...extras}``; omit it when a
-            subclass overrides :meth:`loss`. Extras are logged.
+            subclass overrides :meth:`loss`. Extras are logged. The loss must read this level's
+            parameters through ``level.module`` (its forward or attributes), not through
+            ``trainable_parameters()``: ``exact`` re-runs it with substituted parameters.
         data: where batches come from: a :class:`engines.DataStream`, any iterator or
             re-iterable, a callable ``fn(level) -> batch``, or None.
         scheduler: ``optimizer -> scheduler``; stepped every step, except
@@ -130,6 +132,7 @@ class Level(ImplicitProblem):
         self._names: list[str] | None = None
         self.plateau_scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.method_state: dict[str, Any] = {}
+        self.hop_cache: dict[Any, Any] = {}
         self.diagnostics: dict[str, float] = {}
         self.trajectory: Any = None
         self.step_log: list[dict[str, Any]] = []
@@ -224,6 +227,15 @@ class Level(ImplicitProblem):
     @property
     def count(self) -> int:
         return self._count
+
+    @property
+    def in_real_step(self) -> bool:
+        """True while this level's own step computes its loss; False when the loss is recomputed by
+        a hypergradient method. A loss may then skip graph it does not need (e.g. through upper
+        parameters, which a real step never differentiates) and reuse values across the
+        recomputations of one hypergradient through :attr:`hop_cache`, which the engine empties
+        after every hypergradient."""
+        return self._in_real_step
 
     @property
     def inner_step(self) -> int:
@@ -366,6 +378,9 @@ class Level(ImplicitProblem):
             hop = get_grads(loss, path, i < len(paths) - 1, False)
             hop = [torch.zeros_like(p) if g is None else g for g, p in zip(hop, params)]
             indirect = hop if indirect is None else [a + b for a, b in zip(indirect, hop)]
+        for path in paths:  # values cached for this hypergradient (and their graphs) die here
+            for level in path[1:-1]:
+                level.hop_cache.clear()
         self.set_grads(params, direct)
         if indirect is not None:
             self.set_grads(params, indirect)
