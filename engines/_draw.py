@@ -46,23 +46,29 @@ def draw_graph(graph: Graph, path: Path) -> Path:
         ax.text(x, y + 0.16, name, ha="center", va="center", fontsize=11, fontweight="bold")
         ax.text(x, y - 0.18, f"{type(level.module).__name__} | {method}", ha="center", va="center", fontsize=7.5)
 
-    def arrow(a: str, b: str, style: str, color: str, label: str, bend: float) -> None:
-        (x0, y0), (x1, y1) = pos[a], pos[b]
-        dy = _BOX_H / 2 if y1 > y0 else -_BOX_H / 2
-        ax.add_patch(
-            FancyArrowPatch(
-                (x0, y0 + dy), (x1, y1 - dy), arrowstyle="-|>", mutation_scale=14,
-                linestyle=style, color=color, linewidth=1.3, connectionstyle=f"arc3,rad={bend}",
-            )
-        )
-        ax.text((x0 + x1) / 2 + bend * 1.6, (y0 + y1) / 2, label, fontsize=7, color=color, ha="center")
+    def arrow(src: str, dst: str, side: int, style: str, color: str, label: str) -> None:
+        """Nest edges run on the right of the boxes (side=+1), feeds edges on the left (side=-1);
+        an edge that spans several rows leaves from the box's side and bows around the rows between."""
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        up = 1 if y1 > y0 else -1
+        span = round(abs(y1 - y0) / 2.2)
+        if span <= 1:
+            start, end, rad = (x0 + side * 0.45, y0 + up * _BOX_H / 2), (x1 + side * 0.45, y1 - up * _BOX_H / 2), 0.0
+            text_at = ((start[0] + end[0]) / 2 + side * 0.12, (start[1] + end[1]) / 2)
+        else:
+            start, end = (x0 + side * _BOX_W / 2, y0), (x1 + side * _BOX_W / 2, y1)
+            rad = 0.35 * side * up
+            text_at = (x0 + side * (_BOX_W / 2 + 0.45 * span), (y0 + y1) / 2)
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, linestyle=style, color=color,
+                                     linewidth=1.3, connectionstyle=f"arc3,rad={rad}"))
+        ax.text(*text_at, label, fontsize=7, color=color, ha="left" if side > 0 else "right", va="center")
 
     for upper in graph.levels:
         for lower in graph.lowers(upper):
-            arrow(lower, upper, "-", "#2f5597", "nest", 0.15)
+            arrow(lower, upper, +1, "-", "#2f5597", "nest")
     for e in graph._feeds:
-        arrow(e.upper, e.lower, "--", "#c55a11", "feeds", 0.15)
-    ax.set_xlim(min(xs) - 2.2, max(xs) + 2.2)
+        arrow(e.upper, e.lower, -1, "--", "#c55a11", "feeds")
+    ax.set_xlim(min(xs) - 3.0, max(xs) + 3.0)
     ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
     ax.set_axis_off()
     ax.set_title(f"{graph.name}: solid = solution enters upper loss (nest), dashed = parameters enter lower loss (feeds)", fontsize=8)

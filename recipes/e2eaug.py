@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
                                device) for m in args.methods}
     if "e2eaug" in graphs:
         figure_augmented_pairs(graphs["e2eaug"]["gan"], data, figures / "augmented_pairs.png")
+        graphs["e2eaug"].draw(figures / "graph.png")
     figure_segmentations({m: g["seg"].module for m, g in graphs.items()}, data, figures / "test_segmentations.png", device)
     print((out / "results.md").read_text())
     print(f"[e2eaug] wrote {out / 'results.json'}, {out / 'results.md'} and {figures}/")
