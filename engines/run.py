@@ -357,9 +357,10 @@ class Runner:
         self.close()
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> dict[str, float] | None:
-        """Validate now (rank 0), select the best checkpoint, step plateau schedulers, early-stop."""
-        metrics = None
+    def validate(self) -> dict[str, float]:
+        """Validate now on rank 0, then share the outcome with every rank: best checkpoint, plateau
+        schedulers and early stopping then act identically everywhere."""
+        metrics: dict[str, float] = {}
         stop = False
         if self.is_main:
             self.graph.engine.eval()
@@ -368,11 +369,14 @@ class Runner:
             finally:
                 self.graph.engine.train()
             stop = self._judge(metrics)
-        stop = self._broadcast_flag(stop)
-        if metrics is not None:
-            for level in self.graph.levels.values():
-                if level.plateau_scheduler is not None:
-                    level.plateau_scheduler.step(metrics[self.monitor])
+        if self.world > 1:
+            shared = [metrics, stop, self.best, self.bad_rounds, self.monitor, self.mode]
+            dist.broadcast_object_list(shared, src=0)
+            metrics, stop, self.best, self.bad_rounds, self.monitor, self.mode = shared
+            self.last_validation = {"step": self.step_count, "metrics": metrics}
+        for level in self.graph.levels.values():
+            if level.plateau_scheduler is not None:
+                level.plateau_scheduler.step(metrics[self.monitor])
         self._stop = stop
         return metrics
 
@@ -405,14 +409,6 @@ class Runner:
             self.bad_rounds += 1
         self._bar.set_postfix({self.monitor: f"{value:.4g}"}, refresh=False)
         return self.early_stopping is not None and self.bad_rounds >= self.early_stopping.patience
-
-    def _broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's decision, sent to every rank so that all of them stop at the same step."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([int(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
-        dist.broadcast(t, 0)
-        return bool(t.item())
 
     # ------------------------------------------------------------------ whole run
     def run(self) -> RunResult:

@@ -25,9 +25,8 @@ class Indexed(torch.utils.data.Dataset):
         return self.x[i], self.y[i], i
 
 
-def main(out: Path) -> None:
+def build(seen: list[list[int]]) -> Graph:
     torch.manual_seed(0)  # same initial weights on both ranks (rank 0's are broadcast anyway)
-    seen: list[list[int]] = []
     x_val, y_val = torch.randn(32, 4), torch.randint(0, 2, (32,))
 
     def train_ce(level, batch):
@@ -36,22 +35,34 @@ def main(out: Path) -> None:
             seen.append(idx.tolist())
         return nn.functional.cross_entropy(level.module(x * torch.sigmoid(level.gates.module.weight.squeeze(1))), y)
 
+    plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max", patience=0, factor=0.5)
     net = Level("net", nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
                 functools.partial(torch.optim.SGD, lr=0.1), train_ce, DataStream(Indexed(), batch_size=8),
-                hypergrad="darts")
+                hypergrad="darts", scheduler=plateau)
     gates = Level("gates", nn.Linear(1, 4, bias=False), functools.partial(torch.optim.Adam, lr=0.1),
                   lambda lv, _: nn.functional.cross_entropy(lv.net.module(x_val), y_val))
     g = Graph("ddp")
     g.add(net, gates)
     g.bilevel(lower=net, upper=gates)
-    scores = iter([0.1, 0.2, 0.3, 0.25, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0])
-    result = run(g, 40, out=out / "run", device="cpu", progress=False, validate=lambda _: {"score": next(scores)},
-                 valid_every=2, early_stopping=EarlyStopping(patience=2), checkpoint_every=4)
-    rank = dist.get_rank()
-    torch.save({n: p.detach() for n, p in g["net"].module.state_dict().items()} |
-               {"gates": g["gates"].module.weight.detach()}, out / f"params_{rank}.pt")
-    (out / f"rank_{rank}.json").write_text(json.dumps({
-        "world": dist.get_world_size(), "steps": result.steps, "stop": result.stop_reason, "seen": seen}))
+    return g
+
+
+def main(out: Path) -> None:
+    rank = dist.get_rank() if dist.is_initialized() else int(__import__("os").environ["RANK"])
+    summary = {}
+    for mode in ("early", "complete"):
+        seen: list[list[int]] = []
+        g = build(seen)
+        scores = iter([0.1, 0.2, 0.3, 0.25, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0])
+        stopping = EarlyStopping(patience=2) if mode == "early" else None
+        # rank 0 validates: only its validate function is ever called
+        result = run(g, 12, out=out / mode, device="cpu", progress=False, validate=lambda _: {"score": next(scores)},
+                     valid_every=2, early_stopping=stopping, checkpoint_every=4)
+        torch.save({n: p.detach() for n, p in g["net"].module.state_dict().items()} |
+                   {"gates": g["gates"].module.weight.detach()}, out / f"params_{mode}_{rank}.pt")
+        summary[mode] = {"world": dist.get_world_size(), "steps": result.steps, "stop": result.stop_reason,
+                         "seen": seen, "lr": g["net"].optimizer.param_groups[0]["lr"], "best": result.best}
+    (out / f"rank_{rank}.json").write_text(json.dumps(summary))
 
 
 if __name__ == "__main__":
