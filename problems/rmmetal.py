@@ -152,7 +152,7 @@ class EpisodeSource:
 
     def __call__(self, level: Level) -> Episodes:
         if self.current is None or level.inner_step == 1:
-            self.current = self.stream.next()
+            self.current = self.stream.next().to(level.device)  # moved once, reused for the K steps
         return self.current
 
     def state_dict(self) -> dict[str, Any]:
