@@ -22,7 +22,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,12 @@ def settings_for(method: str, dataset: str, preset: Preset) -> Settings:
 
 
 def build(method: str, split, preset: Preset, settings: Settings, width: int, image_size: int, channels: int,
-          seed: int, n_tasks: int | None = None) -> Graph:
+          seed: int, n_tasks: int | None = None, hypergrad: str | None = None) -> Graph:
+    """The graph of ``method``; ``hypergrad`` replaces its method through the ``heads`` level."""
     stream = EpisodeStream(split, preset.n_way, preset.k_shot, preset.k_query, n_tasks or preset.n_tasks, seed=seed)
+    algorithm = replace(ALGORITHMS[method], hypergrad=hypergrad) if hypergrad else method
     return meta_learning_graph(
-        method, data=EpisodeSource(stream), in_channels=channels, image_size=image_size, width=width,
+        algorithm, data=EpisodeSource(stream), in_channels=channels, image_size=image_size, width=width,
         n_way=preset.n_way, n_tasks=n_tasks or preset.n_tasks, inner_steps=settings.inner_steps,
         inner_lr=settings.inner_lr, outer_optimizer=functools.partial(torch.optim.Adam, lr=settings.outer_lr),
         mu=preset.mu, cg_iterations=preset.cg_iterations, seed=seed,
@@ -142,13 +144,14 @@ def confidence95(acc: torch.Tensor) -> float:
 
 
 def train(method: str, data, preset: Preset, args: argparse.Namespace, device: torch.device, out: Path, seed: int,
-          width: int, val_episodes: Episodes, test_episodes: Episodes) -> dict[str, Any]:
+          width: int, val_episodes: Episodes, test_episodes: Episodes, hypergrad: str | None) -> dict[str, Any]:
     run_dir = out / "runs" / method
     result_file = run_dir / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     s = settings_for(method, data.name, preset)
-    graph = build(method, data.splits["train"], preset, s, width, data.image_size, data.channels, seed)
+    graph = build(method, data.splits["train"], preset, s, width, data.image_size, data.channels, seed,
+                  hypergrad=hypergrad)
     validation = MetaValidation(val_episodes.to(device), preset, s.inner_lr)
     K = s.inner_steps
     result = Runner(graph, preset.steps * K, out=run_dir, device=device, seed=seed, precision=args.precision,
@@ -156,7 +159,7 @@ def train(method: str, data, preset: Preset, args: argparse.Namespace, device: t
                     checkpoint_every=preset.valid_every * K, resume=(run_dir / "checkpoint_latest.pt").exists(),
                     progress=not args.no_progress,
                     config={"method": method, "settings": asdict(s), "preset": asdict(preset),
-                            "algorithm": asdict(ALGORITHMS[method]), "command": common.command_line()}).run()
+                            "hypergrad": graph["heads"].hypergrad, "command": common.command_line()}).run()
     best = load_checkpoint(run_dir / "checkpoint_best.pt", map_location=device)
     graph["backbone"].module.load_state_dict(best["levels"]["backbone"]["module"])
     acc = meta_test(graph["backbone"].module, test_episodes.to(device), steps=preset.fine_tune_steps, lr=s.inner_lr)
@@ -308,7 +311,10 @@ def main(argv: list[str] | None = None) -> dict:
                          "the files learn2learn reads, then pass --data-root")
     preset = common.override(PRESETS[preset_name], steps=args.steps, n_tasks=args.tasks,
                              cg_iterations=args.cg_iterations, mu=args.mu)
+    if seeds and len(seeds) > 1:
+        raise SystemExit("error: this recipe runs one seed at a time (its intervals are over test tasks); give --seed S")
     seed = (seeds or [0])[0]
+    hypergrad = common.parse_hypergrad(args.hypergrad, ("heads",)).get("heads")
     methods = list(dict.fromkeys(args.methods + (["rm-metal-no-warm-start"] if args.no_warm_start else [])))
     out = common.prepare_out(args.out or Path("runs") / f"rmmetal-{args.dataset}-{preset_name}", args.resume)
     try:
@@ -328,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
     trained = {}
     for method in methods:
         print(f"[rmmetal] training {method}")
-        trained[method] = train(method, data, preset, args, device, out, seed, width, val_episodes, test_episodes)
+        trained[method] = train(method, data, preset, args, device, out, seed, width, val_episodes, test_episodes,
+                                hypergrad)
     backbone = "-".join([str(width)] * 4)
     rows = [{"method": m, "dataset": data.name, "backbone": backbone, "metric": "test_accuracy",
              "value": r["test_accuracy"], "ci95": r["ci95"], "test_tasks": r["test_tasks"]} for m, r in trained.items()]
