@@ -247,7 +247,7 @@ class Graph:
                     f"level's optimizer, got {optimizer}"
                 )
             if info.name == "exact":
-                level.trainable_names  # raises GraphError if not module parameters
+                _ = level.trainable_names  # exact swaps module parameters: raises GraphError if they are not
                 truncate = level.hypergrad_options.get("truncate")
                 if truncate is not None and not 1 <= int(truncate) <= level.unroll:
                     raise GraphError(

@@ -20,6 +20,7 @@ taken at the next step at rest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -110,10 +111,8 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "betty-ml", "numpy", "monai", "segmentation-models-pytorch", "albumentations", "medmlo"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -8,7 +8,6 @@ index for skin lesions (as the ISIC challenge) and the Dice score otherwise. Pre
 
 from __future__ import annotations
 
-import torch
 from monai.metrics import compute_dice, compute_iou
 from torch import Tensor
 

@@ -275,10 +275,12 @@ def results_markdown(results: dict) -> str:
     if clock:
         lines += ["", f"## Training time to reach 0.9 x the best validation accuracy ({clock[0]['target_accuracy']:.3f}) (Table 2)", "",
                   "| Algorithm | ours (s) | paper (s) |", "|---|---|---|"]
+        def seconds(value: float | None, known: bool = True) -> str:
+            return "–" if not known else ("never" if value is None else f"{value:.1f}")
+
         for r in clock:
-            ours = "never" if r["value"] is None else f"{r['value']:.1f}"
-            ref = paper_time.get(r["method"])
-            lines.append(f"| {r['method']} | {ours} | {'never' if r['method'] in paper_time and ref is None else (f'{ref:.1f}' if ref else '–')} |")
+            ref = seconds(paper_time.get(r["method"]), r["method"] in paper_time)
+            lines.append(f"| {r['method']} | {seconds(r['value'])} | {ref} |")
     check = [r for r in rows if r["metric"] == "hypergradient_cosine_vs_dense_implicit"]
     if check:
         c = check[0]

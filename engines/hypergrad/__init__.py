@@ -20,6 +20,7 @@ from betty.hypergradient.darts import darts as _darts
 from betty.hypergradient.neumann import neumann as _neumann
 from betty.hypergradient.sama import sama as _sama
 
+from . import diff_optim
 from .first_order import first_order
 from .implicit import CG_DEFAULTS, cg, cg_warm
 from .linear_solve import CGResult, conjugate_gradient
@@ -125,7 +126,7 @@ register_method(MethodInfo(
     cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps)",
     memory="grows linearly with T (activations of T steps during the hop; T batches kept)",
     options={"truncate": (None, None)},
-    optimizers=("SGD", "Adam", "AdamW", "RMSprop"),
+    optimizers=tuple(cls.__name__ for cls in diff_optim.SUPPORTED),
     on_lower_step=record_step,
 ))
 register_method(MethodInfo(

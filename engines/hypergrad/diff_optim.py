@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 SUPPORTED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop)
+"""The optimizers whose update ``exact`` can replay (the registry lists them for graph validation)."""
 
 
 def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:

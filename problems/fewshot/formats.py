@@ -404,7 +404,7 @@ def _read_tieredimagenet(base: Path) -> dict[str, ClassSplit]:
             raise FewShotDataError(f"{image_path}: expected a list of PNG-encoded images; found {_describe(blobs)}")
         blobs = list(blobs) if not isinstance(blobs, list) else blobs
         ids = _expect_int_vector(labels["label_specific"], len(blobs), label_path, "label_specific")
-        images = _decode_all(blobs, 84, f"tieredImageNet {s}", lambda i: f"{image_path} item {i}")
+        images = _decode_all(blobs, 84, f"tieredImageNet {s}", lambda i, path=image_path: f"{path} item {i}")
         del blobs
         splits[s] = _split_from_ids(images, ids, _tiered_names(labels, ids, s, label_path),
                                     f"tieredimagenet {s} ({image_path})")

@@ -56,7 +56,7 @@ def main(out: Path) -> None:
         scores = iter([0.1, 0.2, 0.3, 0.25, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0])
         stopping = EarlyStopping(patience=2) if mode == "early" else None
         # rank 0 validates: only its validate function is ever called
-        result = run(g, 12, out=out / mode, device="cpu", progress=False, validate=lambda _: {"score": next(scores)},
+        result = run(g, 12, out=out / mode, device="cpu", progress=False, validate=lambda _, s=scores: {"score": next(s)},
                      valid_every=2, early_stopping=stopping, checkpoint_every=4)
         torch.save({n: p.detach() for n, p in g["net"].module.state_dict().items()} |
                    {"gates": g["gates"].module.weight.detach()}, out / f"params_{mode}_{rank}.pt")
