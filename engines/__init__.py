@@ -5,20 +5,22 @@ Knows nothing of medicine: levels, graphs, hypergradient methods and runs.
 
 from . import _betty  # noqa: F401  (refuses a wrong betty-ml version with the install command)
 from .data import DataStream, IterableSource, mix_seed
-from .errors import GraphError, NonFiniteError, ResumeError
+from .errors import CheckpointError, GraphError, LossError, NonFiniteError, ResumeError
 from .graph import Graph
-from .hypergrad import METHODS, MethodInfo, conjugate_gradient, method_table, register_method
+from .hypergrad import METHODS, MethodInfo, conjugate_gradient, method_table, minres, register_method
 from .level import Level
 from .memory import MemoryReport, track_peak_memory
 from .run import EarlyStopping, RunResult, Runner, resolve_device, run, seed_everything
 
 __all__ = [
+    "CheckpointError",
     "DataStream",
     "EarlyStopping",
     "Graph",
     "GraphError",
     "IterableSource",
     "Level",
+    "LossError",
     "METHODS",
     "MemoryReport",
     "MethodInfo",
@@ -28,6 +30,7 @@ __all__ = [
     "Runner",
     "conjugate_gradient",
     "method_table",
+    "minres",
     "mix_seed",
     "register_method",
     "resolve_device",

@@ -67,7 +67,9 @@ def draw_graph(graph: Graph, path: Path) -> Path:
         for lower in graph.lowers(upper):
             arrow(lower, upper, +1, "-", "#2f5597", "nest")
     for e in graph._feeds:
-        arrow(e.upper, e.lower, -1, "--", "#c55a11", "feeds")
+        method, _ = graph.method_of(e.lower, e.upper)
+        label = f"feeds [{method}]" if method != graph[e.lower].hypergrad else "feeds"
+        arrow(e.upper, e.lower, -1, "--", "#c55a11", label)
     ax.set_xlim(min(xs) - 3.0, max(xs) + 3.0)
     ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
     ax.set_axis_off()

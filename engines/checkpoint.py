@@ -1,7 +1,10 @@
 """Atomic checkpoints and random-number-generator state that loads with ``weights_only=True``.
 
 A checkpoint is written to a temporary file in the target folder, flushed to disk and
-renamed over the old one, so a crash never leaves a truncated ``checkpoint_latest.pt``.
+renamed over the old one, so a crash never leaves a truncated ``checkpoint_latest.pt``; with
+``keep_previous`` the file it replaces is first kept as ``<name>`` with ``_latest`` replaced by
+``_previous``, so a file damaged later (a full disk, a copy gone wrong) still has a good
+predecessor. Loading a damaged file raises :class:`engines.CheckpointError` naming it.
 RNG states are stored as tensors and plain Python objects (``torch.load`` defaults to
 ``weights_only=True``, which refuses NumPy arrays).
 """
@@ -9,19 +12,39 @@ RNG states are stored as tensors and plain Python objects (``torch.load`` defaul
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
+from .errors import CheckpointError
+
+__all__ = ["load_checkpoint", "previous_path", "remove_stale_temporaries", "rng_state", "save_atomic", "set_rng_state"]
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+def previous_path(path: str | Path) -> Path:
+    """``checkpoint_latest.pt`` -> ``checkpoint_previous.pt`` (the good checkpoint kept before it)."""
+    path = Path(path)
+    return path.with_name(path.name.replace("_latest", "_previous") if "_latest" in path.name
+                          else f"{path.stem}_previous{path.suffix}")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`save_atomic` left in ``folder``."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def save_atomic(obj: Any, path: str | Path, *, keep_previous: bool = False) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
+    (after moving the current ``path`` to :func:`previous_path` when ``keep_previous``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,6 +53,8 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.is_file():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,11 +63,23 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` (safe ``weights_only`` unpickling)."""
+    """Load a checkpoint written by :func:`save_atomic` (safe ``weights_only`` unpickling).
+
+    Raises FileNotFoundError if it does not exist and :class:`engines.CheckpointError` (naming the
+    file and the reason) if it is empty, truncated or corrupted.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "the file is empty (0 bytes)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as err:
+        raise CheckpointError(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"it holds a {type(state).__name__}, not a checkpoint dict")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

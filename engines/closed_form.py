@@ -16,6 +16,12 @@ Problems (``n``: dimension):
 * ``two_uppers`` — DuMeta++'s shape: one lower shared by two uppers, each with its own loss.
 * ``maml`` — a start map ``φ_0 = θ`` and K gradient steps on a quadratic: the hypergradient
   is ``((I - ηH)^K)ᵀ (φ_K - b)``; only unrolled and first-order methods apply.
+* :func:`dual_meta` — DuMeta++'s shape with a method per edge: a lower level restarted from
+  ``ψ`` (upper ``init``) whose loss reads ``θ`` (upper ``encoder``); ``encoder`` differentiates
+  through it with ``exact``, ``init`` with ``first_order``; both analytic values follow from the
+  same inner trajectory.
+* :func:`penalty_minimiser` / :func:`bilevel_minimiser` — the penalty method's joint minimiser
+  on the quadratic problem, and the bilevel solution it tends to as λ grows.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from .graph import Graph
 from .level import Level
 from .run import Runner
 
-__all__ = ["ClosedForm", "PROBLEMS", "build", "capture", "measure"]
+__all__ = ["ClosedForm", "PROBLEMS", "bilevel_minimiser", "build", "capture", "dual_meta", "measure",
+           "penalty_minimiser", "quadratic_data"]
 
 DTYPE = torch.float64
 
@@ -120,14 +127,22 @@ def ridge(method: str, options: dict | None = None, *, unroll: int = 20, n: int 
     return ClosedForm("ridge", g, {"decay": exact}, warmup + unroll, {"n": n, "unroll": unroll, "lower_lr": lr})
 
 
-def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 20, p: int = 8,
-              cond: float = 4.0, seed: int = 0) -> ClosedForm:
+def quadratic_data(n: int = 20, p: int = 8, cond: float = 4.0, seed: int = 0) -> dict[str, Tensor]:
+    """``H`` (SPD, condition ``cond``), ``C``, ``D``, ``t`` and a start ``lam0`` of the quadratic problem."""
     gen = torch.Generator().manual_seed(seed)
     H = _spd(n, cond, gen)
     C = torch.randn(n, p, generator=gen, dtype=DTYPE) / n**0.5
     D = torch.diag(torch.rand(p, generator=gen, dtype=DTYPE))
     t = torch.randn(n, generator=gen, dtype=DTYPE)
     lam0 = torch.randn(p, generator=gen, dtype=DTYPE)
+    return {"H": H, "C": C, "D": D, "t": t, "lam0": lam0}
+
+
+def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 20, p: int = 8,
+              cond: float = 4.0, seed: int = 0, lower_optimizer: Callable | None = None,
+              upper_lr: float = 0.0) -> ClosedForm:
+    data = quadratic_data(n, p, cond, seed)
+    H, C, D, t, lam0 = data["H"], data["C"], data["D"], data["t"], data["lam0"]
 
     def inner_loss(level: Level, _: Any) -> Tensor:
         w = level.module()
@@ -139,9 +154,9 @@ def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: 
 
     lr, needed = _lower_steps(H)
     warmup = _round_up(needed, unroll)
-    inner = Level("solution", Vector(torch.zeros(n)), _sgd(lr), inner_loss, hypergrad=method,
+    inner = Level("solution", Vector(torch.zeros(n)), lower_optimizer or _sgd(lr), inner_loss, hypergrad=method,
                   unroll=unroll, options=options, warmup=warmup)
-    outer = Level("hyper", Vector(lam0), _sgd(0.0), outer_loss)
+    outer = Level("hyper", Vector(lam0), _sgd(upper_lr), outer_loss)
     g = Graph(f"quadratic(cond={cond:g})")
     g.add(inner, outer)
     g.bilevel(lower=inner, upper=outer)
@@ -156,7 +171,7 @@ def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: 
 
 
 def three_level(method: str, options: dict | None = None, *, unroll: int = 10, n: int = 12,
-                seed: int = 0) -> ClosedForm:
+                seed: int = 0, lower_optimizer: Callable | None = None) -> ClosedForm:
     """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2``."""
     gen = torch.Generator().manual_seed(seed)
     H1, H2 = _spd(n, 4.0, gen), _spd(n, 4.0, gen)
@@ -183,9 +198,9 @@ def three_level(method: str, options: dict | None = None, *, unroll: int = 10, n
     # the middle level moves once per `unroll` bottom steps; it converges in need2 of its own steps
     warm_mid = _round_up(need2, unroll)
     warm_bottom = _round_up(need1, unroll)
-    bottom = Level("bottom", Vector(torch.zeros(n)), _sgd(lr1), bottom_loss, hypergrad=method,
+    bottom = Level("bottom", Vector(torch.zeros(n)), lower_optimizer or _sgd(lr1), bottom_loss, hypergrad=method,
                    unroll=unroll, options=options, warmup=warm_bottom)
-    middle = Level("middle", Vector(torch.zeros(n)), _sgd(lr2), middle_loss, hypergrad=method,
+    middle = Level("middle", Vector(torch.zeros(n)), lower_optimizer or _sgd(lr2), middle_loss, hypergrad=method,
                    unroll=unroll, options=options, warmup=warm_mid)
     top = Level("top", Vector(lam0), _sgd(0.0), top_loss)
     g = Graph("three_level")
@@ -266,6 +281,85 @@ def maml(method: str, options: dict | None = None, *, unroll: int = 5, n: int = 
         return P.T @ (phi_k - b)
 
     return ClosedForm("maml", g, {"meta": exact}, unroll, {"n": n, "unroll": unroll, "inner_lr": lr})
+
+
+def dual_meta(encoder_method: str = "exact", init_method: str = "first_order", *, unroll: int = 3, n: int = 8,
+              p: int = 5, upper_lr: float = 0.05, seed: int = 0, swap_edges: bool = False) -> ClosedForm:
+    """One lower level ``phi`` shared by two uppers with a method per edge (DuMeta++'s shape).
+
+    ``phi`` restarts from ``psi`` (upper ``init``) and takes K SGD steps on
+    ``g = (phi-a)ᵀH(phi-a)/2 - phiᵀCθ`` (θ: upper ``encoder``), so
+    ``phi_K = P^K psi + Σ_{j<K} P^j η(Ha + Cθ)`` with ``P = I - ηH``.
+    ``encoder``: ``f1 = ||phi_K - t1||²/2``, exact hypergradient ``(Σ_j P^j ηC)ᵀ(phi_K - t1)``;
+    ``init``: ``f2 = ||M phi_K - t2||²/2``, first-order (FOMAML) hypergradient ``Mᵀ(M phi_K - t2)``.
+    Both uppers have non-zero learning rates, so a hypergradient computed after the other upper
+    updated would differ; ``swap_edges`` declares the two edges in the other order.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    H = _spd(n, 4.0, gen)
+    C = torch.randn(n, p, generator=gen, dtype=DTYPE) / n**0.5
+    M = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
+    a, t1, t2 = (torch.randn(n, generator=gen, dtype=DTYPE) for _ in range(3))
+    theta0, psi0 = torch.randn(p, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE)
+    eta = 0.5 / float(torch.linalg.eigvalsh(H).max())
+
+    def inner_loss(level: Level, _: Any) -> Tensor:
+        phi = level.module()
+        return (phi - a) @ H @ (phi - a) / 2 - phi @ (C @ level.encoder.module())
+
+    inner = Level("phi", Vector(psi0), _sgd(eta), inner_loss, unroll=unroll,
+                  start=lambda lv: {"value": lv.init.module()})
+    encoder = Level("encoder", Vector(theta0), _sgd(upper_lr), lambda lv, _: (lv.phi.module() - t1).pow(2).sum() / 2)
+    init = Level("init", Vector(psi0), _sgd(upper_lr), lambda lv, _: (M @ lv.phi.module() - t2).pow(2).sum() / 2)
+    g = Graph("dual_meta")
+    g.add(inner, encoder, init)
+    edges = [("encoder", encoder_method), ("init", init_method)]
+    for upper, method in reversed(edges) if swap_edges else edges:
+        g.bilevel(lower=inner, upper=upper, hypergrad=method)
+
+    P = torch.eye(n, dtype=DTYPE) - eta * H
+    powers = [torch.linalg.matrix_power(P, j) for j in range(unroll)]
+
+    def phi_k(theta: Tensor, psi: Tensor) -> Tensor:
+        return torch.linalg.matrix_power(P, unroll) @ psi + sum(Pj @ (eta * (H @ a + C @ theta)) for Pj in powers)
+
+    def start() -> tuple[Tensor, Tensor]:  # the uppers' values when the inner loop ran (before either updated)
+        return theta0, psi0
+
+    def exact_encoder() -> Tensor:
+        theta, psi = start()
+        J = sum(Pj @ (eta * C) for Pj in powers)
+        return J.T @ (phi_k(theta, psi) - t1)
+
+    def first_order_init() -> Tensor:
+        theta, psi = start()
+        return M.T @ (M @ phi_k(theta, psi) - t2)
+
+    return ClosedForm("dual_meta", g, {"encoder": exact_encoder, "init": first_order_init}, unroll,
+                      {"n": n, "p": p, "unroll": unroll, "inner_lr": eta, "upper_lr": upper_lr})
+
+
+def penalty_minimiser(data: dict[str, Tensor], lam: float) -> tuple[Tensor, Tensor]:
+    """Joint minimiser ``(w, λ)`` of ``f + lam/2 ||∇_w g||²`` on the quadratic problem
+    (``g = wᵀHw/2 - wᵀCλ``, ``f = ||w - t||²/2 + λᵀDλ/2``): the linear system of its gradient."""
+    H, C, D, t = data["H"], data["C"], data["D"], data["t"]
+    n, p = C.shape
+    A = torch.zeros(n + p, n + p, dtype=DTYPE)
+    A[:n, :n] = torch.eye(n, dtype=DTYPE) + lam * H @ H
+    A[:n, n:] = -lam * H @ C
+    A[n:, :n] = -lam * C.T @ H
+    A[n:, n:] = D + lam * C.T @ C
+    rhs = torch.cat([t, torch.zeros(p, dtype=DTYPE)])
+    sol = torch.linalg.solve(A, rhs)
+    return sol[:n], sol[n:]
+
+
+def bilevel_minimiser(data: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The bilevel solution: ``λ* = argmin f(H⁻¹Cλ, λ)`` and ``w* = H⁻¹Cλ*``."""
+    H, C, D, t = data["H"], data["C"], data["D"], data["t"]
+    J = torch.linalg.solve(H, C)
+    lam = torch.linalg.solve(J.T @ J + D, J.T @ t)
+    return J @ lam, lam
 
 
 PROBLEMS: dict[str, Callable[..., ClosedForm]] = {

@@ -236,6 +236,12 @@ class _IteratorSource:
     def __init__(self, iterator: Any):
         self.iterator = iterator
 
+    @property
+    def restorable(self) -> bool:
+        """Whether the position can be saved and restored (so a batch can be previewed without consuming it)."""
+        return callable(getattr(self.iterator, "state_dict", None)) and callable(
+            getattr(self.iterator, "load_state_dict", None))
+
     def __call__(self, level: Any) -> Any:
         return next(self.iterator)
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class GraphError(ValueError):
     """The level graph is malformed (cycle, unknown or duplicate name, unsupported method...)."""
+
+
+class LossError(TypeError):
+    """A level's loss returned something other than a scalar tensor that depends on what it should."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -19,3 +25,11 @@ class NonFiniteError(FloatingPointError):
 
 class ResumeError(RuntimeError):
     """A run directory cannot be resumed (missing checkpoint or a different graph)."""
+
+
+class CheckpointError(ResumeError):
+    """A checkpoint file is unreadable (truncated, empty or corrupted)."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = Path(path)
+        super().__init__(f"checkpoint {self.path} is damaged ({reason}); it cannot be loaded")

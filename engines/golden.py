@@ -6,15 +6,21 @@ output at the end. :func:`check_golden` compares a fresh trace with a JSON golde
 fails with the first differing entries; with ``update=True`` it rewrites the file instead
 (regenerate all goldens with ``python -m pytest -m golden --update-goldens``).
 
-Goldens are taken on CPU in float32 with a fixed seed; the default tolerance
-(``rtol=1e-4``, ``atol=1e-6``) absorbs reduction-order differences between CPU builds
-while catching any change in the maths.
+Goldens are taken with :func:`golden_trace`: float64 everywhere, deterministic kernels, CPU, a
+fixed seed and a short trace, so they do not depend on the CPU's float32 kernels or the thread
+count. Tolerances are set from a measured spread: ``python benchmarks/golden_spread.py`` reruns
+every golden under other CPU kernels (``ATEN_CPU_CAPABILITY``) and thread counts and prints the
+largest relative difference of each file (``MEDMLO_GOLDEN_RECORD=DIR`` makes :func:`check_golden`
+write the traces it gets into DIR instead of comparing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,7 @@ import torch
 from .graph import Graph
 from .run import RunResult
 
-__all__ = ["UPDATE_HINT", "check_golden", "summarize", "trace_run"]
+__all__ = ["UPDATE_HINT", "check_golden", "default_dtype", "golden_trace", "summarize", "trace_run"]
 
 UPDATE_HINT = "regenerate with: python -m pytest -m golden --update-goldens"
 
@@ -38,6 +44,29 @@ def summarize(t: torch.Tensor) -> dict[str, float]:
         "max": float(t.max()),
         "l2": float(t.norm()),
     }
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Temporarily set torch's default floating dtype (tensors created inside follow it)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def golden_trace(build: Callable[[], Graph], steps: int, **run_options: Any) -> dict[str, Any]:
+    """Build a graph and run it the way goldens are taken: float64 everywhere (modules, batches and
+    every tensor created while building, e.g. validation data closed over by a loss), deterministic
+    kernels, CPU, seed 0 unless given. Float64 makes the trace independent of the CPU's float32
+    kernels and thread count, so a golden holds on any x86-64 machine."""
+    options = {"device": "cpu", "seed": 0, "deterministic": True, "progress": False, **run_options}
+    with default_dtype(torch.float64):
+        graph = build()
+        result = graph.run(steps=steps, precision="fp64", **options)
+    return trace_run(graph, result)
 
 
 def trace_run(graph: Graph, result: RunResult) -> dict[str, Any]:
@@ -72,6 +101,11 @@ def check_golden(trace: dict[str, Any], path: str | Path, *, rtol: float = 1e-4,
                  update: bool = False) -> None:
     """Compare ``trace`` with the golden at ``path`` (or write it when ``update``)."""
     path = Path(path)
+    record = os.environ.get("MEDMLO_GOLDEN_RECORD")
+    if record:  # measuring the spread (benchmarks/golden_spread.py): keep what this machine produced
+        Path(record).mkdir(parents=True, exist_ok=True)
+        (Path(record) / path.name).write_text(json.dumps({"trace": trace}, indent=1, sort_keys=True) + "\n")
+        return
     if update:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"tolerance": {"rtol": rtol, "atol": atol}, "torch": torch.__version__, "trace": trace}

@@ -9,11 +9,21 @@ Two kinds of edges, as in Betty:
 
 ``bilevel(lower, upper)`` states both, the common case. A graph may have any depth and a
 level may have several uppers (one inner level shared by two outer levels).
+
+Every hypergradient is a chain of *hops*: through a level, with respect to the level whose
+parameters enter its loss. A hop uses the method of the level it passes through
+(``Level(hypergrad=...)``) unless the edge names its own: ``bilevel(lower, upper,
+hypergrad="exact")`` or ``feeds(upper, into=lower, hypergrad=...)`` sets the method (and
+``options``) for differentiating ``lower`` with respect to ``upper`` only — DuMeta++'s encoder
+differentiates through the shared head with ``exact`` while the head initialisation uses
+``first_order`` through the same head. ``nest(lower, upper, hypergrad=...)`` sets the hop through
+``upper`` with respect to ``lower`` (taken when a level above ``upper`` differentiates through it).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +52,17 @@ LevelRef = Level | str
 class _Edge:
     lower: str
     upper: str
+
+
+@dataclass(frozen=True)
+class _Override:
+    """A per-edge hypergradient method: for the hop through ``through`` with respect to ``wrt``."""
+
+    through: str
+    wrt: str
+    method: str
+    options: tuple[tuple[str, Any], ...]
+    declared_by: str  # "bilevel", "feeds" or "nest", for error messages
 
 
 class _Engine(Engine):
@@ -93,6 +114,7 @@ class Graph:
         self._levels: dict[str, Level] = {}
         self._nest: list[_Edge] = []
         self._feeds: list[_Edge] = []
+        self._overrides: dict[tuple[str, str], _Override] = {}
         self.engine: Engine | None = None
 
     # ------------------------------------------------------------------ building
@@ -107,20 +129,64 @@ class Graph:
             self._levels[level.name] = level
         return levels[0] if len(levels) == 1 else levels
 
-    def nest(self, lower: LevelRef, upper: LevelRef) -> None:
-        """``lower``'s solution enters ``upper``'s loss (Betty ``l2u``)."""
+    def nest(self, lower: LevelRef, upper: LevelRef, *, hypergrad: str | None = None,
+             options: Mapping[str, Any] | None = None) -> None:
+        """``lower``'s solution enters ``upper``'s loss (Betty ``l2u``). ``hypergrad``/``options``
+        override the method for the hop through ``upper`` with respect to ``lower``."""
         self._add_edge(self._nest, lower, upper, "nest")
+        if hypergrad is not None or options is not None:
+            self._override(_name(upper), _name(lower), hypergrad, options, "nest")
 
-    def feeds(self, upper: LevelRef, into: LevelRef | Iterable[LevelRef]) -> None:
-        """``upper``'s parameters enter the loss of each level in ``into`` (Betty ``u2l``)."""
+    def feeds(self, upper: LevelRef, into: LevelRef | Iterable[LevelRef], *, hypergrad: str | None = None,
+              options: Mapping[str, Any] | None = None) -> None:
+        """``upper``'s parameters enter the loss of each level in ``into`` (Betty ``u2l``).
+        ``hypergrad``/``options`` override the method for the hops through each of them with respect
+        to ``upper`` (default: each level's own ``hypergrad``)."""
         targets = [into] if isinstance(into, (Level, str)) else list(into)
         for lower in targets:
             self._add_edge(self._feeds, lower, upper, "feeds")
+            if hypergrad is not None or options is not None:
+                self._override(_name(lower), _name(upper), hypergrad, options, "feeds")
 
-    def bilevel(self, lower: LevelRef, upper: LevelRef) -> None:
-        """The common bilevel case: ``nest(lower, upper)`` and ``feeds(upper, into=lower)``."""
+    def bilevel(self, lower: LevelRef, upper: LevelRef, *, hypergrad: str | None = None,
+                options: Mapping[str, Any] | None = None) -> None:
+        """The common bilevel case: ``nest(lower, upper)`` and ``feeds(upper, into=lower)``.
+        ``hypergrad``/``options`` choose how ``upper`` differentiates through ``lower`` on this edge
+        (default: ``lower``'s own method)."""
         self.nest(lower, upper)
-        self.feeds(upper, into=lower)
+        self.feeds(upper, into=lower, hypergrad=hypergrad, options=options)
+
+    def _override(self, through: str, wrt: str, method: str | None, options: Mapping[str, Any] | None,
+                  declared_by: str) -> None:
+        if method is not None and not isinstance(method, str):
+            raise TypeError(f"graph '{self.name}': {declared_by} edge {through}/{wrt}: hypergrad must be a method "
+                            f"name (str), got {type(method).__name__}; pass its options as options={{...}}")
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"graph '{self.name}': {declared_by} edge {through}/{wrt}: options must be a dict, "
+                            f"got {type(options).__name__}")
+        self._overrides[(through, wrt)] = _Override(through, wrt, method or "", tuple(sorted((options or {}).items())),
+                                                   declared_by)
+
+    def method_of(self, through: str, wrt: str) -> tuple[str, dict[str, Any]]:
+        """The method and options of the hop through level ``through`` with respect to level ``wrt``."""
+        override = self._overrides.get((through, wrt))
+        level = self._levels[through]
+        if override is None:
+            return level.hypergrad, dict(level.hypergrad_options)
+        method = override.method or level.hypergrad
+        options = dict(override.options) if (override.options or override.method) else dict(level.hypergrad_options)
+        return method, options
+
+    def hops(self) -> dict[tuple[str, str], list[str]]:
+        """Every hop ``(through, wrt)`` some hypergradient takes, with the upper levels that take it."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for upper, paths in self.paths().items():
+            for path in paths:
+                for through, wrt in zip(path[1:-1], path[2:]):
+                    takers = out.setdefault((through, wrt), [])
+                    if upper not in takers:
+                        takers.append(upper)
+        return out
 
     def _add_edge(self, edges: list[_Edge], lower: LevelRef, upper: LevelRef, kind: str) -> None:
         edge = _Edge(_name(lower), _name(upper))
@@ -224,35 +290,59 @@ class Graph:
 
     def _check_methods(self) -> None:
         owners_of_paths = set(self.paths())
-        crossed = {hop for paths in self.paths().values() for p in paths for hop in p[1:-1]}
-        for name in sorted(crossed):
-            level = self._levels[name]
-            info = METHODS.get(level.hypergrad)
-            if info is None:
+        hops = self.hops()
+        for key, override in self._overrides.items():
+            if key not in hops:
                 raise GraphError(
-                    f"level '{name}': unknown hypergrad '{level.hypergrad}'; available: {sorted(METHODS)}"
+                    f"graph '{self.name}': a hypergradient method was set on the {override.declared_by} edge for "
+                    f"differentiating '{override.through}' with respect to '{override.wrt}', but no hypergradient "
+                    f"takes that hop; hops taken: {sorted(f'{t}/{w}' for t, w in hops) or 'none'}"
                 )
+        for (through, wrt), takers in sorted(hops.items()):
+            level = self._levels[through]
+            method, options = self.method_of(through, wrt)
+            where = f"level '{through}'" + (f" (edge to '{wrt}')" if (through, wrt) in self._overrides else "")
+            info = METHODS.get(method)
+            if info is None:
+                usable = sorted(m for m, i in METHODS.items() if not i.refused)
+                raise GraphError(f"{where}: unknown hypergrad '{method}'; available: {usable}")
             if info.refused:
-                raise GraphError(f"level '{name}': hypergrad '{info.name}' refused: {info.refused}")
-            if info.leaf_only and name in owners_of_paths:
+                raise GraphError(f"{where}: hypergrad '{info.name}' refused: {info.refused}")
+            unknown = sorted(set(options) - set(info.options))
+            if unknown:
+                raise GraphError(f"{where}: option(s) {unknown} are not understood by hypergrad '{method}' "
+                                 f"(accepted: {', '.join(sorted(info.options)) or 'none'})")
+            if info.leaf_only and through in owners_of_paths:
                 raise GraphError(
-                    f"level '{name}': hypergrad '{info.name}' only supports levels that own no hypergradient "
-                    f"paths, but '{name}' receives hypergradients from {self.lowers(name)}; this graph's "
-                    "depth needs darts, sama, cg, cg_warm, exact or first_order there"
+                    f"{where}: hypergrad '{info.name}' only supports levels that own no hypergradient "
+                    f"paths, but '{through}' receives hypergradients from {self.lowers(through)}; this graph's "
+                    "depth needs darts, sama, one_step, cg, cg_warm, exact or first_order there"
                 )
             optimizer = type(level.optimizer).__name__
             if info.optimizers is not None and optimizer not in info.optimizers:
                 raise GraphError(
-                    f"level '{name}': hypergrad '{info.name}' needs one of {list(info.optimizers)} as the "
+                    f"{where}: hypergrad '{info.name}' needs one of {list(info.optimizers)} as the "
                     f"level's optimizer, got {optimizer}"
+                )
+            if info.needs_start and not level.has_start:
+                warnings.warn(
+                    f"{where}: hypergrad '{info.name}' without a start= map gives {', '.join(takers)} no hypergradient "
+                    f"through '{through}' (only the direct gradient): it differentiates the start map only",
+                    UserWarning, stacklevel=3,
                 )
             if info.name == "exact":
                 _ = level.trainable_names  # exact swaps module parameters: raises GraphError if they are not
-                truncate = level.hypergrad_options.get("truncate")
+                truncate = options.get("truncate")
                 if truncate is not None and not 1 <= int(truncate) <= level.unroll:
                     raise GraphError(
-                        f"level '{name}': exact option truncate={truncate} must lie in 1..unroll={level.unroll}"
+                        f"{where}: exact option truncate={truncate} must lie in 1..unroll={level.unroll}"
                     )
+            if info.name == "penalty":
+                penalized = sorted({u for (t, w), us in hops.items() if t == through
+                                    and self.method_of(t, w)[0] == "penalty" for u in us})
+                if len(penalized) > 1:
+                    raise GraphError(f"{where}: the penalty method supports one upper level per lower level, "
+                                     f"got {penalized}")
 
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
@@ -280,13 +370,15 @@ class Graph:
         for e in self._feeds:
             lines.append(f"  {e.upper} => {e.lower}   (feeds: the parameters of '{e.upper}' enter the loss of '{e.lower}')")
         if self._feeds and self._is_valid_dag():
-            lines.append("hypergradient paths (hop = method, K unrolled steps):")
+            lines.append("hypergradient paths (hop = method, K unrolled steps; * = set on the edge):")
             for upper, paths in self.paths().items():
                 for path in paths:
-                    hops = " <- ".join(
-                        f"{h}[{self._levels[h].hypergrad}, K={self._levels[h].unroll}]" for h in path[1:-1]
-                    )
-                    lines.append(f"  d loss({upper}) / d params({upper}): {upper} <- {hops}")
+                    parts = []
+                    for through, wrt in zip(path[1:-1], path[2:]):
+                        method, _ = self.method_of(through, wrt)
+                        mark = "*" if (through, wrt) in self._overrides else ""
+                        parts.append(f"{through}[{method}{mark}, K={self._levels[through].unroll}]")
+                    lines.append(f"  d loss({upper}) / d params({upper}): {upper} <- {' <- '.join(parts)}")
         return "\n".join(lines)
 
     def _is_valid_dag(self) -> bool:
@@ -314,9 +406,17 @@ class Graph:
         u2l: dict[Level, list[Level]] = {}
         for e in self._feeds:
             u2l.setdefault(levels[e.upper], []).append(levels[e.lower])
+        hops = self.hops()
+        for name, level in levels.items():
+            through = [wrt for (t, wrt) in hops if t == name]
+            level.configure_edges({wrt: self.method_of(name, wrt) for wrt in through
+                                   if (name, wrt) in self._overrides}, through)
         # Betty's Engine keeps problems in the given order; bottom levels first keeps its logs readable
         problems = sorted(levels.values(), key=lambda lv: self.depth(lv.name))
         self.engine = _Engine(problems, {"l2u": l2u, "u2l": u2l}, device)
+        for level in levels.values():  # levels now reach each other by name: check start maps before any work
+            if level.has_start:
+                level.start_values()
         return self.engine
 
     def run(self, steps: int, **kwargs: Any) -> RunResult:
@@ -335,6 +435,8 @@ class Graph:
             },
             "nest": sorted([e.lower, e.upper] for e in self._nest),
             "feeds": sorted([e.upper, e.lower] for e in self._feeds),
+            "edge_methods": sorted([o.through, o.wrt, o.method, [list(kv) for kv in o.options]]
+                                   for o in self._overrides.values()),
         }
 
 

@@ -3,34 +3,45 @@
 A level is configured, not subclassed: what it trains (``module``, optionally a subset
 chosen by ``trainable``), how (``optimizer``, ``scheduler``), on what (``data``), which
 loss (a callable ``loss(level, batch)`` or an overridden :meth:`Level.loss`), and how
-upper levels differentiate through it (``hypergrad``, ``unroll``, ``options``). Other
-levels are reachable by name as attributes (``level.seg``), as in Betty.
+upper levels differentiate through it (``hypergrad``, ``unroll``, ``options``; a graph edge
+may override the method for one upper). Other levels are reachable by name as attributes
+(``level.seg``), as in Betty.
 
 Compared with Betty's ``ImplicitProblem`` this class owns the mechanics the engine needs
-to be exact and safe: gradients of all methods are formed without DDP hooks (averaged
-explicitly across ranks), every recomputation of the loss during a hypergradient reuses
-the random state of the real step it stands for, non-finite losses and gradients stop the
-run naming the level, autocast uses the device-agnostic ``torch.autocast``, and the full
-state (counters, data position, method state) is checkpointable.
+to be exact and safe:
+
+* several uppers of one level are stepped in two phases — every upper forms its gradient
+  from the same state, then every upper updates — so no upper's hypergradient depends on
+  which upper happened to step first;
+* hypergradients are formed path by path with the method each *edge* names
+  (:mod:`engines.hypergrad.paths`), and the last one of every path is kept
+  (:attr:`Level.hypergradients`) and its norm logged;
+* every recomputation of the loss during a hypergradient reuses the random state of the real
+  step it stands for and leaves the running statistics of norm layers untouched;
+* gradients are formed without DDP hooks (averaged explicitly across ranks); non-finite or
+  malformed losses stop the run naming the level; autocast uses ``torch.autocast``; and the full
+  state (counters, data position, held batch, method state) is checkpointable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from betty.configs import Config
-from betty.hypergradient import get_grads
 from betty.problems import ImplicitProblem
 from torch import Tensor, nn
 
 from .data import as_source
-from .errors import GraphError, NonFiniteError
+from .errors import GraphError, LossError, NonFiniteError
 from .hypergrad import METHODS
+from .hypergrad.paths import path_label, walk_path
 
 __all__ = ["Level", "OptimizerSpec", "SchedulerSpec", "LossFn"]
 
@@ -63,21 +74,24 @@ class Level(ImplicitProblem):
         optimizer: an optimizer over exactly the trainable parameters, or a factory
             ``params -> optimizer`` (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3)``).
         loss: ``loss(level, batch) -> Tensor | {"loss": Tensor, ...extras}``; omit it when a
-            subclass overrides :meth:`loss`. Extras are logged. The loss must read this level's
-            parameters through ``level.module`` (its forward or attributes), not through
-            ``trainable_parameters()``: ``exact`` re-runs it with substituted parameters.
+            subclass overrides :meth:`loss`. The loss must be a scalar tensor; extras are logged.
+            It must read this level's parameters through ``level.module`` (its forward or
+            attributes), not through ``trainable_parameters()``: ``exact`` re-runs it with
+            substituted parameters.
         data: where batches come from: a :class:`engines.DataStream`, any iterator or
-            re-iterable, a callable ``fn(level) -> batch``, or None.
+            re-iterable, a callable ``fn(level) -> batch``, or None (the loss takes no batch).
         scheduler: ``optimizer -> scheduler``; stepped every step, except
             ``ReduceLROnPlateau``, which the runner steps on the monitored validation metric.
-        hypergrad: how upper levels differentiate through this level (see
-            ``engines.hypergrad.METHODS``): darts, sama, neumann, cg, cg_warm, exact, first_order.
+        hypergrad: how upper levels differentiate through this level by default (a name in
+            ``engines.METHODS``); a graph edge may override it for one upper.
         unroll: real steps of this level per step of its upper levels (``K``).
-        options: method options (e.g. ``{"maxiter": 20, "tol": 1e-6}`` for cg).
+        options: options of the default method (e.g. ``{"maxiter": 20, "tol": 1e-6}`` for cg).
         trainable: ``module -> parameters`` when only part of the module is trained here.
-        start: ``level -> {param name: tensor}``: values the trainable parameters restart
-            from at every inner loop, possibly functions of upper parameters (MAML's
-            ``φ_0 = θ``). Without it the parameters carry over between inner loops.
+        start: ``level -> {name: tensor}``: values the trainable parameters restart from at every
+            inner loop, possibly functions of upper parameters (MAML's ``φ_0 = θ``). It must map
+            *every* trainable parameter, by its name within ``module`` (see
+            :attr:`trainable_names`), to a tensor of that parameter's shape. Without it the
+            parameters carry over between inner loops.
         warmup: real steps before the upper levels are first called.
         grad_clip: clip the total gradient norm to this value (0 disables).
         probe: ``level -> Tensor`` summarising the level's output for regression goldens
@@ -104,19 +118,27 @@ class Level(ImplicitProblem):
     ):
         if not isinstance(module, nn.Module):
             raise TypeError(f"level '{name}': module must be an nn.Module, got {type(module).__name__}")
-        if int(unroll) < 1:
-            raise ValueError(f"level '{name}': unroll must be >= 1, got {unroll}")
+        if not isinstance(hypergrad, str):
+            raise TypeError(
+                f"level '{name}': hypergrad must be a method name (str) such as 'cg', got {type(hypergrad).__name__} "
+                f"{hypergrad!r}; pass the method's options separately as options={{...}}"
+            )
+        if isinstance(unroll, bool) or not isinstance(unroll, numbers.Integral) or unroll < 1:
+            raise ValueError(f"level '{name}': unroll must be an integer >= 1, got {unroll!r}")
         if loss is None and type(self).loss is Level.loss:
             raise TypeError(f"level '{name}': give loss=fn(level, batch) or subclass Level and override loss()")
+        if loss is not None and not callable(loss):
+            raise TypeError(f"level '{name}': loss must be callable as loss(level, batch), got {type(loss).__name__}")
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"level '{name}': options must be a dict of method options, got {type(options).__name__}")
         options = dict(options or {})
-        betty_fields = self._betty_option_fields(name, hypergrad, options)
         config = Config(
             type=hypergrad,
             unroll_steps=int(unroll),
             warmup_steps=int(warmup),
             gradient_clipping=float(grad_clip),
             log_step=-1,
-            **betty_fields,
+            **_betty_option_fields(name, hypergrad, options),
         )
         super().__init__(name, config, module=module)
         self.hypergrad = hypergrad
@@ -133,44 +155,72 @@ class Level(ImplicitProblem):
         self.plateau_scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.method_state: dict[str, Any] = {}
         self.hop_cache: dict[Any, Any] = {}
-        self.diagnostics: dict[str, float] = {}
+        self.diagnostics: dict[str, Any] = {}
+        self.hypergradients: dict[str, list[Tensor]] = {}
+        self.hypergradient_report: dict[str, Any] = {}
         self.trajectory: Any = None
         self.step_log: list[dict[str, Any]] = []
         self.last_step_rng: RngState | None = None
         self.last_indirect_grads: list[Tensor] | None = None
+        self.hold_batch = False
+        self.stop_request: str | None = None
+        self.one_step_record: dict[str, Any] | None = None
+        self._edge_methods: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._methods_through: tuple[str, ...] = (hypergrad,)
+        self._uppers_through: tuple[str, ...] = ()
         self._in_real_step = False
+        self._captured_outputs: list[Tensor] | None = None
+        self._detach_outputs = False
+        self._pending: dict[str, Any] | None = None
+        self._checked_loss = False
         self._autocast_dtype: torch.dtype | None = None
+        self._float64 = False
         self._grad_scaler: torch.amp.GradScaler | None = None
         self._device_type = "cpu"
         if isinstance(optimizer, torch.optim.Optimizer):
             self.optimizer = optimizer
         elif callable(optimizer):
             self.optimizer = optimizer(self.trainable_parameters())
+        elif optimizer is not None:
+            raise TypeError(f"level '{name}': optimizer must be a torch optimizer or a factory params -> optimizer, "
+                            f"got {type(optimizer).__name__}")
 
     # ------------------------------------------------------------------ configuration
-    @staticmethod
-    def _betty_option_fields(name: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
-        info = METHODS.get(method)
-        if info is None:  # reported with the full list by Graph.validate()
-            return {}
-        unknown = sorted(set(options) - set(info.options))
-        if unknown:
-            accepted = ", ".join(sorted(info.options)) or "none"
-            raise ValueError(
-                f"level '{name}': option(s) {unknown} are not understood by hypergrad '{method}' "
-                f"(accepted: {accepted})"
-            )
-        fields = {}
-        for key, (field, _default) in info.options.items():
-            if field is not None and key in options:
-                fields[field] = options[key]
-        return fields
-
-    def configure_precision(self, dtype: torch.dtype | None, device_type: str) -> None:
-        """Autocast dtype for this level's losses (None: full precision); fp16 adds loss scaling."""
+    def configure_precision(self, dtype: torch.dtype | None, device_type: str, *, float64: bool = False) -> None:
+        """Autocast dtype for this level's losses (None: full precision); fp16 adds loss scaling.
+        ``float64`` runs the level in double precision instead: the module (parameters and buffers)
+        is converted and every floating batch tensor is cast (complex ones to complex128)."""
         self._autocast_dtype = dtype
         self._device_type = device_type
         self._grad_scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+        self._float64 = float64
+        if float64:
+            self.module.to(torch.float64)
+
+    def configure_edges(self, edges: Mapping[str, tuple[str, Mapping[str, Any]]], uppers_through: Iterable[str]) -> None:
+        """Set by the graph: per-upper method overrides, and the uppers whose hypergradients pass through
+        this level (so the level runs the recording hooks of every method used on them)."""
+        self._edge_methods = {k: (m, dict(o)) for k, (m, o) in edges.items()}
+        self._uppers_through = tuple(uppers_through)
+        used = {self.method_through_name(u)[0] for u in uppers_through}
+        self._methods_through = tuple(sorted(used)) or (self.hypergrad,)
+
+    def method_through_name(self, upper: str) -> tuple[str, dict[str, Any]]:
+        """``(method, options)`` for differentiating this level's solution with respect to level ``upper``."""
+        return self._edge_methods.get(upper, (self.hypergrad, self.hypergrad_options))
+
+    def method_through(self, prev: Any) -> tuple[str, dict[str, Any]]:
+        """As :meth:`method_through_name`, for a level object (the path walker's call)."""
+        return self.method_through_name(prev.name)
+
+    @property
+    def methods_through(self) -> tuple[str, ...]:
+        """Every method some upper uses to differentiate through this level."""
+        return self._methods_through
+
+    def options_through(self, method: str) -> list[dict[str, Any]]:
+        """The options of every hop through this level that uses ``method``."""
+        return [o for m, o in (self.method_through_name(u) for u in self._uppers_through) if m == method]
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -203,10 +253,25 @@ class Level(ImplicitProblem):
 
     def start_values(self) -> dict[str, Tensor]:
         """The inner-loop start of each trainable parameter (differentiable in upper parameters)."""
-        values = dict(self._start_fn(self))
-        missing = sorted(set(self.trainable_names) - set(values))
-        if missing:
-            raise KeyError(f"level '{self.name}': start map lacks parameters {missing}")
+        values = self._start_fn(self)
+        if not isinstance(values, Mapping):
+            raise GraphError(f"level '{self.name}': start must return a dict {{parameter name: tensor}}, "
+                             f"got {type(values).__name__}")
+        values = dict(values)
+        names = self.trainable_names
+        unknown = sorted(set(values) - set(names))
+        missing = sorted(set(names) - set(values))
+        if unknown or missing:
+            raise GraphError(
+                f"level '{self.name}': start must map every trainable parameter by its name within the level's "
+                f"module; unknown name(s) {unknown}, missing {missing}; the names are {names}"
+            )
+        for name, p in zip(names, self.trainable_parameters()):
+            v = values[name]
+            if not torch.is_tensor(v) or v.shape != p.shape:
+                got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+                raise GraphError(f"level '{self.name}': start value for '{name}' must be a tensor of shape "
+                                 f"{tuple(p.shape)}, got {got}")
         return values
 
     def on_inner_loop_start(self) -> None:
@@ -218,12 +283,6 @@ class Level(ImplicitProblem):
                 p.copy_(values[name])
         self.optimizer.state.clear()  # each inner loop is a fresh optimisation
 
-    def step_normal(self, global_step: int | None = None) -> None:
-        # Betty records the global step only for bottom levels (in step()); uppers need it for logs and errors
-        if global_step is not None:
-            self._global_step = global_step
-        super().step_normal(global_step=global_step)
-
     @property
     def count(self) -> int:
         return self._count
@@ -234,7 +293,8 @@ class Level(ImplicitProblem):
         a hypergradient method. A loss may then skip graph it does not need (e.g. through upper
         parameters, which a real step never differentiates) and reuse values across the
         recomputations of one hypergradient through :attr:`hop_cache`, which the engine empties
-        after every hypergradient."""
+        after every hypergradient. State a loss updates (a memory bank...) must change only in
+        real steps."""
         return self._in_real_step
 
     @property
@@ -274,7 +334,11 @@ class Level(ImplicitProblem):
     def get_batch(self) -> Any:
         if self._source is None:
             return None
-        return _to_device(self._source(self), self.device)
+        return _to_device(self._source(self), self.device, torch.float64 if self._float64 else None)
+
+    @property
+    def has_data(self) -> bool:
+        return self._source is not None
 
     def loss(self, batch: Any) -> Tensor | Mapping[str, Any]:
         """The level's loss on ``batch``; override in subclasses or pass ``loss=``."""
@@ -285,6 +349,30 @@ class Level(ImplicitProblem):
 
     def before_step(self, batch: Any) -> None:
         """Hook run at the start of every real step (e.g. a discriminator update)."""
+
+    def mark_output(self, output: Tensor) -> Tensor:
+        """Mark ``output`` as the network output the loss is computed from, and return it.
+
+        Optional; used by ``curvature="gauss_newton"`` (cg, cg_warm, neumann): the network up to the
+        marked outputs is linearised, the rest of the loss keeps its exact curvature, e.g.
+        ``logits = level.mark_output(level.module(x))``. Outside such a solve it does nothing.
+        """
+        if self._captured_outputs is not None:
+            if self._detach_outputs:
+                return output.detach()
+            self._captured_outputs.append(output)
+        return output
+
+    @contextlib.contextmanager
+    def capturing_outputs(self, detach: bool = False) -> Iterator[list[Tensor]]:
+        """Collect the tensors the loss marks with :meth:`mark_output` (or detach them) while inside."""
+        outputs: list[Tensor] = []
+        saved = self._captured_outputs, self._detach_outputs
+        self._captured_outputs, self._detach_outputs = outputs, detach
+        try:
+            yield outputs
+        finally:
+            self._captured_outputs, self._detach_outputs = saved
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -313,16 +401,35 @@ class Level(ImplicitProblem):
                 torch.cuda.set_rng_state(cuda, torch.device(self.device))
             yield
 
+    @contextlib.contextmanager
+    def _frozen_buffers(self) -> Iterator[None]:
+        """Running statistics advance once per real step: during a recomputation every buffer of the
+        module is swapped for a copy (which the forward may update and its graph may keep), and the
+        original tensors are put back untouched afterwards."""
+        swapped = []
+        for module in self.module.modules():
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    swapped.append((module, name, buffer))
+                    module._buffers[name] = buffer.clone()
+        try:
+            yield
+        finally:
+            for module, name, buffer in swapped:
+                module._buffers[name] = buffer
+
     def _loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
-        """The loss (or loss dict) under autocast; outside the real step it replays that step's random state."""
-        replay = None if self._in_real_step else self.last_step_rng
-        with self._rng(replay), self._autocast():
+        """The loss (or loss dict) under autocast; outside the real step it replays that step's random
+        state and leaves the module's buffers as they were."""
+        if self._in_real_step:
+            with self._autocast():
+                return self.training_step(batch)
+        with self._rng(self.last_step_rng), self._autocast(), self._frozen_buffers():
             return self.training_step(batch)
 
     def training_step_exec(self, batch: Any) -> Tensor:
-        """The scalar loss on ``batch`` (what Betty's hypergradient functions recompute)."""
-        out = self._loss_output(batch)
-        return out["loss"] if isinstance(out, Mapping) else out
+        """The scalar loss on ``batch`` (what hypergradient methods recompute)."""
+        return self._scalar_loss(self._loss_output(batch))
 
     def functional_loss(self, values: list[Tensor], buffers: dict[str, Tensor], batch: Any, rng: RngState) -> Tensor:
         """The loss with the trainable parameters replaced by ``values`` and buffers by ``buffers``."""
@@ -331,52 +438,186 @@ class Level(ImplicitProblem):
         with self._rng(rng), self._autocast():
             return torch.func.functional_call(_LossModule(self), swap, (batch,), strict=False)
 
+    def _guarded_loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
+        """The loss output; a loss that fails on ``batch=None`` at a level without data is reported as that."""
+        try:
+            return self._loss_output(batch)
+        except (TypeError, AttributeError, IndexError, KeyError) as err:
+            if batch is None and self._source is None:
+                raise LossError(f"level '{self.name}': its loss failed on batch=None ({type(err).__name__}: {err}); "
+                                "the level has no data — pass data=... (a DataStream, an iterable or a callable)") from err
+            raise
+
+    def preflight(self) -> bool:
+        """Evaluate the loss once on the batch the first step will draw, with no side effects, and check it
+        (a scalar tensor that depends on what it should). Returns False when the batch cannot be previewed
+        without consuming data (a source without ``state_dict``); the check then runs at the first step."""
+        source_state = getattr(self._source, "state_dict", None)
+        restorable = getattr(self._source, "restorable", callable(source_state))
+        if self._source is not None and not (restorable and callable(source_state)):
+            return False
+        import random
+
+        import numpy as np
+
+        saved_source = source_state() if self._source is not None else None
+        py_state, np_state = random.getstate(), np.random.get_state()
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), self._frozen_buffers():
+                batch = self.get_batch()
+                loss = self._scalar_loss(self._guarded_loss_output(batch))
+                self._check_dependence(loss)
+        finally:
+            if self._source is not None:
+                self._source.load_state_dict(saved_source)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            self.hop_cache.clear()
+            for level in self._parents + self._children:
+                level.hop_cache.clear()
+        return True
+
+    def _scalar_loss(self, out: Any) -> Tensor:
+        loss = out["loss"] if isinstance(out, Mapping) and "loss" in out else out
+        if not torch.is_tensor(loss) or loss.numel() != 1:
+            got = (f"a tensor of shape {tuple(loss.shape)}" if torch.is_tensor(loss)
+                   else f"{type(out).__name__}" + (" without a 'loss' key" if isinstance(out, Mapping) else ""))
+            raise LossError(f"level '{self.name}': the loss must return a scalar tensor or a dict with a scalar "
+                            f"tensor under 'loss', got {got}")
+        return loss.reshape(())
+
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        out = self._loss_output(batch)
-        loss = out["loss"] if isinstance(out, Mapping) else out
+        out = self._guarded_loss_output(batch)
+        loss = self._scalar_loss(out)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteError(self.name, self.global_step, "loss", value)
         logged = {"loss": value}
         if isinstance(out, Mapping):
-            logged.update({k: float(v.detach()) if torch.is_tensor(v) else v for k, v in out.items() if k != "loss"})
+            logged.update({k: float(v.detach()) if torch.is_tensor(v) and v.numel() == 1 else v
+                           for k, v in out.items() if k != "loss"})
         if self._grad_scaler is not None:
             loss = self._grad_scaler.scale(loss)
         return loss, logged
 
     # ------------------------------------------------------------------ one step
-    def one_step_descent(self, batch: Any = None) -> dict[str, float]:
+    def step_normal(self, global_step: int | None = None) -> None:
+        """One real step of this level, then (after ``unroll`` of them) a step of its uppers.
+
+        Replaces Betty's ``step_normal``: several uppers of this level first all form their
+        gradients (the hypergradients through this level are computed from the same state), and
+        only then all update, so the result does not depend on their order.
+        """
+        if global_step is not None:
+            self._global_step = global_step
+        if not self.check_ready():
+            return
+        self._begin_step()
+        self.compute_step()
+        self.apply_step()
+
+    def _begin_step(self) -> None:
+        if self._inner_loop_start:
+            self.on_inner_loop_start()
+            self._inner_loop_start = False
+        if self._training:
+            self._count += 1
+
+    def compute_step(self, batch: Any = None) -> None:
+        """Draw the batch, compute the loss and the full gradient (direct plus hypergradients), and
+        run the recording hooks of the methods that differentiate through this level."""
         if batch is None:
-            self.cur_batch = self.get_batch()
+            if not (self.hold_batch and self.cur_batch is not None):
+                self.cur_batch = self.get_batch()
             batch = self.cur_batch
         self.before_step(batch)
         self.last_step_rng = self._capture_rng()
         self._in_real_step = True
         try:
             loss, logged = self.get_loss(batch)
+            if not self._checked_loss:
+                self._check_dependence(loss)
         finally:
             self._in_real_step = False
-        self.backward(loss, self.trainable_parameters(), self._paths)
+        reports = self.backward(loss, self.trainable_parameters(), self._paths)
         del loss
-        hook = METHODS[self.hypergrad].on_lower_step if self.hypergrad in METHODS else None
-        if hook is not None and self._parents:
-            hook(self, batch)
+        if self._parents:
+            for method in self._methods_through:
+                hook = METHODS[method].on_lower_step if method in METHODS else None
+                if hook is not None:
+                    hook(self, batch)
         if self.is_implemented("grad_callback"):
             self.grad_callback()
+        self._pending = {"logged": logged, "reports": reports}
+
+    def apply_step(self) -> None:
+        """Update with the gradient :meth:`compute_step` formed; then step the uppers if due."""
+        pending, self._pending = self._pending or {"logged": {}, "reports": {}}, None
         self.optimizer_step()
         if self.is_implemented("param_callback"):
             self.param_callback()
         self.zero_grad()
-        self._log(logged)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._log(pending["logged"], pending["reports"])
+        self.ready = [False] * len(self._children)
+        if self._training and self._count % self.unroll == 0 and self._count > self.warmup_steps:
+            self._step_uppers()
+
+    def _step_uppers(self) -> None:
+        due = []
+        for upper in self._parents:
+            upper.ready[upper.children.index(self)] = True
+            if upper.check_ready():
+                due.append(upper)
+        for upper in due:  # phase 1: every upper forms its gradient from the same state
+            upper._global_step = self._global_step
+            upper._begin_step()
+            upper.compute_step()
+        for upper in due:  # phase 2: every upper updates
+            upper.apply_step()
+        self._inner_loop_start = True
+
+    def one_step_descent(self, batch: Any = None) -> dict[str, float]:
+        """Betty's single-step entry point (compute, then apply); returns the logged values."""
+        self.compute_step(batch)
+        logged = dict(self._pending["logged"])
+        self.apply_step()
         return logged
 
-    def backward(self, loss: Tensor, params: list[Tensor], paths: list, **_: Any) -> None:
-        """Direct gradient plus one hypergradient per path, formed without DDP hooks."""
+    def _check_dependence(self, loss: Tensor) -> None:
+        """Once, at the level's first real step: its loss must depend on its own parameters, or (for an
+        upper level whose parameters act only through lower levels) on some lower level's."""
+        self._checked_loss = True
+        if self._paths:
+            if not loss.requires_grad:
+                raise LossError(f"level '{self.name}': its loss does not depend on any parameter (no autograd "
+                                "graph); it must read the lower level(s) it is nested over")
+            return
+        if not loss.requires_grad or all(
+            g is None for g in torch.autograd.grad(loss, self.trainable_parameters(), retain_graph=True,
+                                                   allow_unused=True)
+        ):
+            raise LossError(
+                f"level '{self.name}': its loss does not depend on the level's own parameters "
+                f"({', '.join(self.trainable_names[:4])}{'...' if len(self.trainable_names) > 4 else ''}); "
+                "read them through level.module, or feed this level into a lower level with graph.feeds"
+            )
+
+    def backward(self, loss: Tensor, params: list[Tensor], paths: list, **_: Any) -> dict[str, Any]:
+        """Direct gradient plus one hypergradient per path (each hop with its edge's method), formed
+        without DDP hooks. Returns the per-path reports logged with this step."""
         direct = torch.autograd.grad(loss, params, retain_graph=bool(paths), allow_unused=True)
         indirect: list[Tensor] | None = None
+        reports: dict[str, Any] = {}
         for i, path in enumerate(paths):
-            hop = get_grads(loss, path, i < len(paths) - 1, False)
+            hop, hop_reports = walk_path(loss, path, retain_graph=i < len(paths) - 1)
             hop = [torch.zeros_like(p) if g is None else g for g, p in zip(hop, params)]
+            label = path_label(path)
+            self.hypergradients[label] = [g.detach() for g in hop]
+            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in hop])))
+            reports[label] = {"norm": norm, **hop_reports}
             indirect = hop if indirect is None else [a + b for a, b in zip(indirect, hop)]
         for path in paths:  # values cached for this hypergradient (and their graphs) die here
             for level in path[1:-1]:
@@ -387,6 +628,9 @@ class Level(ImplicitProblem):
             if self._grad_scaler is not None:
                 indirect = [g / self._grad_scaler.get_scale() for g in indirect]
         self.last_indirect_grads = indirect
+        if reports:
+            self.hypergradient_report = reports
+        return reports
 
     def sync_gradients(self, params: Iterable[Tensor]) -> None:
         """Average the gradients of ``params`` across ranks (no-op in one process). The engine does
@@ -414,27 +658,29 @@ class Level(ImplicitProblem):
             self._grad_scaler.update()
         else:
             self.optimizer.step()
-        if self.hypergrad == "sama":  # Betty's SAMA preconditioner reads the last raw gradient
+        if "sama" in self._methods_through:  # Betty's SAMA preconditioner reads the last raw gradient
             for p in params:
                 state = self.optimizer.state.get(p)
                 if state:
                     state["last_grad"] = p.grad.detach().clone()
 
-    def _log(self, logged: dict[str, float]) -> None:
+    def _log(self, logged: dict[str, Any], reports: dict[str, Any]) -> None:
         entry = {"level": self.name, "step": self.global_step, "local_step": self._count, **logged}
         entry["lr"] = float(self.optimizer.param_groups[0]["lr"])
         entry.update(self.diagnostics)
+        if reports:
+            entry["hypergradient"] = reports
         self.step_log.append(entry)
 
     def probe(self) -> Tensor:
         """A tensor summarising this level's output, for regression goldens."""
         if self._probe_fn is not None:
-            return self._probe_fn(self).detach().float()
-        return torch.cat([p.detach().float().flatten() for p in self.trainable_parameters()])
+            return self._probe_fn(self).detach().double()
+        return torch.cat([p.detach().double().flatten() for p in self.trainable_parameters()])
 
     # ------------------------------------------------------------------ state
     def extra_state_dict(self) -> dict[str, Any]:
-        """Subclass hook: more state to checkpoint (e.g. an auxiliary optimizer)."""
+        """Subclass hook: more state to checkpoint (e.g. an auxiliary optimizer, a memory bank)."""
         return {}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
@@ -451,8 +697,8 @@ class Level(ImplicitProblem):
             count=self._count,
             inner_loop_start=self._inner_loop_start,
             data=source_state() if callable(source_state) else None,
-            method_state={k: v for k, v in self.method_state.items() if k != "replay_warned"},
-            diagnostics=dict(self.diagnostics),
+            held_batch=_to_device(self.cur_batch, "cpu") if self.hold_batch else None,
+            method_state=self.method_state,
             extra=self.extra_state_dict(),
         )
         return state
@@ -468,23 +714,49 @@ class Level(ImplicitProblem):
         loader = getattr(self._source, "load_state_dict", None)
         if callable(loader) and state.get("data") is not None:
             loader(state["data"])
+        held = state.get("held_batch")
+        self.hold_batch = held is not None
+        self.cur_batch = _to_device(held, self.device) if held is not None else None
         self.method_state = dict(state.get("method_state", {}))
-        self.diagnostics = dict(state.get("diagnostics", {}))
+        self._checked_loss = self._count > 0
         self.load_extra_state_dict(state.get("extra", {}))
 
     def __repr__(self) -> str:
         return f"Level({self.name!r}, hypergrad={self.hypergrad!r}, unroll={self.unroll})"
 
 
-def _to_device(batch: Any, device: Any) -> Any:
+def _betty_option_fields(name: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``options`` against the method's and translate the ones Betty's ``Config`` also has."""
+    info = METHODS.get(method)
+    if info is None:  # reported with the full list by Graph.validate()
+        return {}
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        accepted = ", ".join(sorted(info.options)) or "none"
+        raise ValueError(
+            f"level '{name}': option(s) {unknown} are not understood by hypergrad '{method}' (accepted: {accepted})"
+        )
+    return {field: options[key] for key, (field, _) in info.options.items() if field is not None and key in options}
+
+
+def _to_device(batch: Any, device: Any, float_dtype: torch.dtype | None = None) -> Any:
+    """Move every tensor of ``batch`` to ``device``; with ``float_dtype`` (float64 runs) also cast
+    floating tensors to it and complex ones to the matching complex dtype."""
     if torch.is_tensor(batch):
+        if float_dtype is not None and batch.is_floating_point():
+            return batch.to(device, float_dtype, non_blocking=True)
+        if float_dtype is not None and batch.is_complex():
+            return batch.to(device, torch.complex128, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, float_dtype) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_to_device(v, device) for v in batch))
+        return type(batch)(*(_to_device(v, device, float_dtype) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(_to_device(v, device, float_dtype) for v in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: _to_device(getattr(batch, f.name), device, float_dtype)
+                                             for f in dataclasses.fields(batch) if f.init})
     to = getattr(batch, "to", None)
     return to(device) if callable(to) else batch
 

@@ -9,6 +9,7 @@ Run directory (``out``)::
     config.json            fully resolved settings, graph description and signature, versions
     metrics.jsonl          one line per logged step per level, plus validation lines
     checkpoint_latest.pt   every ``checkpoint_every`` steps, written atomically
+    checkpoint_previous.pt the checkpoint before it (taken when checkpoint_latest.pt is damaged)
     checkpoint_best.pt     at the best value of the monitored validation metric
     tensorboard/           optional
 
@@ -16,6 +17,11 @@ Checkpoints are taken only when the graph is *at rest* (every level that is unro
 an upper has completed its inner loop), so that no partially recorded inner loop has to be
 saved; with ``checkpoint_every`` not a multiple of the inner-loop length the checkpoint is
 taken at the next step at rest.
+
+Crash-exact resume: ``metrics.jsonl`` is flushed to disk with every checkpoint; on resume the
+lines written after the checkpoint's step are dropped (they are written again as the run
+redoes those steps) and temporaries of an interrupted checkpoint write are removed. A run
+that already completed or stopped early is returned as it is, with a message, not trained on.
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -36,14 +44,21 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .errors import NonFiniteError, ResumeError
+from .checkpoint import (
+    load_checkpoint,
+    previous_path,
+    remove_stale_temporaries,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from .errors import CheckpointError, NonFiniteError, ResumeError
 from .graph import Graph
 
 __all__ = ["EarlyStopping", "RunResult", "Runner", "run", "seed_everything", "resolve_device"]
 
 Validate = Callable[[Graph], dict[str, float]]
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": None}
 
 
 @dataclass
@@ -126,7 +141,9 @@ class Runner:
         device: "auto", "cpu", "cuda" or "cuda:N".
         seed: seeds Python/NumPy/torch at the start (plus the rank under DDP).
         deterministic: deterministic kernels (slower on GPU).
-        precision: "fp32", "bf16" (autocast; CPU or GPU) or "fp16" (autocast + loss scaling; GPU).
+        precision: "fp32", "bf16" (autocast; CPU or GPU), "fp16" (autocast + loss scaling; GPU) or
+            "fp64" (modules, batches and newly created tensors in double precision: what regression
+            goldens use, so that they do not depend on the CPU's float32 kernels).
         validate: ``fn(graph) -> {metric: value}``, run on rank 0 with all modules in eval mode.
         valid_every: validate every N global steps (0: only at the end if ``validate`` is given).
         monitor, mode: metric that selects the best checkpoint ("max" or "min"); default: the
@@ -160,8 +177,17 @@ class Runner:
         tensorboard: bool = False,
         config: dict[str, Any] | None = None,
     ):
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be a positive integer (global steps to run), got {steps!r}")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        if resume and out is None:
+            raise ValueError("resume=True needs out= (the run directory to continue); without it nothing was saved")
+        for name, value in (("valid_every", valid_every), ("checkpoint_every", checkpoint_every)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if validate is not None and not callable(validate):
+            raise TypeError(f"validate must be a function graph -> {{metric: number}}, got {type(validate).__name__}")
         if mode not in (None, "max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if early_stopping is not None and validate is None:
@@ -180,6 +206,7 @@ class Runner:
         self.resume, self.show_progress, self.use_tensorboard = resume, progress, tensorboard
         self.user_config = dict(config or {})
         self.step_count = 0
+        self.stop_reason: str | None = None
         self.best: dict[str, Any] | None = None
         self.last_validation: dict[str, Any] | None = None
         self.bad_rounds = 0
@@ -189,6 +216,9 @@ class Runner:
         self._tb = None
         self._bar = None
         self._started = False
+        self._stop_reason = ""
+        self._latest_step: int | None = None
+        self._default_dtype: torch.dtype | None = None
         self._stop = False
         self._t0 = 0.0
         self.rank, self.world = 0, 1
@@ -203,10 +233,17 @@ class Runner:
         self.rank, self.world = _init_distributed(self.device)
         seed_everything(self.seed + self.rank, self.deterministic)
         self.graph.build(self.device)
+        if self.precision == "fp64":
+            self._default_dtype = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
         for level in self.graph.levels.values():
-            level.configure_precision(_PRECISIONS[self.precision], self.device.type)
+            level.configure_precision(_PRECISIONS[self.precision], self.device.type,
+                                      float64=self.precision == "fp64")
         if self.out is not None:
             self._prepare_out()
+        if not self.resume:  # every loss checked before any work (a resumed run already passed this)
+            for level in self.graph.levels.values():
+                level.preflight()
         self._started = True
         self._t0 = time.perf_counter()
         self._bar = tqdm(
@@ -216,11 +253,12 @@ class Runner:
 
     def _prepare_out(self) -> None:
         latest = self.out / "checkpoint_latest.pt"
+        if self.out.is_dir() and self.is_main:
+            for tmp in remove_stale_temporaries(self.out):
+                tqdm.write(f"[medmlo] removed {tmp}, left by an interrupted checkpoint write")
         if self.resume:
-            if not latest.is_file():
-                raise ResumeError(f"cannot resume: {latest} does not exist (start a new run without --resume)")
-            self._restore(load_checkpoint(latest, map_location=self.device))
-        elif latest.exists() and self.is_main:
+            self._restore(self._load_latest(latest))
+        elif (latest.exists() or previous_path(latest).exists()) and self.is_main:
             raise ResumeError(
                 f"run directory {self.out} already holds a run (checkpoint_latest.pt); pass resume=True "
                 "(--resume) to continue it, or choose another output directory"
@@ -235,6 +273,29 @@ class Runner:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
+
+    def _load_latest(self, latest: Path) -> dict[str, Any]:
+        """``checkpoint_latest.pt``, or — if it is missing or damaged — the previous one, saying so."""
+        previous = previous_path(latest)
+        try:
+            return load_checkpoint(latest, map_location=self.device)
+        except (FileNotFoundError, CheckpointError) as err:
+            if not previous.is_file():
+                if isinstance(err, FileNotFoundError):
+                    raise ResumeError(f"cannot resume: {latest} does not exist (start a new run without "
+                                      "--resume)") from None
+                raise ResumeError(f"cannot resume {self.out}: {err}, and there is no {previous.name} to fall back on; "
+                                  "start a new run (another --out, or delete the folder)") from None
+            try:
+                state = load_checkpoint(previous, map_location=self.device)
+            except CheckpointError as err_previous:
+                raise ResumeError(f"cannot resume {self.out}: {err} and {err_previous}") from None
+            message = (f"[medmlo] {err}; resuming from {previous.name} instead (step {state['step']}); "
+                       "the steps after it are run again")
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            if self.is_main:
+                tqdm.write(message)
+            return state
 
     def _write_config(self) -> None:
         config = {
@@ -255,14 +316,23 @@ class Runner:
         os.replace(tmp, self.out / "config.json")
 
     def _truncate_metrics(self) -> None:
-        """On resume drop metric lines after the checkpoint, so no step is logged twice."""
+        """A new run starts an empty log; a resumed one keeps the lines up to its checkpoint's step
+        (later lines, and a line cut off by a crash, are dropped: those steps are run again)."""
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= self.step_count]
-        if self.step_count == 0:
-            kept = []
-        path.write_text("".join(ln + "\n" for ln in kept))
+        kept = []
+        if self.step_count > 0:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a killed run may be partial
+                if isinstance(entry, dict) and entry.get("step", 0) <= self.step_count:
+                    kept.append(line)
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -273,7 +343,7 @@ class Runner:
             "levels": {name: lv.state_dict() for name, lv in self.graph.levels.items()},
             "rng": rng_state(),
             "runner": {"best": self.best, "bad_rounds": self.bad_rounds, "last_validation": self.last_validation,
-                       "losses": self.losses},
+                       "losses": self.losses, "stop_reason": self.stop_reason},
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -289,7 +359,9 @@ class Runner:
         self.best, self.bad_rounds = runner["best"], runner["bad_rounds"]
         self.last_validation = runner["last_validation"]
         self.losses = {k: list(v) for k, v in runner["losses"].items()}
+        self.stop_reason = runner.get("stop_reason")
         self.step_count = int(state["step"])
+        self._latest_step = self.step_count
         self.graph.engine.global_step = self.step_count
 
     def at_rest(self) -> bool:
@@ -299,9 +371,20 @@ class Runner:
         )
 
     def save_checkpoint(self, name: str = "checkpoint_latest.pt") -> Path | None:
+        """Write a checkpoint atomically; ``checkpoint_latest.pt`` keeps its predecessor as
+        ``checkpoint_previous.pt``, and the metric lines logged so far are flushed to disk first."""
         if self.out is None or not self.is_main:
             return None
-        return save_atomic(self.state_dict(), self.out / name)
+        if self._metrics_file is not None:
+            self._metrics_file.flush()
+            os.fsync(self._metrics_file.fileno())
+        latest = name == "checkpoint_latest.pt"
+        # a second write at the same step (e.g. the end-of-run one) replaces latest and keeps the older previous
+        keep_previous = latest and self._latest_step != self.step_count
+        path = save_atomic(self.state_dict(), self.out / name, keep_previous=keep_previous)
+        if latest:
+            self._latest_step = self.step_count
+        return path
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> None:
@@ -317,6 +400,9 @@ class Runner:
             self._on_non_finite(err)
             raise
         self._drain_logs()
+        requests = [f"{n}: {lv.stop_request}" for n, lv in self.graph.levels.items() if lv.stop_request]
+        if requests:
+            self._stop, self._stop_reason = True, "; ".join(requests)
         if self.checkpoint_every and self.step_count % self.checkpoint_every == 0:
             self._pending_checkpoint = True
         if self.validate_fn is not None and self.valid_every and self.step_count % self.valid_every == 0:
@@ -341,7 +427,7 @@ class Runner:
         if self._metrics_file is not None:
             self._metrics_file.write(json.dumps(entry, default=float) + "\n")
         if self._tb is not None:
-            for key, value in entry.items():
+            for key, value in _flatten(entry):
                 if key not in ("level", "step", "local_step") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{entry['level']}/{key}", value, entry["step"])
 
@@ -364,7 +450,7 @@ class Runner:
         if self.is_main:
             self.graph.engine.eval()
             try:
-                metrics = {k: float(v) for k, v in self.validate_fn(self.graph).items()}
+                metrics = _numbers(self.validate_fn(self.graph))
             finally:
                 self.graph.engine.train()
             stop = self._judge(metrics)
@@ -411,20 +497,31 @@ class Runner:
 
     # ------------------------------------------------------------------ whole run
     def run(self) -> RunResult:
-        """Step until ``steps`` or early stopping; validate and checkpoint at the end."""
+        """Step until ``steps``, early stopping or a level's stop request; validate and checkpoint at the
+        end. A resumed run that had already finished (or stopped early) is returned as it was."""
         if not self._started:
             self.start()
+        if self.stop_reason == "early_stopping" or (self.stop_reason and self.step_count >= self.steps):
+            message = (f"[medmlo] {self.out} already finished ({self.stop_reason} at step {self.step_count}); "
+                       "returning it without training")
+            if self.is_main:
+                tqdm.write(message)
+            return self._result(self.stop_reason)
         reason = "completed"
         while self.step_count < self.steps:
             self.step()
             if self._stop:
-                reason = "early_stopping"
+                reason = self._stop_reason or "early_stopping"
                 break
         validated_now = self.last_validation is not None and self.last_validation["step"] == self.step_count
         if self.validate_fn is not None and not validated_now and reason == "completed":
             self.validate()
+        self.stop_reason = reason
         if self.at_rest():
             self.save_checkpoint()
+        return self._result(reason)
+
+    def _result(self, reason: str) -> RunResult:
         result = RunResult(
             steps=self.step_count,
             stop_reason=reason,
@@ -438,6 +535,9 @@ class Runner:
         return result
 
     def close(self) -> None:
+        if self._default_dtype is not None:
+            torch.set_default_dtype(self._default_dtype)
+            self._default_dtype = None
         if self._bar is not None:
             self._bar.close()
         if self._metrics_file is not None:
@@ -446,6 +546,33 @@ class Runner:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    """Validation output as ``{name: float}``, or a clear error naming what is wrong."""
+    if not isinstance(metrics, dict) or not metrics:
+        raise ValueError(f"validate() must return a non-empty dict {{metric name: number}}, got {metrics!r}"[:300])
+    out = {}
+    for key, value in metrics.items():
+        if torch.is_tensor(value) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"validate() returned {type(value).__name__} {value!r} for metric '{key}'; "
+                             "every metric must be a number"[:300])
+        out[str(key)] = float(value)
+    return out
+
+
+def _flatten(entry: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"hypergradient": {"a<-b": {"norm": 1}}}`` -> ``[("hypergradient/a<-b/norm", 1)]``."""
+    out = []
+    for key, value in entry.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{name}/"))
+        else:
+            out.append((name, value))
+    return out
 
 
 def run(graph: Graph, steps: int, **kwargs: Any) -> RunResult:

@@ -38,7 +38,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (shorthand for --seeds S)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds; results are averaged over them")
-    parser.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    parser.add_argument("--steps", type=positive_int, default=None, help="override the preset's training steps")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<recipe>-<dataset>-<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue the runs in --out where they stopped")
     parser.add_argument("--hypergrad", default=None,
@@ -46,8 +46,28 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
                              f"(methods: {', '.join(m for m, i in METHODS.items() if not i.refused)})")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="autocast precision (fp16 needs a GPU)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per level")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes per level")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _integer_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    parse.__name__ = what.replace(" ", "_")
+    return parse
+
+
+positive_int = _integer_at_least(1, "a positive integer")
+"""argparse type: an integer >= 1 (steps, sizes, counts)."""
+non_negative_int = _integer_at_least(0, "an integer >= 0")
+"""argparse type: an integer >= 0."""
 
 
 def choose_preset(requested: str | None, device: torch.device) -> str:
@@ -71,16 +91,33 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, str, list[int]]:
 
 
 def parse_hypergrad(spec: str | None, levels: Sequence[str]) -> dict[str, str]:
-    """``"cg"`` -> every level; ``"gan=darts,seg=cg"`` -> per level. Unknown names are errors."""
+    """``"cg"`` -> every level; ``"gan=darts,seg=cg"`` -> per level.
+
+    Checked at start-up, before any training: an unknown level, an unknown or refused method, or a
+    malformed item is a ``SystemExit`` naming it and listing what is accepted.
+    """
     if spec is None:
         return {}
+    usable = sorted(m for m, info in METHODS.items() if not info.refused)
     if "=" not in spec:
-        return dict.fromkeys(levels, spec)
+        pairs = [(level, spec.strip()) for level in levels]
+    else:
+        pairs = []
+        for part in spec.split(","):
+            level, sep, method = (x.strip() for x in part.partition("="))
+            if not sep or not level or not method:
+                raise SystemExit(f"error: --hypergrad item {part!r} must read level=method (e.g. {levels[0]}=cg)")
+            if level not in levels:
+                raise SystemExit(f"error: --hypergrad names level '{level}'; this recipe's levels are {list(levels)}")
+            pairs.append((level, method))
     out = {}
-    for part in spec.split(","):
-        level, _, method = part.partition("=")
-        if level not in levels:
-            raise SystemExit(f"error: --hypergrad names level '{level}'; this recipe's levels are {list(levels)}")
+    for level, method in pairs:
+        info = METHODS.get(method)
+        if info is None:
+            raise SystemExit(f"error: --hypergrad: unknown method '{method}' for level '{level}'; "
+                             f"available: {', '.join(usable)}")
+        if info.refused:
+            raise SystemExit(f"error: --hypergrad: method '{method}' is refused: {info.refused}")
         out[level] = method
     return out
 

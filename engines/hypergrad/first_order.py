@@ -2,9 +2,10 @@
 
 For a level whose parameters restart every inner loop from a function of upper
 parameters (``start`` map, e.g. MAML's ``φ_0 = θ``), the Jacobian ``dφ_K/dθ`` is
-approximated by ``dφ_0/dθ`` (identity for plain copies): first-order MAML; with the
+approximated by ``dφ_0/dθ`` (identity for plain copies): first-order MAML (FOMAML); with the
 upper step of Reptile-style updates this is the usual first-order family. For any other
-level the hop contributes nothing, i.e. the upper level sees only its direct gradient.
+level the hop contributes nothing, i.e. the upper level sees only its direct gradient (graph
+validation warns about that).
 
 Cost per hop: one vector-Jacobian product of the start map (free without one).
 Memory: none beyond the start map's graph.
@@ -22,7 +23,7 @@ from .common import deliver, zeros_for_none
 
 def first_order(vector: list[Tensor], curr: Any, prev: Any, sync: bool) -> list[Tensor] | None:
     prev_params = list(prev.trainable_parameters())
-    if curr.has_start:
+    if getattr(curr, "has_start", False):
         start = curr.start_values()
         outs = [start[name] for name in curr.trainable_names]
         pairs = [(o, v) for o, v in zip(outs, vector) if o.requires_grad]

@@ -1,14 +1,21 @@
-"""Conjugate gradient for the linear systems of implicit differentiation.
+"""Krylov solvers for the linear systems of implicit differentiation: CG and MINRES.
 
-A small pure function in the style of TorchOpt's ``solve_cg``: vectors are lists of
-tensors (one per parameter), the matrix is a callable ``matvec``. Unlike Betty
-0.2.1's ``cg`` it builds each new direction from the *new* residual, stops on a
-relative-residual tolerance, supports damping ``(A + damping I) x = b`` and a warm
-start ``x0``, and reports the residual it reached.
+Small pure functions in the style of TorchOpt's ``solve_cg``: vectors are lists of tensors
+(one per parameter), the matrix is a callable ``matvec``. Both solve ``(A + damping I) x = b``
+from an optional warm start ``x0``, stop on a relative-residual tolerance and report the
+residual they reached and the matrix-vector products they did.
 
-With ``blockwise=True`` the leading dimension of every tensor indexes independent
-systems (e.g. one linear head per task): step sizes and stopping are then per
-block, exactly as running CG separately on each block, but batched.
+* :func:`conjugate_gradient` — for symmetric positive (semi-)definite ``A`` (convex lower
+  levels, Gauss-Newton curvature). Unlike Betty 0.2.1's ``cg`` it builds each new direction
+  from the *new* residual. It reports the smallest Rayleigh quotient ``p^T A p / p^T p`` it met,
+  so a caller can tell that ``A`` was not positive definite.
+* :func:`minres` — for symmetric *indefinite* ``A`` (the Hessian of a non-convex lower level):
+  Paige & Saunders' MINRES minimises the residual over the Krylov space, so the residual never
+  grows even when CG would break down on negative curvature.
+
+With ``blockwise=True`` the leading dimension of every tensor indexes independent systems
+(e.g. one linear head per task): step sizes and stopping are then per block, exactly as
+solving each block separately, but batched.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CGResult", "conjugate_gradient"]
+__all__ = ["CGResult", "conjugate_gradient", "minres"]
 
 Vector = Sequence[Tensor]
 
@@ -30,15 +37,25 @@ class CGResult:
 
     Attributes:
         x: the solution, same structure as ``b``.
-        iterations: matrix-vector products performed.
+        iterations: matrix-vector products performed (including the one a warm start needs).
         relative_residual: ``max_blocks ||b - (A + damping I) x|| / ||b||`` at exit.
         converged: whether every block met the tolerance.
+        min_curvature: the smallest Rayleigh quotient ``p^T (A + damping I) p / p^T p`` met
+            (CG only; a value <= 0 means the system is not positive definite).
+        max_curvature: the largest Rayleigh quotient met (CG only; a lower bound of ``||A + damping I||``).
+        initial_relative_residual: ``||b - A x0|| / ||b||`` of the given starting point (1 for a cold start).
+        restarted: blocks whose warm start was worse than zero and were restarted from zero
+            (with ``cold_if_worse``).
     """
 
     x: list[Tensor]
     iterations: int
     relative_residual: float
     converged: bool
+    min_curvature: float = float("inf")
+    max_curvature: float = 0.0
+    initial_relative_residual: float = 1.0
+    restarted: int = 0
 
 
 def _dot(a: Vector, b: Vector, blockwise: bool) -> Tensor:
@@ -61,6 +78,7 @@ def conjugate_gradient(
     tol: float = 1e-6,
     maxiter: int = 20,
     blockwise: bool = False,
+    cold_if_worse: bool = False,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` for symmetric positive-definite ``A``.
 
@@ -70,12 +88,15 @@ def conjugate_gradient(
         x0: initial guess (warm start); zeros when None.
         damping: Tikhonov term added to ``A``; makes semi-definite Hessians solvable.
         tol: stop when ``||r|| <= tol * ||b||`` (per block when ``blockwise``).
-        maxiter: at most this many matrix-vector products.
+        maxiter: at most this many matrix-vector products (besides the one a warm start needs).
         blockwise: treat the leading dimension as independent systems.
+        cold_if_worse: a block whose warm start has a larger residual than zero (``||b - A x0|| > ||b||``)
+            starts from zero instead (no extra product; counted in ``restarted``).
 
     Returns:
         A :class:`CGResult`. Directions with non-positive curvature (``p^T A p <= 1e-12 p^T p``)
-        stop their block (the current iterate is kept) instead of dividing by it.
+        stop their block (the current iterate is kept) instead of dividing by it; the warm start's
+        residual costs one extra product, which is counted but does not take one of ``maxiter``.
 
     Example:
         >>> A = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
@@ -84,32 +105,28 @@ def conjugate_gradient(
         True
     """
 
-    def apply(v: list[Tensor]) -> list[Tensor]:
-        av = [t.detach() for t in matvec(v)]
-        if damping:
-            av = [a + damping * t for a, t in zip(av, v)]
-        return av
+    apply = _damped(matvec, damping)
 
     b = [t.detach() for t in b]
-    if x0 is None:
-        x = [torch.zeros_like(t) for t in b]
-        r = [t.clone() for t in b]
-        iterations = 0
-    else:
-        x = [t.detach().clone() for t in x0]
-        r = [bi - ai for bi, ai in zip(b, apply(x))]
-        iterations = 1
+    x, r, products, initial, restarted = _start(apply, b, x0, blockwise, cold_if_worse)
     p = [t.clone() for t in r]
     b_norm = _dot(b, b, blockwise).sqrt()
-    threshold = tol * torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    safe_b = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    threshold = tol * safe_b
     rs = _dot(r, r, blockwise)
     active = rs.sqrt() > threshold
+    min_curvature, max_curvature = float("inf"), 0.0
+    iterations = 0
 
     while iterations < maxiter and bool(active.any()):
         ap = apply(p)
         curvature = _dot(p, ap, blockwise)
+        pp = _dot(p, p, blockwise)
+        quotient = curvature / pp.clamp_min(1e-300)
+        min_curvature = min(min_curvature, _min(torch.where(active, quotient, torch.inf)))
+        max_curvature = max(max_curvature, _max(torch.where(active, quotient, -torch.inf)))
         # stop a block on non-positive (or numerically vanishing) curvature instead of dividing by it
-        active = active & (curvature > 1e-12 * _dot(p, p, blockwise))
+        active = active & (curvature > 1e-12 * pp)
         step = torch.where(active, rs / torch.where(active, curvature, torch.ones_like(curvature)), 0.0)
         x = [xi + _scale(step, pi, blockwise) for xi, pi in zip(x, p)]
         r = [ri - _scale(step, api, blockwise) for ri, api in zip(r, ap)]
@@ -120,6 +137,118 @@ def conjugate_gradient(
         active = active & (rs.sqrt() > threshold)
         iterations += 1
 
-    rel = rs.sqrt() / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
-    rel_max = float(rel.max()) if rel.dim() else float(rel)
-    return CGResult(x=x, iterations=iterations, relative_residual=rel_max, converged=rel_max <= tol)
+    rel_max = _max(rs.sqrt() / safe_b)
+    return CGResult(x=x, iterations=iterations + products, relative_residual=rel_max, converged=rel_max <= tol,
+                    min_curvature=min_curvature, max_curvature=max_curvature, initial_relative_residual=initial,
+                    restarted=restarted)
+
+
+def minres(
+    matvec: Callable[[list[Tensor]], Sequence[Tensor]],
+    b: Vector,
+    *,
+    x0: Vector | None = None,
+    damping: float = 0.0,
+    tol: float = 1e-6,
+    maxiter: int = 20,
+    blockwise: bool = False,
+    cold_if_worse: bool = False,
+) -> CGResult:
+    """Solve ``(A + damping I) x = b`` for symmetric, possibly indefinite ``A`` (Paige & Saunders 1975).
+
+    Each iteration extends a Lanczos basis by one product and updates ``x`` so that the residual
+    is the smallest over the Krylov space: the residual norm never increases, and there is no
+    breakdown on negative curvature. Arguments and result as :func:`conjugate_gradient`
+    (``min_curvature`` is not measured).
+
+    Example:
+        >>> A = torch.tensor([[2.0, 0.0], [0.0, -1.0]])        # indefinite
+        >>> res = minres(lambda v: [A @ v[0]], [torch.tensor([1.0, 1.0])], tol=1e-10)
+        >>> torch.allclose(res.x[0], torch.tensor([0.5, -1.0]), atol=1e-6)
+        True
+    """
+
+    apply = _damped(matvec, damping)
+
+    def scaled(s: Tensor, t: Tensor) -> Tensor:
+        return _scale(s, t, blockwise)
+
+    b = [t.detach() for t in b]
+    x, r, products, initial, restarted = _start(apply, b, x0, blockwise, cold_if_worse)
+    b_norm = _dot(b, b, blockwise).sqrt()
+    safe_b = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    beta = _dot(r, r, blockwise).sqrt()
+    eta = beta.clone()
+    v_prev = [torch.zeros_like(t) for t in r]
+    v = [scaled(1 / beta.clamp_min(1e-300), t) for t in r]
+    w_prev2 = [torch.zeros_like(t) for t in r]
+    w_prev = [torch.zeros_like(t) for t in r]
+    one, zero = torch.ones_like(beta), torch.zeros_like(beta)
+    c_prev2, c_prev, s_prev2, s_prev = one, one, zero, zero
+    active = beta > tol * safe_b
+    iterations = 0
+    while iterations < maxiter and bool(active.any()):
+        av = apply(v)
+        alpha = _dot(v, av, blockwise)
+        v_next = [a - scaled(alpha, vi) - scaled(beta, vp) for a, vi, vp in zip(av, v, v_prev)]
+        beta_next = _dot(v_next, v_next, blockwise).sqrt()
+        delta = c_prev * alpha - c_prev2 * s_prev * beta
+        rho1 = torch.sqrt(delta**2 + beta_next**2)
+        rho2 = s_prev * alpha + c_prev2 * c_prev * beta
+        rho3 = s_prev2 * beta
+        ok = active & (rho1 > 0)
+        safe_rho1 = torch.where(ok, rho1, one)
+        c, s = torch.where(ok, delta / safe_rho1, c_prev), torch.where(ok, beta_next / safe_rho1, zero)
+        w = [scaled(1 / safe_rho1, vi - scaled(rho3, w2) - scaled(rho2, w1)) for vi, w2, w1 in zip(v, w_prev2, w_prev)]
+        x = [xi + scaled(torch.where(ok, c * eta, zero), wi) for xi, wi in zip(x, w)]
+        eta = torch.where(ok, -s * eta, eta)
+        v_prev, v = v, [scaled(1 / beta_next.clamp_min(1e-300), t) for t in v_next]
+        w_prev2, w_prev = w_prev, w
+        c_prev2, c_prev, s_prev2, s_prev, beta = c_prev, c, s_prev, s, beta_next
+        active = ok & (eta.abs() > tol * safe_b) & (beta_next > 0)
+        iterations += 1
+    # the recurrence's |eta| is the residual in exact arithmetic; report the true one (one more product)
+    true_r = [bi - ai for bi, ai in zip(b, apply(x))]
+    rel_max = _max(_dot(true_r, true_r, blockwise).sqrt() / safe_b)
+    return CGResult(x=x, iterations=iterations + products + 1, relative_residual=rel_max, converged=rel_max <= tol,
+                    initial_relative_residual=initial, restarted=restarted)
+
+
+def _damped(matvec: Callable[[list[Tensor]], Sequence[Tensor]], damping: float) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``v -> (A + damping I) v`` with the product detached (the solvers need values, not graphs)."""
+
+    def apply(v: list[Tensor]) -> list[Tensor]:
+        av = [t.detach() for t in matvec(v)]
+        return [a + damping * t for a, t in zip(av, v)] if damping else av
+
+    return apply
+
+
+def _start(apply: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], x0: Vector | None, blockwise: bool,
+           cold_if_worse: bool) -> tuple[list[Tensor], list[Tensor], int, float, int]:
+    """Initial iterate and residual, the products spent on them (1 for a warm start, else 0), the warm
+    start's relative residual, and how many blocks fell back to zero because it was worse."""
+    if x0 is None:
+        return [torch.zeros_like(t) for t in b], [t.clone() for t in b], 0, 1.0, 0
+    x = [t.detach().clone() for t in x0]
+    r = [bi - ai for bi, ai in zip(b, apply(x))]
+    r_norm, b_norm = _dot(r, r, blockwise).sqrt(), _dot(b, b, blockwise).sqrt()
+    initial = _max(r_norm / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm)))
+    if not cold_if_worse:
+        return x, r, 1, initial, 0
+    worse = r_norm > b_norm
+    x = [torch.where(_expand(worse, t, blockwise), torch.zeros_like(t), t) for t in x]
+    r = [torch.where(_expand(worse, ri, blockwise), bi, ri) for ri, bi in zip(r, b)]
+    return x, r, 1, initial, int(worse.sum())
+
+
+def _expand(mask: Tensor, t: Tensor, blockwise: bool) -> Tensor:
+    return mask.view(-1, *([1] * (t.dim() - 1))) if blockwise else mask
+
+
+def _max(t: Tensor) -> float:
+    return float(t.max()) if t.dim() else float(t)
+
+
+def _min(t: Tensor) -> float:
+    return float(t.min()) if t.dim() else float(t)

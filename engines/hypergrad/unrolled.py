@@ -11,7 +11,8 @@ levels' parameters live, and ``v`` is pulled back through it:
 
 Options:
     truncate (int, default K): differentiate only through the last ``truncate`` steps;
-        earlier steps are treated as constant (truncated back-propagation).
+        earlier steps are treated as constant (truncated back-propagation). Different uppers
+        may use different truncations through one level: the window recorded is the longest.
 
 Start of the window: if the level has a ``start`` map (its parameters are reset at every
 inner loop from a function of upper parameters, as in MAML/ANIL) and the window covers
@@ -44,7 +45,11 @@ import torch
 from torch import Tensor
 
 from . import diff_optim
-from .common import deliver, zeros_for_none
+from .common import deliver, hop_options, report, zeros_for_none
+
+__all__ = ["EXACT_OPTIONS", "RecordedStep", "Trajectory", "exact", "record_step", "window"]
+
+EXACT_OPTIONS: dict[str, tuple[str | None, Any]] = {"truncate": (None, None)}
 
 
 @dataclass
@@ -66,10 +71,15 @@ class Trajectory:
     steps: list[RecordedStep] = field(default_factory=list)
 
 
+def _truncation(level: Any, options: dict[str, Any]) -> int:
+    truncate = options.get("truncate")
+    return max(1, min(int(level.unroll if truncate is None else truncate), level.unroll))
+
+
 def window(level: Any) -> int:
-    """Number of replayed steps: ``truncate`` if given, else the level's unroll steps."""
-    truncate = int(level.hypergrad_options.get("truncate", level.unroll))
-    return max(1, min(truncate, level.unroll))
+    """Number of recorded steps: the longest truncation any ``exact`` hop through the level asks for."""
+    sizes = [_truncation(level, o) for o in level.options_through("exact")]
+    return max(sizes) if sizes else _truncation(level, level.hypergrad_options)
 
 
 def record_step(level: Any, batch: Any) -> None:
@@ -97,53 +107,66 @@ def record_step(level: Any, batch: Any) -> None:
 
 def exact(vector: list[Tensor], curr: Any, prev: Any, sync: bool) -> list[Tensor] | None:
     """Iterative-differentiation hop: replay the recorded window and pull ``vector`` back."""
-    traj: Trajectory | None = curr.trajectory
-    expected = window(curr)
-    if traj is None or len(traj.steps) != expected:
+    traj: Trajectory | None = getattr(curr, "trajectory", None)
+    if not hasattr(curr, "functional_loss"):
+        raise TypeError(f"exact: '{curr.name}' is not a medmlo Level (exact replays the steps a Level records)")
+    recorded = window(curr)
+    if traj is None or len(traj.steps) != recorded:
         found = 0 if traj is None else len(traj.steps)
         raise RuntimeError(
-            f"exact: level '{curr.name}' has {found} of the {expected} recorded steps it must "
+            f"exact: level '{curr.name}' has {found} of the {recorded} recorded steps it must "
             "replay; hypergradients through it can only be taken after a full inner loop"
         )
+    depth = _truncation(curr, hop_options(curr, prev, "exact"))
     params = curr.trainable_parameters()
-    if traj.from_inner_loop_start and curr.has_start:
+    full = depth == curr.unroll and traj.from_inner_loop_start and curr.has_start
+    if full:
         start = curr.start_values()
         values = [start[name] for name in curr.trainable_names]
     else:
-        values = [v.clone().requires_grad_(True) for v in traj.values]
-    values = [v if v.requires_grad else v.clone().requires_grad_(True) for v in values]
+        values = [v.clone() for v in traj.values]
     states = [
         {k: (t.clone() if torch.is_tensor(t) else t) for k, t in s.items()} for s in traj.optimizer_state
     ]
     buffers = {n: b.clone() for n, b in traj.buffers.items()}
     with torch.enable_grad():
-        for step in traj.steps:
+        for i, step in enumerate(traj.steps):
+            live = i >= len(traj.steps) - depth
+            if live:
+                values = [v if v.requires_grad else v.detach().clone().requires_grad_(True) for v in values]
+            else:  # before the truncation window: replayed to reach its start, without graph
+                values = [v.detach().requires_grad_(True) for v in values]
             loss = curr.functional_loss(values, buffers, step.batch, step.rng)
             grads = zeros_for_none(
-                torch.autograd.grad(loss, values, create_graph=True, allow_unused=True), values
+                torch.autograd.grad(loss, values, create_graph=live, allow_unused=True), values
             )
             if step.indirect is not None:
-                grads = [g + i for g, i in zip(grads, step.indirect)]
+                grads = [g + ind for g, ind in zip(grads, step.indirect)]
             values, states = diff_optim.update(curr.optimizer, params, grads, values, states, step.hyper)
-        _check_replay(curr, values, params)
+            if not live:
+                values = [v.detach() for v in values]
+                states = [{k: (t.detach() if torch.is_tensor(t) else t) for k, t in s.items()} for s in states]
+        _check_replay(curr, prev, values, params)
         prev_params = list(prev.trainable_parameters())
         out = torch.autograd.grad(values, prev_params, grad_outputs=vector, allow_unused=True)
     return deliver(zeros_for_none(out, prev_params), prev, sync)
 
 
-def _check_replay(curr: Any, replayed: list[Tensor], params: list[Tensor]) -> None:
+def _check_replay(curr: Any, prev: Any, replayed: list[Tensor], params: list[Tensor]) -> None:
     """Record how far (relative L2) the replay landed from the real iterate; warn once if far."""
     with torch.no_grad():
         gap = torch.sqrt(sum(((r - p) ** 2).sum() for r, p in zip(replayed, params)))
         scale = torch.sqrt(sum((p**2).sum() for p in params)) + 1e-12
         relative = float(gap / scale)
-    curr.diagnostics["hg_exact_replay_gap"] = relative
-    if relative > 0.05 and not curr.method_state.get("replay_warned"):
-        curr.method_state["replay_warned"] = True
+    report(curr, prev, replay_gap=relative)
+    warned = curr.__dict__.setdefault("_replay_warned", set())
+    if relative > 0.05 and prev.name not in warned:
+        warned.add(prev.name)
         warnings.warn(
-            f"exact: replaying level '{curr.name}' ended {relative:.2e} (relative L2) away from its real "
-            "iterate: its loss is random beyond the random state the engine restores, or its optimizer "
-            "amplifies rounding differences (e.g. Adam on parameters whose gradient is ~0)",
+            f"exact: replaying level '{curr.name}' for '{prev.name}' ended {relative:.2e} (relative L2) away from its "
+            "real iterate: its loss is random beyond the random state the engine restores, its upper parameters "
+            "changed since the steps were taken, or its optimizer amplifies rounding differences (e.g. Adam on "
+            "parameters whose gradient is ~0)",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -1,8 +1,9 @@
-"""The conjugate-gradient solver on its own: tolerance, warm start, damping, blocks."""
+"""The Krylov solvers on their own: tolerance, warm start (and its fallback to zero), damping, blocks, MINRES."""
 
+import pytest
 import torch
 
-from engines.hypergrad import conjugate_gradient
+from engines.hypergrad import conjugate_gradient, minres
 
 
 def _spd(n, seed, cond=50.0):
@@ -55,3 +56,43 @@ def test_negative_curvature_stops_the_block_without_dividing_by_it():
     A = torch.diag(torch.tensor([-1.0, -2.0], dtype=torch.float64))
     res = conjugate_gradient(lambda v: [A @ v[0]], [torch.ones(2, dtype=torch.float64)], maxiter=5)
     assert torch.isfinite(res.x[0]).all() and not res.converged
+    assert res.min_curvature < 0  # reported, so a caller can tell the system was not positive definite
+
+
+def _indefinite(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.linspace(-2.0, 3.0, n, dtype=torch.float64) + 0.01) @ q.T
+
+
+def test_minres_solves_indefinite_systems_where_cg_breaks_down():
+    A, b = _indefinite(30, 0), torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    res = minres(lambda v: [A @ v[0]], [b], tol=1e-10, maxiter=80)
+    assert res.converged and torch.allclose(res.x[0], torch.linalg.solve(A, b), atol=1e-8)
+    assert not conjugate_gradient(lambda v: [A @ v[0]], [b], tol=1e-10, maxiter=80).converged
+
+
+def test_minres_residual_never_increases_with_more_iterations():
+    A, b = _indefinite(40, 2), torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    residuals = [minres(lambda v: [A @ v[0]], [b], tol=0.0, maxiter=k).relative_residual for k in range(1, 25)]
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(residuals, residuals[1:]))
+
+
+def test_minres_blockwise_equals_separate_solves():
+    blocks = torch.stack([_indefinite(10, s) for s in range(3)])
+    b = torch.randn(3, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    res = minres(lambda v: [torch.einsum("bij,bj->bi", blocks, v[0])], [b], tol=1e-12, maxiter=60, blockwise=True)
+    for i in range(3):
+        assert torch.allclose(res.x[0][i], torch.linalg.solve(blocks[i], b[i]), atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", [conjugate_gradient, minres])
+def test_a_warm_start_worse_than_zero_falls_back_to_zero_per_block(solver):
+    blocks = torch.stack([_spd(6, s) for s in range(2)])
+    b = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    exact = torch.stack([torch.linalg.solve(blocks[i], b[i]) for i in range(2)])
+    x0 = torch.stack([exact[0] + 1e-3, -50 * exact[1]])  # block 0: a good start; block 1: far worse than zero
+    res = solver(lambda v: [torch.einsum("bij,bj->bi", blocks, v[0])], [b], x0=[x0], tol=1e-10, maxiter=40,
+                 blockwise=True, cold_if_worse=True)
+    assert res.restarted == 1 and res.initial_relative_residual > 1 and res.converged
+    assert torch.allclose(res.x[0], exact, atol=1e-8)

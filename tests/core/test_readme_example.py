@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.golden import check_golden, trace_run
+from engines.golden import check_golden, golden_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "reweighting.py"
@@ -30,10 +30,8 @@ def test_example_runs_and_down_weights_the_flipped_labels(tmp_path, monkeypatch,
 
 @pytest.mark.golden
 def test_example_level_outputs_match_golden(update_goldens):
-    ns = runpy.run_path(str(EXAMPLE), run_name="example")
-    graph = ns["g"]
-    result = graph.run(steps=8, device="cpu", progress=False)
-    check_golden(trace_run(graph, result), ROOT / "assets" / "goldens" / "readme_reweighting.json",
+    trace = golden_trace(lambda: runpy.run_path(str(EXAMPLE), run_name="example")["g"], 8)
+    check_golden(trace, ROOT / "assets" / "goldens" / "readme_reweighting.json", rtol=1e-9, atol=1e-12,
                  update=update_goldens)
 
 

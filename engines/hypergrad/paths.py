@@ -1,0 +1,53 @@
+"""Walking one hypergradient path, hop by hop, with the method each *edge* names.
+
+A path ``[upper, l_1, ..., l_n, upper]`` (Betty's form) says: ``upper``'s loss reads ``l_1``'s
+solution, ``l_1``'s solution responds to ``l_2``'s parameters, ..., and ``l_n``'s responds to
+``upper``'s. The hypergradient along it is
+
+    d f / d l_1  ->  (d l_1* / d l_2)^T  ->  ...  ->  (d l_n* / d upper)^T
+
+where each arrow is one hop through ``l_i`` with respect to the next level, computed by the method
+the graph assigns to that edge (the level's own ``hypergrad`` unless the edge overrides it).
+Betty's ``get_grads`` picks the method from the level alone; this walker is what makes
+per-edge methods possible (DuMeta++: the encoder through the shared head with ``exact``, the head
+initialisation through the same head with ``first_order``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .common import Hop, running, zeros_for_none
+from .registry import METHODS
+
+__all__ = ["path_label", "walk_path"]
+
+
+def path_label(path: Sequence[Any]) -> str:
+    """``"arch<-seg<-gan"``: the upper level, then the levels the hypergradient passes through."""
+    return "<-".join([path[0].name, *(level.name for level in path[1:-1])])
+
+
+def walk_path(loss: Tensor, path: Sequence[Any], *, retain_graph: bool) -> tuple[list[Tensor], dict[str, dict]]:
+    """The hypergradient of ``loss`` (``path[0]``'s loss) along ``path`` for ``path[-1]``'s parameters.
+
+    Returns the gradient (a list over ``path[-1].trainable_parameters()``) and one report per hop,
+    keyed ``"<through>-><with respect to>"``, holding the method used and its diagnostics.
+    """
+    first = path[1]
+    params = list(first.trainable_parameters())
+    vector = zeros_for_none(torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True), params)
+    label = path_label(path)
+    reports: dict[str, dict] = {}
+    for curr, prev in zip(path[1:-1], path[2:]):
+        method, options = curr.method_through(prev)
+        hop = Hop(curr, prev, method, dict(options), state_key=f"{label}|{curr.name}->{prev.name}",
+                  report={"method": method})
+        with running(hop):
+            vector = METHODS[method].fn(vector, curr, prev, False)
+        reports[f"{curr.name}->{prev.name}"] = hop.report
+    return vector, reports

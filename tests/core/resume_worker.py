@@ -1,0 +1,35 @@
+"""Run by tests/core/test_resume.py as a separate process that the test kills with SIGKILL.
+
+    python resume_worker.py OUT METHOD STEPS
+
+Runs the toy reweighting graph, resuming from OUT when a checkpoint is there, printing the global
+step after every step (so the test knows when to kill), and saving the final parameters.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core_toys import parameters, reweighting_graph  # noqa: E402
+
+from engines import Runner  # noqa: E402
+
+
+def main() -> None:
+    out, method, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    graph = reweighting_graph(method)
+    resume = (out / "checkpoint_latest.pt").exists() or (out / "checkpoint_previous.pt").exists()
+    runner = Runner(graph, steps, out=out, device="cpu", progress=False, checkpoint_every=3, resume=resume,
+                    validate=lambda g: {"score": float(g["gates"].module.weight.sum())}, valid_every=4)
+    runner.start()
+    while runner.step_count < steps:
+        runner.step()
+        print(runner.step_count, flush=True)
+    runner.run()  # final validation and checkpoint
+    torch.save(parameters(graph), out / "final_parameters.pt")
+
+
+if __name__ == "__main__":
+    main()
