@@ -390,15 +390,14 @@ class Level(ImplicitProblem):
 
     @contextlib.contextmanager
     def _rng(self, state: RngState | None) -> Iterator[None]:
-        if state is None:
-            yield
-            return
-        cpu, cuda = state
-        devices = [torch.device(self.device)] if cuda is not None else []
+        """Run with the random state ``state`` (None: the current one) without advancing the global generators."""
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(cpu)
-            if cuda is not None:
-                torch.cuda.set_rng_state(cuda, torch.device(self.device))
+            if state is not None:
+                cpu, cuda = state
+                torch.set_rng_state(cpu)
+                if cuda is not None:
+                    torch.cuda.set_rng_state(cuda, torch.device(self.device))
             yield
 
     @contextlib.contextmanager
@@ -695,9 +694,11 @@ class Level(ImplicitProblem):
         source_state = getattr(self._source, "state_dict", None)
         state.update(
             count=self._count,
+            global_step=self.global_step,
             inner_loop_start=self._inner_loop_start,
             data=source_state() if callable(source_state) else None,
             held_batch=_to_device(self.cur_batch, "cpu") if self.hold_batch else None,
+            last_step_rng=list(self.last_step_rng) if self.last_step_rng is not None else None,
             method_state=self.method_state,
             extra=self.extra_state_dict(),
         )
@@ -710,6 +711,7 @@ class Level(ImplicitProblem):
         if self._grad_scaler is not None and "grad_scaler" in state:
             self._grad_scaler.load_state_dict(state["grad_scaler"])
         self._count = int(state["count"])
+        self._global_step = int(state.get("global_step", 0))
         self._inner_loop_start = bool(state["inner_loop_start"])
         loader = getattr(self._source, "load_state_dict", None)
         if callable(loader) and state.get("data") is not None:
@@ -718,6 +720,8 @@ class Level(ImplicitProblem):
         self.hold_batch = held is not None
         self.cur_batch = _to_device(held, self.device) if held is not None else None
         self.method_state = dict(state.get("method_state", {}))
+        rng = state.get("last_step_rng")
+        self.last_step_rng = (rng[0], rng[1]) if rng is not None else None
         self._checked_loss = self._count > 0
         self.load_extra_state_dict(state.get("extra", {}))
 

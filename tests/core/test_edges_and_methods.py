@@ -156,3 +156,43 @@ def test_penalty_stops_the_run_when_delta_falls_below_its_tolerance():
                                                     "max_rounds": 1}, unroll=1, n=4, p=2, cond=2.0)
     result = Runner(cf.graph, 10_000, device="cpu", progress=False).run()
     assert "penalty method converged" in result.stop_reason and result.steps < 10_000
+
+
+def test_penalty_runs_resume_identically_with_held_batches_and_step_dependent_losses(tmp_path):
+    """The penalty hook recomputes the upper's loss before the upper steps again: its random state and
+    global step must come back from the checkpoint (a loss may depend on both, e.g. stair training)."""
+    from engines import DataStream
+
+    def graph():
+        torch.manual_seed(0)
+        train = torch.utils.data.TensorDataset(torch.randn(40, 3, dtype=torch.float64))
+        val = torch.utils.data.TensorDataset(torch.randn(40, 3, dtype=torch.float64))
+
+        def low_loss(level, batch):
+            noise = 0.01 * torch.randn(3, dtype=torch.float64)
+            return ((level.module() - batch[0].mean(0) + noise) ** 2).sum() + (level.module() * level.up.module()).sum()
+
+        def up_loss(level, batch):
+            scale = 1.0 + 0.1 * (level.global_step // 3)  # a schedule on the global step
+            noise = 0.01 * torch.randn(3, dtype=torch.float64)
+            return scale * ((level.low.module() - batch[0].mean(0) + noise) ** 2).sum() + 0.1 * level.module().pow(2).sum()
+
+        g = Graph("p")
+        g.add(Level("low", Vector(torch.zeros(3)), functools.partial(torch.optim.Adam, lr=0.05), low_loss,
+                    DataStream(train, 4, seed=1), hypergrad="penalty", unroll=2,
+                    options={"lam": 0.5, "delta": 1e-3, "max_rounds": 2}))
+        g.add(Level("up", Vector(torch.zeros(3)), functools.partial(torch.optim.Adam, lr=0.05), up_loss,
+                    DataStream(val, 4, seed=2)))
+        g.bilevel("low", "up")
+        return g
+
+    whole = graph()
+    full = Runner(whole, 12, device="cpu", progress=False, seed=4).run()
+    Runner(graph(), 6, out=tmp_path, device="cpu", progress=False, seed=4, checkpoint_every=2).run()
+    resumed = graph()
+    again = Runner(resumed, 12, out=tmp_path, device="cpu", progress=False, seed=4, checkpoint_every=2,
+                   resume=True).run()
+    assert again.losses == full.losses
+    for name in ("low", "up"):
+        assert torch.equal(whole[name].module.value, resumed[name].module.value), name
+    assert whole["low"].method_state == resumed["low"].method_state
