@@ -12,7 +12,8 @@ Complex tensors throughout (native torch complex dtypes, spatial axes last); see
 from .data import (CONTRASTS, EMBEDDED_CONTRASTS, PAPER_COUNTS, SPLITS, MRIDataError, MRISlices, SliceSet, SliceSpec,
                    SplitCounts, load_slices, read_volume)
 from .masks import PATTERNS, RATIO_TOLERANCE, SamplingTask, achieved_ratio, mask_cache_dir, sampling_mask
-from .metrics import METRIC_NAMES, nmse, per_slice_rows, psnr, reconstruction_metrics, ssim, summarize_rows, write_per_slice_csv
+from .metrics import (METRIC_NAMES, nmse, per_slice_rows, psnr, reconstruction_metrics, ssim, summarize_rows,
+                      write_per_slice_csv)
 from .operators import CoilImages, MultiCoil, SingleCoil, fft2c, ifft2c, root_sum_of_squares, simulate_coil_maps
 
 __all__ = [
