@@ -258,6 +258,14 @@ class Graph:
                     f"level '{level.name}': its optimizer must hold exactly the level's trainable "
                     "parameters; pass a factory such as functools.partial(torch.optim.Adam, lr=...)"
                 )
+        for level in self._levels.values():
+            for other in self._levels:
+                if other != level.name and hasattr(level, other) and getattr(level, other) is not self._levels[other]:
+                    raise GraphError(
+                        f"level '{level.name}' has an attribute '{other}' of its own, which Betty would overwrite "
+                        f"with the level named '{other}' (levels reach each other as attributes); rename the level "
+                        "or the attribute"
+                    )
         owners: dict[int, str] = {}
         for level in self._levels.values():
             for p in level.trainable_parameters():

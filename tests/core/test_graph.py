@@ -154,3 +154,16 @@ def test_a_valid_deep_graph_with_a_shared_lower_validates():
     g.bilevel("gan", "other")  # gan now has two uppers
     g.validate()
     assert sorted(g.uppers("gan")) == ["other", "seg"]
+
+
+def test_a_level_attribute_named_like_another_level_is_refused():
+    class Holder(Level):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.bottom = "my own data"  # would be overwritten by the level named 'bottom'
+
+    g = Graph("g")
+    g.add(level("bottom"), Holder("top", nn.Linear(2, 1), SGD, lambda lv, _: lv.module.weight.sum()))
+    g.bilevel("bottom", "top")
+    with pytest.raises(GraphError, match="level 'top' has an attribute 'bottom' of its own"):
+        g.validate()
