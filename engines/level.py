@@ -163,6 +163,7 @@ class Level(ImplicitProblem):
         self.last_step_rng: RngState | None = None
         self.last_indirect_grads: list[Tensor] | None = None
         self.hold_batch = False
+        self._last_raw_batch: tuple[Any, Any] | None = None
         self.stop_request: str | None = None
         self.one_step_record: dict[str, Any] | None = None
         self._edge_methods: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -334,7 +335,12 @@ class Level(ImplicitProblem):
     def get_batch(self) -> Any:
         if self._source is None:
             return None
-        return _to_device(self._source(self), self.device, torch.float64 if self._float64 else None)
+        raw = self._source(self)
+        if self._last_raw_batch is not None and raw is self._last_raw_batch[0]:
+            return self._last_raw_batch[1]  # a source that hands out the same batch again (e.g. K inner steps)
+        batch = _to_device(raw, self.device, torch.float64 if self._float64 else None)
+        self._last_raw_batch = (raw, batch)
+        return batch
 
     @property
     def has_data(self) -> bool:
@@ -463,7 +469,9 @@ class Level(ImplicitProblem):
         py_state, np_state = random.getstate(), np.random.get_state()
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), self._frozen_buffers():
+            with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as frozen:
+                for level in self._connected_levels():  # an upper's loss may run a lower's module
+                    frozen.enter_context(level._frozen_buffers())
                 batch = self.get_batch()
                 loss = self._scalar_loss(self._guarded_loss_output(batch))
                 self._check_dependence(loss)
@@ -476,6 +484,17 @@ class Level(ImplicitProblem):
             for level in self._parents + self._children:
                 level.hop_cache.clear()
         return True
+
+    def _connected_levels(self) -> list[Level]:
+        """This level and every level reachable from it through upper/lower edges."""
+        seen: dict[int, Level] = {}
+        todo = [self]
+        while todo:
+            level = todo.pop()
+            if id(level) not in seen and isinstance(level, Level):
+                seen[id(level)] = level
+                todo.extend(level._parents + level._children)
+        return list(seen.values())
 
     def _scalar_loss(self, out: Any) -> Tensor:
         loss = out["loss"] if isinstance(out, Mapping) and "loss" in out else out
@@ -607,11 +626,19 @@ class Level(ImplicitProblem):
     def backward(self, loss: Tensor, params: list[Tensor], paths: list, **_: Any) -> dict[str, Any]:
         """Direct gradient plus one hypergradient per path (each hop with its edge's method), formed
         without DDP hooks. Returns the per-path reports logged with this step."""
-        direct = torch.autograd.grad(loss, params, retain_graph=bool(paths), allow_unused=True)
+        # One backward pass for the direct gradient and every path's first vector, before any hop
+        # runs: hops may perturb lower levels' parameters in place, which the loss's graph saved.
+        firsts = list({id(path[1]): path[1] for path in paths}.values())
+        first_params = [list(level.trainable_parameters()) for level in firsts]
+        grads = torch.autograd.grad(loss, [*params, *(p for ps in first_params for p in ps)], allow_unused=True)
+        direct, offset, first_vectors = grads[:len(params)], len(params), {}
+        for level, ps in zip(firsts, first_params):
+            first_vectors[id(level)] = grads[offset:offset + len(ps)]
+            offset += len(ps)
         indirect: list[Tensor] | None = None
         reports: dict[str, Any] = {}
-        for i, path in enumerate(paths):
-            hop, hop_reports = walk_path(loss, path, retain_graph=i < len(paths) - 1)
+        for path in paths:
+            hop, hop_reports = walk_path(first_vectors[id(path[1])], path)
             hop = [torch.zeros_like(p) if g is None else g for g, p in zip(hop, params)]
             label = path_label(path)
             self.hypergradients[label] = [g.detach() for g in hop]

@@ -10,7 +10,11 @@ Wiring: ``nest(gan, seg)`` (G enters Eq. 2), ``nest(seg, arch)`` (W enters Eq. 3
 ``feeds(arch, into=[gan, seg])`` (A enters Eq. 1 through the generator's cells and Eq. 2
 through the generated images). ``arch`` therefore receives its hypergradient along two paths,
 ``arch <- seg`` and ``arch <- seg <- gan``, one hop per level with the method each level names
-(one-step unrolled ``darts`` by default, as §3.3).
+(one-step unrolled by default, as §3.3).
+
+:func:`frozen_architecture_graph` is the control "A frozen, G trained end to end": Eq. (1) and
+Eq. (2) solved jointly in one run (G keeps training by its GAN loss while W trains on its
+images), with A held at a constant and no Eq. (3); it differs from Eq. (4) only by the search.
 
 The minimax of Eq. 1 is solved by alternating gradient steps inside the ``gan`` level: every
 step first moves the discriminator E up the GAN objective (its own optimizer, generator output
@@ -20,6 +24,7 @@ best response with E held at its current value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +52,7 @@ __all__ = [
     "SegmentationLevel",
     "e2eaug_graph",
     "evaluate",
+    "frozen_architecture_graph",
     "segmentation_model",
 ]
 
@@ -94,16 +100,19 @@ class Pix2PixLevel(Level):
     Args:
         pix2pix: generator and discriminator; only the generator's weights are this level's
             trainable parameters (upper levels differentiate through them).
-        architecture: the generator architecture A (owned by the ``arch`` level, or frozen).
+        architecture: the generator architecture A (owned by the ``arch`` level, or held
+            constant); None for a one-candidate generator (vanilla Pix2Pix).
         optimizer: factory for G's optimizer; ``discriminator_optimizer`` for E's.
         lambda_l1: weight of Pix2Pix's L1 reconstruction term (100 in Pix2Pix).
     """
 
-    def __init__(self, name: str, pix2pix: Pix2Pix, architecture: GeneratorArchitecture, *,
+    def __init__(self, name: str, pix2pix: Pix2Pix, architecture: GeneratorArchitecture | None, *,
                  optimizer: Callable, discriminator_optimizer: Callable, data: Any, lambda_l1: float = 100.0,
                  **level_options: Any):
+        if (architecture is None) == pix2pix.generator.searchable:
+            raise ValueError("a searchable generator needs its architecture A, a one-candidate generator none")
         super().__init__(name, pix2pix, optimizer, data=data, trainable=lambda m: m.generator.parameters(),
-                         probe=lambda lv: lv.architecture.weights()[1], **level_options)
+                         **level_options)
         self.architecture = architecture
         self.discriminator_optimizer = discriminator_optimizer(pix2pix.discriminator.parameters())
         self.lambda_l1 = lambda_l1
@@ -112,7 +121,7 @@ class Pix2PixLevel(Level):
 
     def generate(self, mask: Tensor) -> Tensor:
         """f(M; G, A): the generator's image for ``mask`` [B,1,H,W], in [-1, 1]."""
-        return self.module.generator(mask, self.architecture.weights())
+        return self.module.generator(mask, None if self.architecture is None else self.architecture.weights())
 
     def before_step(self, batch: dict[str, Tensor]) -> None:
         """max_E of Eq. (1): one step of E on ½[BCE(E(M, I), real) + BCE(E(M, G(M)), fake)]."""
@@ -152,8 +161,9 @@ class SegmentationLevel(Level):
     Args:
         model: the segmenter (one logit map per image).
         synthesize: ``mask -> image in [0, 1]`` used for the augmented masks (the ``gan``
-            level's generator for E2EAug, a frozen one for GAN-Separate); None keeps the
-            batch's jointly transformed ``aug_image`` (simple baselines).
+            level's generator for E2EAug and its frozen-architecture control, a frozen vanilla
+            Pix2Pix for GAN-Separate); None keeps the batch's jointly transformed ``aug_image``
+            (simple baselines).
         lam: λ of Eq. (2) (1 in the paper). Batches without augmented items train on real
             pairs only.
     """
@@ -169,9 +179,15 @@ class SegmentationLevel(Level):
         if "aug_mask" not in batch or self.lam == 0:
             return real
         aug_mask = batch["aug_mask"]
-        aug_image = batch["aug_image"] if self.synthesize is None else self.synthesize(aug_mask)
+        aug_image = batch["aug_image"] if self.synthesize is None else self._synthesized(aug_mask)
         augmented = _bce(self.module(aug_image), aug_mask)  # L_seg(D_aug(D_tr; G*(A), A); W)
         return {"loss": real + self.lam * augmented, "real": real, "augmented": augmented}
+
+
+    def _synthesized(self, mask: Tensor) -> Tensor:
+        # a real step differentiates W only; the generator's graph is needed when an upper level recomputes the loss
+        with torch.no_grad() if self.in_real_step else contextlib.nullcontext():
+            return self.synthesize(mask)
 
 
 class ArchitectureLevel(Level):
@@ -194,6 +210,18 @@ def e2eaug_graph(gan: Pix2PixLevel, seg: SegmentationLevel, arch: ArchitectureLe
     graph.nest(lower=gan, upper=seg)    # G*(A) enters Eq. 2
     graph.nest(lower=seg, upper=arch)   # W* enters Eq. 3
     graph.feeds(arch, into=[gan, seg])  # A enters Eq. 1 (generator cells) and Eq. 2 (generated images)
+    return graph
+
+
+def frozen_architecture_graph(gan: Pix2PixLevel, seg: SegmentationLevel, name: str = "e2eaug_frozen_arch") -> Graph:
+    """Eq. (1) and (2) trained jointly with A constant: ``gan`` steps, then ``seg`` on its images.
+
+    No level differentiates through another (there is no Eq. 3), so the nest edge only orders the
+    steps as in :func:`e2eaug_graph`: every global step, G and E take one step, then W one step.
+    """
+    graph = Graph(name)
+    graph.add(gan, seg)
+    graph.nest(lower=gan, upper=seg)  # G enters Eq. 2 (read at its current value)
     return graph
 
 
@@ -221,10 +249,11 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, metric: str, device
     """Per-image scores [N] of ``model`` (in eval mode) on ``dataset``, and the case ids."""
     was_training = model.training
     model.eval()
+    dtype = next(model.parameters()).dtype
     scores, ids = [], []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in loader:
-        logits = model(batch["image"].to(device))
+        logits = model(batch["image"].to(device, dtype))
         scores.append(per_image_score(logits, batch["mask"].to(device), metric).cpu())
         ids.extend(batch["case_id"])
     model.train(was_training)

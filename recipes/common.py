@@ -1,4 +1,4 @@
-"""What every recipe's command line shares: options, presets, run folders, results files.
+"""What every recipe's command line shares: options, presets, run folders (results files: reporting.py).
 
 Common options mean the same in every recipe: --dataset, --data-root, --download,
 --preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
@@ -9,12 +9,9 @@ small on a GPU) and says so.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, fields, is_dataclass, replace
+from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,28 +130,6 @@ def prepare_out(out: Path, resume: bool) -> Path:
         raise SystemExit(f"error: {out} already holds results.json; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_jsonable))
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if torch.is_tensor(obj):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def preset_table(preset: Any) -> str:

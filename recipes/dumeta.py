@@ -66,7 +66,6 @@ from problems.braindata import (  # noqa: E402
 )
 from problems.dumeta import (  # noqa: E402
     REG_FEATURES,
-    VARIANTS,
     dual_meta_graph,
     init_learning_graph,
     joint_training_graph,
@@ -402,7 +401,7 @@ def meta_test(job: Job, start: dict[str, torch.Tensor], data: Data, preset: Pres
     payload = {"rows": rows, "support": [s.subject_id for s in support], "test": [s.subject_id for s in test],
                "example": example}
     ft_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(done, payload)
+    reporting.write_json(done, payload)
     return payload
 
 

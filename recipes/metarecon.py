@@ -233,7 +233,7 @@ def train_meta(slices: MRISlices, tasks: tuple[SamplingTask, ...], masks: torch.
         done = {"steps": result.steps, "best_step": best["step"], "best_val_psnr": result.best["metrics"]["val_psnr"],
                 "phases": best_phases, "hypergrad": hypergrad, "wall_time_s": result.wall_time_s,
                 "safeguard": _safeguard_summary(run_dir / "metrics.jsonl", "theta")}
-        common.write_json(run_dir / "result.json", done)
+        reporting.write_json(run_dir / "result.json", done)
     model = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     network = LOANetwork(loa_settings(preset))
     network.load_state_dict(model["network"])
@@ -274,7 +274,7 @@ def train_conventional(slices: MRISlices, task: SamplingTask, mask: torch.Tensor
                                 "steps": b.baseline_steps, "command": common.command_line()}).run()
         phases = schedule(b.baseline_steps)  # the stair stage training ended in
         save_atomic({"network": graph["theta"].module.state_dict(), "phases": phases}, run_dir / "model.pt")
-        common.write_json(run_dir / "result.json", {"steps": result.steps, "wall_time_s": result.wall_time_s,
+        reporting.write_json(run_dir / "result.json", {"steps": result.steps, "wall_time_s": result.wall_time_s,
                                                     "final_loss": result.losses["theta"][-1], "phases": phases})
     model = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     network = LOANetwork(loa_settings(preset))
@@ -306,7 +306,7 @@ def adapt(network: LOANetwork, slices: MRISlices, task: SamplingTask, mask: torc
                        "command": common.command_line()}).run()
         done = {"sigma_omega": float(graph["omega"].module.sigma()[0]), "samples": len(images),
                 "steps": b.adapt_steps}
-        common.write_json(run_dir / "result.json", done)
+        reporting.write_json(run_dir / "result.json", done)
     return float(done["sigma_omega"])
 
 

@@ -211,7 +211,7 @@ def train_taskcorr(method: str, data: TaskData, preset: Preset, args: argparse.N
     if method != "uniform":
         payload["sigma"] = graph["correlation"].module.weights().detach().cpu().tolist()
     save_atomic(examples, run_dir / "examples.pt")
-    common.write_json(run_dir / "result.json", payload)
+    reporting.write_json(run_dir / "result.json", payload)
     return payload
 
 
@@ -284,7 +284,7 @@ def train_metarecon(data: TaskData, preset: Preset, args: argparse.Namespace, de
                "wall_time_s": result.wall_time_s, "hypergrad": args.metarecon_hypergrad, "sigma_omega_test": sigmas,
                "sigma_omega_train": graph["omega"].module.sigma().tolist()}
     save_atomic(examples, run_dir / "examples.pt")
-    common.write_json(run_dir / "result.json", payload)
+    reporting.write_json(run_dir / "result.json", payload)
     return payload
 
 

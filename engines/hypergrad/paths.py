@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .common import Hop, running, zeros_for_none
@@ -32,15 +31,17 @@ def path_label(path: Sequence[Any]) -> str:
     return "<-".join([path[0].name, *(level.name for level in path[1:-1])])
 
 
-def walk_path(loss: Tensor, path: Sequence[Any], *, retain_graph: bool) -> tuple[list[Tensor], dict[str, dict]]:
-    """The hypergradient of ``loss`` (``path[0]``'s loss) along ``path`` for ``path[-1]``'s parameters.
+def walk_path(vector: Sequence[Tensor], path: Sequence[Any]) -> tuple[list[Tensor], dict[str, dict]]:
+    """The hypergradient along ``path`` for ``path[-1]``'s parameters, given ``vector`` = d f / d l_1
+    (the gradient of ``path[0]``'s loss with respect to ``path[1]``'s trainable parameters).
 
-    Returns the gradient (a list over ``path[-1].trainable_parameters()``) and one report per hop,
-    keyed ``"<through>-><with respect to>"``, holding the method used and its diagnostics.
+    The caller forms every path's first vector from the upper's loss in one backward pass before any
+    hop runs: a hop may perturb a level's parameters in place (finite differences), which would
+    invalidate the upper's graph for the next path. Returns the gradient (a list over
+    ``path[-1].trainable_parameters()``) and one report per hop, keyed
+    ``"<through>-><with respect to>"``, holding the method used and its diagnostics.
     """
-    first = path[1]
-    params = list(first.trainable_parameters())
-    vector = zeros_for_none(torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True), params)
+    vector = zeros_for_none(list(vector), list(path[1].trainable_parameters()))
     label = path_label(path)
     reports: dict[str, dict] = {}
     for curr, prev in zip(path[1:-1], path[2:]):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from core_toys import reweighting_graph
 
-from engines import EarlyStopping, ResumeError, Runner, run
+from engines import EarlyStopping, ResumeError, run
 from engines.checkpoint import load_checkpoint
 
 WORKER = Path(__file__).resolve().parent / "resume_worker.py"

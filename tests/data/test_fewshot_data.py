@@ -20,6 +20,7 @@ from problems.fewshot import (
     load_fewshot,
     sample_episodes,
 )
+from problems.fewshot.digits import render_digits
 
 N_CLASSES, PER_CLASS = 6, 12  # per split in every fixture
 SPLITS = ("train", "val", "test")
@@ -340,12 +341,36 @@ def test_digits_splits(digits) -> None:
         assert int(cs.images.max()) > 200  # scaled to 0..255
 
 
-def test_digits_rotation_classes(digits) -> None:
+def test_digits_classes_are_rotations_of_the_digit(digits) -> None:
+    """Offsets and clutter are spread evenly, so a class's mean image is the mean digit in its rotation."""
     cs = digits.splits["val"]
-    upright = cs.images[cs.labels == cs.class_names.index("3-rot0")]
-    turned = cs.images[cs.labels == cs.class_names.index("3-rot90")]
-    assert torch.equal(torch.rot90(upright, 1, dims=(-2, -1)), turned)
-    assert torch.equal(upright[:, 0], upright[:, 2])  # grey replicated to RGB
+
+    def mean_image(name: str) -> torch.Tensor:
+        return cs.images[cs.labels == cs.class_names.index(name), 0].double().mean(0)
+
+    upright = mean_image("3-rot0")
+    for degrees in (90, 180, 270):
+        turned = torch.rot90(upright, degrees // 90, dims=(-2, -1))
+        same = torch.corrcoef(torch.stack([turned.flatten(), mean_image(f"3-rot{degrees}").flatten()]))[0, 1]
+        other = torch.corrcoef(torch.stack([turned.flatten(), mean_image("3-rot0").flatten()]))[0, 1]
+        assert same > 0.9 and same > other + 0.1
+    assert torch.equal(cs.images[:, 0], cs.images[:, 2])  # grey replicated to RGB
+
+
+def test_digits_clutter_only_adds_strokes() -> None:
+    """The distractors are drawn after the digit and combined by a maximum: removing them leaves the
+    same digits, and they light pixels the digit alone does not."""
+    torch.manual_seed(0)
+    images, pool = torch.rand(16, 8, 8, dtype=torch.float64), torch.rand(5, 8, 8, dtype=torch.float64)
+    alone = render_digits(images, pool, torch.Generator().manual_seed(3), clutter=0)
+    cluttered = render_digits(images, pool, torch.Generator().manual_seed(3))
+    assert alone.shape == cluttered.shape == (16, 3, 32, 32) and cluttered.dtype == torch.uint8
+    assert torch.all(cluttered >= alone) and (cluttered > alone).any()
+
+
+def test_digits_are_the_same_every_time(digits) -> None:
+    again = load_fewshot("digits", None)
+    assert all(torch.equal(digits.splits[s].images, again.splits[s].images) for s in SPLITS)
 
 
 # ----------------------------------------------------------------------------- sampler

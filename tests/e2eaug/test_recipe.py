@@ -1,14 +1,22 @@
-"""`python recipes/e2eaug.py` end to end on the smoke preset, resuming, and its command-line errors."""
+"""`python recipes/e2eaug.py` end to end: the smoke comparison (paired, equal generator budgets), the
+ablations on the smallest settings, resuming, and command-line errors raised before any training."""
 
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 import e2eaug  # noqa: E402
+
+SMOKE = e2eaug.PRESETS["smoke"]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -20,38 +28,93 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_result_file(smoke):
     out, results = smoke
-    for name in ("results.json", "results.md", "figures/augmented_pairs.png", "figures/test_segmentations.png"):
+    for name in ("results.json", "results.md", "figures/augmented_pairs.png", "figures/test_segmentations.png",
+                 "figures/graph.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["recipe"] == "e2eaug" and saved["preset"] == "smoke"
+    assert saved["hypergrad"] == {"gan": e2eaug.DEFAULT_HYPERGRAD, "seg": e2eaug.DEFAULT_HYPERGRAD}
     assert {k: v["source"] for k, v in saved["data"].items()} == {
         "isic2018": "embedded-sample", "ph2": "embedded-sample", "dermis": "embedded-sample"}
-    assert "Synthetic data" in (out / "results.md").read_text()
+    markdown = (out / "results.md").read_text()
+    for text in ("Stand-in data", "Paired differences against no augmentation", "The paper's claims on this run",
+                 "Ours (A frozen)-UNet"):
+        assert text in markdown, text
 
 
 def test_smoke_rows_cover_every_method_and_test_set_within_0_1(smoke):
     _, results = smoke
     rows = results["rows"]
+    assert {r["study"] for r in rows} == {"comparison"}
     assert {r["method"] for r in rows} == set(e2eaug.METHODS)
     assert {r["test_set"] for r in rows} == {"isic2018", "ph2", "dermis"}
     for r in rows:
-        assert set(r) >= {"method", "backbone", "train_size", "test_set", "metric", "value"}
-        assert r["metric"] == "jaccard" and 0.0 <= r["value"] <= 1.0
-    runs = {r["method"]: r for r in results["runs"]}
-    assert runs["e2eaug"]["genotype"]["down"] and runs["e2eaug"]["val"] > 0
+        assert set(r) >= {"method", "backbone", "train_size", "test_set", "metric", "value", "std", "n"}
+        assert r["metric"] == "jaccard" and 0.0 <= r["value"] <= 1.0 and r["n"] == 1
+    runs = {r["run"]: r for r in results["runs"]}
+    assert runs["e2eaug__unet__n20__seed0"]["genotype"]["down"] and runs["e2eaug__unet__n20__seed0"]["val"] > 0
 
 
-def test_the_architecture_moved_during_the_end_to_end_run(smoke):
+def test_paired_differences_are_per_seed_differences_against_none(smoke):
+    _, results = smoke
+    value = {(r["method"], r["test_set"]): r["value"] for r in results["seed_rows"]}
+    paired = [r for r in results["paired"] if r["study"] == "comparison"]
+    assert {r["method"] for r in paired} == set(e2eaug.METHODS) - {"none"}
+    for r in paired:
+        assert r["baseline"] == "none" and r["pairs"] == 1
+        assert r["difference"] == pytest.approx(value[(r["method"], r["test_set"])] - value[("none", r["test_set"])])
+
+
+def test_every_method_starts_from_the_same_segmenter_and_batches(smoke):
+    """Paired design: the segmenter's loss on real pairs at step 1 is the same number in every run."""
     out, _ = smoke
-    lines = [json.loads(x) for x in (out / "runs" / "e2eaug__unet__n20__seed0" / "metrics.jsonl").read_text().splitlines()]
-    arch = [ln for ln in lines if ln["level"] == "arch"]
-    assert len(arch) == e2eaug.PRESETS["smoke"].steps and all(ln["grad_norm"] > 0 for ln in arch)
+    first = {}
+    for method in e2eaug.METHODS:
+        line = next(ln for ln in _metrics(out / "runs" / f"{method}__unet__n20__seed0") if ln["level"] == "seg")
+        first[method] = line.get("real", line["loss"])  # augmented methods log the real-pair term separately
+    assert all(v == pytest.approx(first["none"], rel=1e-5) for v in first.values()), first
+
+
+def test_every_generator_takes_the_same_number_of_updates(smoke):
+    out, _ = smoke
+    runs = out / "runs"
+
+    def gan_steps(run: str) -> int:
+        return sum(ln["level"] == "gan" for ln in _metrics(runs / run))
+
+    budget = SMOKE.pretrain_steps + SMOKE.steps
+    assert gan_steps("pix2pix_vanilla__n20__seed0") == budget  # GAN-Separate: all of it, then frozen
+    assert gan_steps("gan_separate__unet__n20__seed0") == 0
+    for method in ("e2eaug", "e2eaug_frozen_arch"):  # pre-training, then jointly with the segmenter
+        assert gan_steps("pix2pix__n20__seed0") + gan_steps(f"{method}__unet__n20__seed0") == budget
+
+
+def test_the_architecture_moves_only_in_e2eaug(smoke):
+    out, _ = smoke
+    arch = [ln for ln in _metrics(out / "runs" / "e2eaug__unet__n20__seed0") if ln["level"] == "arch"]
+    assert len(arch) == SMOKE.steps and all(ln["grad_norm"] > 0 for ln in arch)
+    frozen = _metrics(out / "runs" / "e2eaug_frozen_arch__unet__n20__seed0")
+    assert {ln["level"] for ln in frozen} == {"gan", "seg", "validation"}
+
+
+def test_segmenter_initialisation_does_not_depend_on_what_was_built_before():
+    torch.manual_seed(123)
+    a = e2eaug.new_segmenter("unet", SMOKE, 3, seed=4)
+    state = torch.get_rng_state()
+    torch.randn(1000)
+    b = e2eaug.new_segmenter("unet", SMOKE, 3, seed=4)
+    c = e2eaug.new_segmenter("unet", SMOKE, 3, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    torch.set_rng_state(state)
+    e2eaug.new_segmenter("unet", SMOKE, 3, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left untouched
 
 
 def test_resume_reuses_finished_runs_and_reproduces_the_results(smoke):
     out, results = smoke
     again = e2eaug.main(["--dataset", "isic", "--preset", "smoke", "--out", str(out), "--no-progress", "--resume"])
-    assert again["rows"] == results["rows"]
+    assert again["rows"] == results["rows"] and again["paired"] == results["paired"]
 
 
 def test_a_finished_output_folder_needs_resume(smoke):
@@ -60,12 +123,54 @@ def test_a_finished_output_folder_needs_resume(smoke):
         e2eaug.main(["--dataset", "isic", "--preset", "smoke", "--out", str(out)])
 
 
-def test_bad_arguments_fail_clearly(tmp_path):
-    with pytest.raises(SystemExit, match="--hypergrad names level 'generator'"):
-        e2eaug.main(["--preset", "smoke", "--out", str(tmp_path / "a"), "--hypergrad", "generator=cg"])
+def test_ablations_write_their_tables_rows_and_figures(tmp_path):
+    out = tmp_path / "ablations"
+    results = e2eaug.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--steps", "2", "--pretrain-steps",
+                           "1", "--ablation", "lambda", "mask-op", "train-size", "--lambdas", "0.5", "1",
+                           "--methods", "none", "e2eaug", "--train-sizes", "10", "20"])
+    for name in ("ablation_lambda.png", "ablation_mask_ops.png", "performance_vs_n.png"):
+        assert (out / "figures" / name).is_file(), name
+    rows = results["rows"]
+    assert {r["lambda"] for r in rows if r["study"] == "lambda"} == {0.5, 1.0}
+    assert {r["mask_ops"] for r in rows if r["study"] == "mask_op"} == {"rotate+flip+translate", "rotate", "flip",
+                                                                        "translate"}
+    assert {(r["method"], r["train_size"]) for r in rows if r["study"] == "train_size"} == {
+        (m, n) for m in ("none", "e2eaug") for n in (10, 20)}
+    assert {r["train_size"] for r in rows if r["study"] in ("lambda", "mask_op")} == {10}  # §4.3: the smallest N
+    # runs shared between studies are trained once: λ = 1 and all three operations are the comparison's e2eaug run
+    assert len(results["runs"]) == 4 + 1 + 3
+    markdown = (out / "results.md").read_text()
+    for text in ("Ablation: λ of Eq. 2", "Ablation: mask operations", "Figure 2", "λ = 1 gives the best trade-off",
+                 "All three mask operations beat any single one", "The gain is larger with fewer training examples"):
+        assert text in markdown, text
+    lam = {(r["lambda"], r["test_set"]): r for r in results["paired"] if r["study"] == "lambda"}
+    assert set(lam) == {(0.5, t) for t in ("isic2018", "ph2", "dermis")}  # differences against the default λ
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hypergrad", "generator=cg"], "--hypergrad names level 'generator'"),
+    (["--hypergrad", "seg=sama"], "'sama' needs one of .* at level 'seg', which uses RMSprop"),
+    (["--image-size", "48"], "power of two"),
+    (["--encoder", "no_such_encoder"], "cannot build the unet segmenter"),
+    (["--train-sizes", "200"], "--train-sizes 200: .*isic2018"),
+])
+def test_bad_arguments_fail_before_any_training(tmp_path, argv, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message):
+        e2eaug.main(["--preset", "smoke", "--out", str(out), "--no-progress", *argv])
+    assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["--pretrain-steps", "0"], ["--lambdas", "1"], ["--ablation", "lambda",
+                                                                                  "--lambdas", "-1"]])
+def test_bad_option_values_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit):
+        e2eaug.parse_args(argv)
+    assert "error:" in capsys.readouterr().err
+
+
+def test_missing_real_data_names_the_dataset(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit, match="error: .*isic2018"):
         e2eaug.main(["--preset", "smoke", "--out", str(tmp_path / "b"), "--data-root", str(empty)])
-    with pytest.raises(SystemExit, match="power of two"):
-        e2eaug.main(["--preset", "smoke", "--out", str(tmp_path / "c"), "--image-size", "48"])
