@@ -93,6 +93,11 @@ def test_the_architecture_moves_only_in_e2eaug(smoke):
     out, _ = smoke
     arch = [ln for ln in _metrics(out / "runs" / "e2eaug__unet__n20__seed0") if ln["level"] == "arch"]
     assert len(arch) == SMOKE.steps and all(ln["grad_norm"] > 0 for ln in arch)
+    assert e2eaug.DEFAULT_HYPERGRAD == "one_step"  # §3.3's one-step unrolled hypergradient (issue 11)
+    for ln in arch:  # the norm of each path into arch, logged on every arch step
+        paths = ln["hypergradient"]
+        assert set(paths) == {"arch<-seg", "arch<-seg<-gan"} and all(p["norm"] > 0 for p in paths.values())
+        assert {hop["method"] for p in paths.values() for k, hop in p.items() if k != "norm"} == {"one_step"}
     frozen = _metrics(out / "runs" / "e2eaug_frozen_arch__unet__n20__seed0")
     assert {ln["level"] for ln in frozen} == {"gan", "seg", "validation"}
 
