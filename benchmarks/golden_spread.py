@@ -3,7 +3,7 @@
 Usage: python benchmarks/golden_spread.py [--out DIR]
 
 Runs ``pytest -m golden`` once per perturbation (``ATEN_CPU_CAPABILITY`` default / avx2 / the
-machine's best, on 1 and 2 threads) with ``MEDMLO_GOLDEN_RECORD`` set, so every golden test writes
+machine's best, on 1 and 2 threads; and oneDNN off) with ``MEDMLO_GOLDEN_RECORD`` set, so every golden test writes
 the trace it produced instead of comparing; then prints, for each golden file, the largest
 relative difference from the stored golden across perturbations next to the file's tolerance.
 A tolerance about 100x the measured spread absorbs CPU differences while catching real changes.
@@ -21,7 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = ROOT / "assets" / "goldens"
-PERTURBATIONS = [("default", "1"), ("default", "2"), ("avx2", "1"), ("avx2", "2"), (None, "1"), (None, "2")]
+# (ATEN_CPU_CAPABILITY or None for the machine's best, threads, oneDNN on "1" / off "0")
+PERTURBATIONS = [("default", "1", "1"), ("default", "2", "1"), ("avx2", "1", "1"), ("avx2", "2", "1"),
+                 (None, "1", "1"), (None, "2", "1"), (None, "1", "0")]
 
 
 def leaves(tree, prefix=""):
@@ -54,11 +56,11 @@ def main() -> None:
     args = parser.parse_args()
     base = args.out or Path(tempfile.mkdtemp(prefix="golden-spread-"))
     worst: dict[str, tuple[float, str, str]] = {}
-    for capability, threads in PERTURBATIONS:
-        label = f"{capability or 'native'}-{threads}t"
+    for capability, threads, onednn in PERTURBATIONS:
+        label = f"{capability or 'native'}-{threads}t" + ("" if onednn == "1" else "-no-onednn")
         folder = base / label
         env = {**os.environ, "MEDMLO_GOLDEN_RECORD": str(folder), "OMP_NUM_THREADS": threads,
-               "MKL_NUM_THREADS": threads, "MEDMLO_GOLDEN_PERTURBATION": "1"}
+               "MKL_NUM_THREADS": threads, "MEDMLO_ONEDNN": onednn}
         if capability:
             env["ATEN_CPU_CAPABILITY"] = capability
         subprocess.run([sys.executable, "-m", "pytest", "-m", "golden", "-q", "-p", "no:cacheprovider", "-W", "ignore"],

@@ -29,9 +29,11 @@ import contextlib
 import dataclasses
 import math
 import numbers
+import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from betty.configs import Config
@@ -214,11 +216,6 @@ class Level(ImplicitProblem):
         """As :meth:`method_through_name`, for a level object (the path walker's call)."""
         return self.method_through_name(prev.name)
 
-    @property
-    def methods_through(self) -> tuple[str, ...]:
-        """Every method some upper uses to differentiate through this level."""
-        return self._methods_through
-
     def options_through(self, method: str) -> list[dict[str, Any]]:
         """The options of every hop through this level that uses ``method``."""
         return [o for m, o in (self.method_through_name(u) for u in self._uppers_through) if m == method]
@@ -342,10 +339,6 @@ class Level(ImplicitProblem):
         self._last_raw_batch = (raw, batch)
         return batch
 
-    @property
-    def has_data(self) -> bool:
-        return self._source is not None
-
     def loss(self, batch: Any) -> Tensor | Mapping[str, Any]:
         """The level's loss on ``batch``; override in subclasses or pass ``loss=``."""
         return self._loss_fn(self, batch)
@@ -461,10 +454,6 @@ class Level(ImplicitProblem):
         restorable = getattr(self._source, "restorable", callable(source_state))
         if self._source is not None and not (restorable and callable(source_state)):
             return False
-        import random
-
-        import numpy as np
-
         saved_source = source_state() if self._source is not None else None
         py_state, np_state = random.getstate(), np.random.get_state()
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []

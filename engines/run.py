@@ -32,6 +32,7 @@ import math
 import numbers
 import os
 import platform
+import random
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -84,10 +86,6 @@ class RunResult:
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch; optionally force deterministic kernels."""
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -7,6 +7,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # smp must never reach for ImageNet weights in tests
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("MEDMLO_ONEDNN") == "0":  # the golden-portability test's "oneDNN off" perturbation
+    torch.backends.mkldnn.enabled = False
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
