@@ -3,7 +3,7 @@
 Usage: python benchmarks/adjoint_memory.py --out DIR [--device auto|cpu|cuda] [--phases 2 4 8 16]
                                            [--size 64] [--coils 4] [--batch 4] [--width 16] [--features 16]
 
-For every number of phases T and every gradient path of problems/optimal_control.py (``autograd``;
+For every number of phases T and every gradient path of problems/taskcorr/optimal_control.py (``autograd``;
 ``adjoint``: states stored, costates by per-phase vector-Jacobian products; ``adjoint_checkpointed``:
 every ceil(sqrt(T))-th state stored, segments recomputed) this measures one forward pass plus one
 backward pass of the reconstruction loss, in float32: the peak tensor memory above the parameters
@@ -25,8 +25,8 @@ import torch
 
 from engines import resolve_device, track_peak_memory
 from problems.mri import fft2c, sampling_mask, simulate_coil_maps
-from problems.optimal_control import GRADIENT_PATHS, ControlNetConfig, OptimalControlNet
 from problems.taskcorr import LossWeights, reconstruction_loss
+from problems.taskcorr.optimal_control import GRADIENT_PATHS, ControlNetConfig, OptimalControlNet
 
 
 def problem(args: argparse.Namespace, phases: int, device: torch.device):

@@ -10,9 +10,10 @@ from .graph import Graph
 from .hypergrad import METHODS, MethodInfo, conjugate_gradient, method_table, minres, register_method
 from .level import Level
 from .memory import MemoryReport, track_peak_memory
-from .run import EarlyStopping, RunResult, Runner, resolve_device, run, seed_everything
+from .run import EarlyStopping, Runner, RunResult, resolve_device, run, seed_everything
 
 __all__ = [
+    "METHODS",
     "CheckpointError",
     "DataStream",
     "EarlyStopping",
@@ -21,7 +22,6 @@ __all__ = [
     "IterableSource",
     "Level",
     "LossError",
-    "METHODS",
     "MemoryReport",
     "MethodInfo",
     "NonFiniteError",

@@ -38,8 +38,17 @@ from .graph import Graph
 from .level import Level
 from .run import Runner
 
-__all__ = ["ClosedForm", "PROBLEMS", "bilevel_minimiser", "build", "capture", "dual_meta", "measure",
-           "penalty_minimiser", "quadratic_data"]
+__all__ = [
+    "PROBLEMS",
+    "ClosedForm",
+    "bilevel_minimiser",
+    "build",
+    "capture",
+    "dual_meta",
+    "measure",
+    "penalty_minimiser",
+    "quadratic_data",
+]
 
 DTYPE = torch.float64
 

@@ -45,7 +45,7 @@ from .errors import GraphError, LossError, NonFiniteError
 from .hypergrad import METHODS
 from .hypergrad.paths import path_label, walk_path
 
-__all__ = ["Level", "OptimizerSpec", "SchedulerSpec", "LossFn"]
+__all__ = ["Level", "LossFn", "OptimizerSpec", "SchedulerSpec"]
 
 OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerSpec = Callable[[torch.optim.Optimizer], Any]

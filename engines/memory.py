@@ -56,7 +56,7 @@ class _StorageTracker(TorchDispatchMode):
         self.peak = max(self.peak, self.live)
         weakref.finalize(storage, self._release, key)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from betty.configs import EngineConfig
+from betty.engine import Engine
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -55,11 +57,12 @@ from .checkpoint import (
     set_rng_state,
 )
 from .errors import CheckpointError, NonFiniteError, ResumeError
-from .graph import Graph
+from .level import Level
+from .topology import Topology
 
-__all__ = ["EarlyStopping", "RunResult", "Runner", "run", "seed_everything", "resolve_device"]
+__all__ = ["EarlyStopping", "RunResult", "Runner", "build_engine", "resolve_device", "run", "seed_everything"]
 
-Validate = Callable[[Graph], dict[str, float]]
+Validate = Callable[[Topology], dict[str, float]]
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": None}
 
 
@@ -129,6 +132,53 @@ def _versions() -> dict[str, str]:
     return out
 
 
+
+class _Engine(Engine):
+    """Betty's Engine with the device and process group decided by medmlo's runner.
+
+    Betty 0.2.1 assumes CUDA under its distributed strategies (it divides by
+    ``torch.cuda.device_count()``); here CPU ranks with the gloo backend work too.
+    """
+
+    def __init__(self, problems: list[Level], dependencies: dict, device: torch.device):
+        self._medmlo_device = device
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        config = EngineConfig(
+            train_iters=0,
+            logger_type="none",
+            strategy="distributed" if distributed else "default",
+            backend=torch.distributed.get_backend() if distributed else "nccl",
+        )
+        super().__init__(problems, config=config, dependencies=dependencies)
+
+    def configure_systems(self) -> dict[str, Any]:
+        if self._strategy == "distributed":
+            self._world_size = torch.distributed.get_world_size()
+            self._rank = torch.distributed.get_rank()
+            self._local_rank = self._medmlo_device.index or 0
+        self.device = self._medmlo_device
+        return {
+            "strategy": self._strategy,
+            "backend": self._backend,
+            "world_size": self._world_size,
+            "rank": self._rank,
+            "local_rank": self._local_rank,
+        }
+
+def build_engine(graph: Topology, device: torch.device) -> Engine:
+    """Validate ``graph``, then translate it into Betty's ``Engine`` (``u2l``/``l2u`` dependencies), kept
+    as ``graph.engine``. Start maps are checked here, once the levels reach each other by name."""
+    graph.validate()
+    graph.configure_levels()
+    # Betty's Engine keeps problems in the given order; bottom levels first keeps its logs readable
+    problems = sorted(graph.levels.values(), key=lambda lv: graph.depth(lv.name))
+    graph.engine = _Engine(problems, graph.dependencies(), device)
+    for level in graph.levels.values():
+        if level.has_start:
+            level.start_values()
+    return graph.engine
+
+
 class Runner:
     """Runs a graph step by step; :func:`run` is the one-call form.
 
@@ -156,7 +206,7 @@ class Runner:
 
     def __init__(
         self,
-        graph: Graph,
+        graph: Topology,
         steps: int,
         *,
         out: str | Path | None = None,
@@ -230,7 +280,7 @@ class Runner:
         """Seed, build the engine, prepare the run directory, restore a checkpoint if resuming."""
         self.rank, self.world = _init_distributed(self.device)
         seed_everything(self.seed + self.rank, self.deterministic)
-        self.graph.build(self.device)
+        build_engine(self.graph, self.device)
         if self.precision == "fp64":
             self._default_dtype = torch.get_default_dtype()
             torch.set_default_dtype(torch.float64)
@@ -573,6 +623,6 @@ def _flatten(entry: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def run(graph: Graph, steps: int, **kwargs: Any) -> RunResult:
+def run(graph: Topology, steps: int, **kwargs: Any) -> RunResult:
     """Run ``graph`` for ``steps`` global steps; see :class:`Runner` for the keyword arguments."""
     return Runner(graph, steps, **kwargs).run()

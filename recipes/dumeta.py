@@ -5,7 +5,7 @@ one or five subjects of an unseen age group, and score Dice / ASSD / STCS / ASPC
                              [--shots 1 5] [--head-depth 3] [--capacities 1 10 100 1000]
                              [--depths 0 1 2 3 4 5 all] [--out DIR] [--resume]
 
-Meta-training (problems/dumeta.py) runs once per method and seed on the meta-training pool (three
+Meta-training (problems/dumeta/levels.py) runs once per method and seed on the meta-training pool (three
 domains; 80/20 train/validation split, the validation Dice of the meta-trained network selecting
 the checkpoint). Meta-test fine-tunes the last --head-depth decoder stages with the encoder frozen
 (one-level graph, same engine) on the support subjects of each unseen domain and segments its test
@@ -40,18 +40,18 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import reporting  # noqa: E402
+import common
+import reporting
 
-from engines import Graph, Runner  # noqa: E402
-from engines.checkpoint import load_checkpoint  # noqa: E402
-from problems.braindata import (  # noqa: E402
+from engines import Graph, Runner
+from engines.checkpoint import load_checkpoint
+from problems.braindata import (
     TISSUES,
     BrainDataError,
     BrainDomain,
@@ -64,16 +64,16 @@ from problems.braindata import (  # noqa: E402
     score_subjects,
     train_val_split,
 )
-from problems.dumeta import (  # noqa: E402
+from problems.dumeta import (
     REG_FEATURES,
     dual_meta_graph,
     init_learning_graph,
     joint_training_graph,
     meta_trained_parameters,
 )
-from problems.dumeta_data import JointSampler, MetaTaskSampler, PatchItems  # noqa: E402
-from problems.dumeta_metatest import decoder_class_means, fine_tuning_graph, network_from, segment_subject  # noqa: E402
-from problems.dumeta_net import DualUNet  # noqa: E402
+from problems.dumeta.data import JointSampler, MetaTaskSampler, PatchItems
+from problems.dumeta.metatest import decoder_class_means, fine_tuning_graph, network_from, segment_subject
+from problems.dumeta.net import DualUNet
 
 DEFAULT_CAPACITY = 100  # N (Sec. IV-C4: "a capacity of 100 offers a strong accuracy-efficiency trade-off")
 DEPTH_CHOICES = ("0", "1", "2", "3", "4", "5", "all")

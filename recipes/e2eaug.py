@@ -9,7 +9,7 @@ steps, selects its best checkpoint on the validation split and is scored per ima
 set and the out-of-distribution test sets. Methods: none, rotate, flip, translate, combine (image
 and mask transformed together), gan_separate (vanilla Pix2Pix trained first, then frozen),
 e2eaug_frozen_arch (the searchable generator at a constant architecture, trained jointly with the
-segmenter) and e2eaug (Eq. 4, the three-level graph of problems/e2eaug.py). Every generator
+segmenter) and e2eaug (Eq. 4, the three-level graph of problems/e2eaug/levels.py). Every generator
 takes --pretrain-steps + --steps updates in all.
 
 Ablations (§4.3), each with its own results.md section, results.json rows and figure: lambda (λ of
@@ -38,18 +38,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import reporting  # noqa: E402
+import common
+import reporting
 
-from engines import METHODS as HYPERGRAD_METHODS  # noqa: E402
-from engines import DataStream, Graph, Runner  # noqa: E402
-from engines.checkpoint import load_checkpoint, save_atomic  # noqa: E402
-from problems.augment import MASK_OPERATIONS, joint_augmentation, mask_augmentation  # noqa: E402
-from problems.e2eaug import (  # noqa: E402
+from engines import METHODS as HYPERGRAD_METHODS
+from engines import DataStream, Graph, Runner
+from engines.checkpoint import load_checkpoint, save_atomic
+from problems.e2eaug import (
     ArchitectureLevel,
     AugmentedPairs,
     Optimizers,
@@ -60,8 +59,15 @@ from problems.e2eaug import (  # noqa: E402
     frozen_architecture_graph,
     segmentation_model,
 )
-from problems.pix2pix import PIX2PIX_CANDIDATE, GeneratorArchitecture, Pix2Pix, UNetGenerator, patch_discriminator  # noqa: E402
-from problems.segdata import (  # noqa: E402
+from problems.e2eaug.augment import MASK_OPERATIONS, joint_augmentation, mask_augmentation
+from problems.e2eaug.pix2pix import (
+    PIX2PIX_CANDIDATE,
+    GeneratorArchitecture,
+    Pix2Pix,
+    UNetGenerator,
+    patch_discriminator,
+)
+from problems.segdata import (
     DATASETS,
     SAMPLE_SPLITS,
     DatasetError,

@@ -6,7 +6,7 @@
 
 For every contrast this trains, on the same slices:
 
-1. **meta-learning** (problems/metarecon.py): the LOA network's θ (lower level ``theta``, Eq. 14b,
+1. **meta-learning** (problems/metarecon/levels.py): the LOA network's θ (lower level ``theta``, Eq. 14b,
    training split) and the task weights ω (upper level ``omega``, Eq. 14a, validation split) on
    cross-task mini-batches of the seen tasks (radial 10/20/30/40 %), with the penalty method of
    Algorithm 2 when the engine has it (``--hypergrad`` picks any other method); the checkpoint
@@ -44,18 +44,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import Rectangle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import reporting  # noqa: E402
+import common
+import reporting
 
-from engines import METHODS, Graph, Runner  # noqa: E402
-from engines.checkpoint import load_checkpoint, save_atomic  # noqa: E402
-from problems.loa import LOANetwork, LOASettings  # noqa: E402
-from problems.metarecon import (  # noqa: E402
+from engines import METHODS, Graph, Runner
+from engines.checkpoint import load_checkpoint, save_atomic
+from problems.metarecon import (
     SEEN_TASKS,
     UNSEEN_CARTESIAN,
     UNSEEN_RADIAL,
@@ -67,7 +66,8 @@ from problems.metarecon import (  # noqa: E402
     reconstruct,
     zero_filled,
 )
-from problems.mri import (  # noqa: E402
+from problems.metarecon.loa import LOANetwork, LOASettings
+from problems.mri import (
     CONTRASTS,
     PAPER_COUNTS,
     MRIDataError,

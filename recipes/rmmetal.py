@@ -4,7 +4,7 @@
                               [--preset smoke|small|paper] [--methods ...] [--no-warm-start] [--select-best]
                               [--out DIR]
 
-The algorithms are the same two-level graph (problems/rmmetal.py) with a different
+The algorithms are the same two-level graph (problems/rmmetal/levels.py) with a different
 configuration: what the lower level adapts, where its inner loops start, the hypergradient
 method through it (cg_warm for RM-MetaL, exact for the others) and whether the backbone runs
 again in every differentiated inner step (ITD-BiO and ANIL as their reference code runs them;
@@ -35,19 +35,32 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import reporting  # noqa: E402
+import common
+import reporting
 
-from engines import Graph, MemoryReport, Runner, track_peak_memory  # noqa: E402
-from engines.checkpoint import load_checkpoint  # noqa: E402
-from problems.fewshot import (DATASET_NAMES, Episodes, EpisodeStream, FewShotDataError, FewShotDataset,  # noqa: E402
-                              load_fewshot, sample_episodes)
-from problems.rmmetal import (ALGORITHMS, EpisodeSource, MetaModel, dense_implicit_hypergradient,  # noqa: E402
-                              meta_learning_graph, meta_test)
+from engines import Graph, MemoryReport, Runner, track_peak_memory
+from engines.checkpoint import load_checkpoint
+from problems.fewshot import (
+    DATASET_NAMES,
+    Episodes,
+    EpisodeStream,
+    FewShotDataError,
+    FewShotDataset,
+    load_fewshot,
+    sample_episodes,
+)
+from problems.rmmetal import (
+    ALGORITHMS,
+    EpisodeSource,
+    MetaModel,
+    dense_implicit_hypergradient,
+    meta_learning_graph,
+    meta_test,
+)
 
 METHODS = ("rm-metal", "itd-bio", "anil", "maml")
 SHARED_VARIANT = {"itd-bio": "itd-bio-shared", "anil": "anil-shared"}  # features computed once per hypergradient

@@ -7,14 +7,14 @@
 Training data come in N groups (tasks: a contrast sampled by a pattern at a ratio), validation data
 in M groups; test data are the validation tasks on held-out slices. Every slice becomes multi-coil
 k-space through simulated coil maps (the network never sees them). Methods, all with the same
-optimal-control network (problems/optimal_control.py) and the same number of θ-steps:
+optimal-control network (problems/taskcorr/optimal_control.py) and the same number of θ-steps:
 
 * ``uniform`` — W fixed uniform: one θ on (1/N) Σ_i ℓ(θ; B_i) (no correlation learning);
 * ``learned-shared`` — the paper's base model, M = 1: one θ and one softmax weight vector over the
   training groups, learned on all validation groups pooled;
 * ``learned`` — the generalised model: W ∈ R^{N×M}, one θ_j per validation group j;
 * ``metarecon`` — the metarecon recipe's model (LOA network, task-invariant θ and per-task ω_i,
-  problems/metarecon.py) meta-trained on the same training tasks, then adapted to each test task
+  problems/metarecon/levels.py) meta-trained on the same training tasks, then adapted to each test task
   by its own protocol (θ frozen, a new ω trained on that task's validation slices). It is a
   single-coil model: it sees the single-channel k-space of the same slices under the same masks.
 
@@ -38,22 +38,39 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import reporting  # noqa: E402
+import common
+import reporting
 
-from engines import Graph, Runner  # noqa: E402
-from engines.checkpoint import save_atomic  # noqa: E402
-from problems import metarecon  # noqa: E402
-from problems.loa import LOASettings  # noqa: E402
-from problems.mri import (MRIDataError, MRISlices, SliceSpec, load_slices, per_slice_rows,  # noqa: E402
-                          reconstruction_metrics, simulate_coil_maps, write_per_slice_csv)
-from problems.optimal_control import GRADIENT_PATHS, ControlNetConfig  # noqa: E402
-from problems.taskcorr import (LossWeights, ReconGroup, ReconTask, TaskCorrSettings, pool_groups,  # noqa: E402
-                               reconstruct, task_groups, taskcorr_graph, uniform_graph)
+from engines import Graph, Runner
+from engines.checkpoint import save_atomic
+from problems import metarecon
+from problems.metarecon.loa import LOASettings
+from problems.mri import (
+    MRIDataError,
+    MRISlices,
+    SliceSpec,
+    load_slices,
+    per_slice_rows,
+    reconstruction_metrics,
+    simulate_coil_maps,
+    write_per_slice_csv,
+)
+from problems.taskcorr import (
+    LossWeights,
+    ReconGroup,
+    ReconTask,
+    TaskCorrSettings,
+    pool_groups,
+    reconstruct,
+    task_groups,
+    taskcorr_graph,
+    uniform_graph,
+)
+from problems.taskcorr.optimal_control import GRADIENT_PATHS, ControlNetConfig
 
 METHODS = ("uniform", "learned-shared", "learned", "metarecon")
 DATASETS = ("auto", "mni152", "brats2018", "nifti")

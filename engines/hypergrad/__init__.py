@@ -27,8 +27,8 @@ from .unrolled import EXACT_OPTIONS, exact, record_step
 
 __all__ = [
     "METHODS",
-    "MethodInfo",
     "CGResult",
+    "MethodInfo",
     "conjugate_gradient",
     "curvature_product",
     "method_table",

@@ -47,7 +47,16 @@ import torch
 from torch import Tensor
 
 from ..errors import GraphError
-from .common import deliver, hessian_vector_product, hop_options, hop_state, lower_gradient, mixed_vjp, report, zeros_for_none
+from .common import (
+    deliver,
+    hessian_vector_product,
+    hop_options,
+    hop_state,
+    lower_gradient,
+    mixed_vjp,
+    report,
+    zeros_for_none,
+)
 from .linear_solve import conjugate_gradient, minres
 
 __all__ = ["CG_OPTIONS", "NEUMANN_OPTIONS", "cg", "cg_warm", "curvature_product", "neumann"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_toys import parameters, reweighting_graph  # noqa: E402
+from core_toys import parameters, reweighting_graph
 
-from engines import Runner  # noqa: E402
+from engines import Runner
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from engines import Graph, GraphError, Level, LossError, Runner, run
 from engines.closed_form import Vector
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-import common  # noqa: E402
+import common
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 

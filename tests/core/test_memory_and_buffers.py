@@ -97,7 +97,7 @@ def test_exact_through_batchnorm_matches_a_hand_unrolled_reference_and_leaves_bu
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     s = torch.ones(3, requires_grad=True)
-    bufs_mom = {n: None for n in params}
+    bufs_mom = dict.fromkeys(params)
     for x, y in zip(xs, ys):
         out = torch.func.functional_call(model, {**params, **buffers}, (x * s,))
         grads = torch.autograd.grad((out - y).pow(2).mean(), list(params.values()), create_graph=True)

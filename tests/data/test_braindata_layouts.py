@@ -30,7 +30,7 @@ def test_nnunet_folder_maps_labels_reads_spacing_and_metadata(tmp_path: Path) ->
     first = domain.subjects[0]
     np.testing.assert_array_equal(first.label, labels)
     assert first.spacing == pytest.approx((1.0, 1.2, 1.5))
-    assert first.image.dtype == np.float32 and 0.0 <= first.image.min() and first.image.max() == 1.0
+    assert first.image.dtype == np.float32 and first.image.min() >= 0.0 and first.image.max() == 1.0
     assert (first.image[labels == 0] == 0).all()  # skull-stripped background stays 0
     assert (first.age_months, first.series, first.time_point) == (900.0, "a", 0)
     assert domain.subjects[2].series is None and domain.subjects[2].age_months == 880.0

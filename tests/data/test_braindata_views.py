@@ -36,7 +36,7 @@ def test_resample_crops_pads_and_keeps_voxels_isotropic() -> None:
     assert set(np.unique(small.label)) == {0, 1, 2, 3}
     before, after = subject.tissue_volumes_ml, small.tissue_volumes_ml
     assert after["WM"] == pytest.approx(before["WM"], rel=0.2) and after["GM"] == pytest.approx(before["GM"], rel=0.2)
-    assert 0.0 <= small.image.min() and small.image.max() <= 1.0
+    assert small.image.min() >= 0.0 and small.image.max() <= 1.0
     assert (small.subject_id, small.domain) == (subject.subject_id, subject.domain)
     upsampled = resample_subject(subject, (64, 64, 64))
     assert upsampled.spacing[0] == pytest.approx(36.0 / 64)

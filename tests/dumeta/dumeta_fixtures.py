@@ -5,8 +5,8 @@ import functools
 import torch
 
 from problems.dumeta import dual_meta_graph, init_learning_graph, joint_training_graph
-from problems.dumeta_data import JointSampler, MetaTaskSampler, TensorItems
-from problems.dumeta_net import DualUNet
+from problems.dumeta.data import JointSampler, MetaTaskSampler, TensorItems
+from problems.dumeta.net import DualUNet
 
 SIZE = 64
 INNER_LR = 0.05

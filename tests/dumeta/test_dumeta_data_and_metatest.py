@@ -5,14 +5,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from dumeta_fixtures import ring_items, toy_pool
 
 from engines import Runner
 from problems.braindata import Subject
-from problems.dumeta_data import JointSampler, MetaTaskSampler, PatchItems
-from problems.dumeta_metatest import fine_tuning_graph, network_from, segment_subject
-from problems.dumeta_net import DualUNet, head_parameters
-
-from dumeta_fixtures import ring_items, toy_pool
+from problems.dumeta.data import JointSampler, MetaTaskSampler, PatchItems
+from problems.dumeta.metatest import fine_tuning_graph, network_from, segment_subject
+from problems.dumeta.net import DualUNet, head_parameters
 
 
 def test_each_meta_iteration_splits_the_pool_into_one_inner_and_two_outer_datasets():

@@ -6,16 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from dumeta_fixtures import INNER_LR, dual_graph, init_graph, joint_graph, toy_pool
 from torch.func import functional_call
 
 from engines import Runner
 from engines.golden import check_golden, default_dtype, golden_trace
 from problems.dumeta import VARIANTS, meta_trained_parameters
-from problems.dumeta_data import MetaTaskSampler
-from problems.prototypes import ClassAwareRegulariser
-from problems.segloss import DeepSupervisedDiceCE
-
-from dumeta_fixtures import INNER_LR, dual_graph, init_graph, joint_graph, toy_pool
+from problems.dumeta.data import MetaTaskSampler
+from problems.dumeta.prototypes import ClassAwareRegulariser
+from problems.losses import DeepSupervisedDiceCE
 
 GOLDENS = Path(__file__).resolve().parents[2] / "assets" / "goldens"
 

@@ -5,8 +5,8 @@ import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import DynUNet
 
-from problems.dumeta_net import DualUNet, fine_tuned_modules, head_parameters
-from problems.segloss import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
+from problems.dumeta.net import DualUNet, fine_tuned_modules, head_parameters
+from problems.losses import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
 
 
 def dynunet_like(net: DualUNet) -> DynUNet:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from problems.prototypes import ClassAwareRegulariser, MemoryBank, class_means, regulariser_terms, sample_anchors
+from problems.dumeta.prototypes import ClassAwareRegulariser, MemoryBank, class_means, regulariser_terms, sample_anchors
 
 R2 = 1 / math.sqrt(2)
 

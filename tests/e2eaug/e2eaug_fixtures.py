@@ -8,10 +8,18 @@ from pathlib import Path
 import torch
 
 from engines import DataStream
-from problems.augment import mask_augmentation
-from problems.e2eaug import (ArchitectureLevel, AugmentedPairs, Optimizers, Pix2PixLevel, SegmentationLevel,
-                             e2eaug_graph, frozen_architecture_graph, segmentation_model)
-from problems.pix2pix import GeneratorArchitecture, Pix2Pix, UNetGenerator, patch_discriminator
+from problems.e2eaug import (
+    ArchitectureLevel,
+    AugmentedPairs,
+    Optimizers,
+    Pix2PixLevel,
+    SegmentationLevel,
+    e2eaug_graph,
+    frozen_architecture_graph,
+    segmentation_model,
+)
+from problems.e2eaug.augment import mask_augmentation
+from problems.e2eaug.pix2pix import GeneratorArchitecture, Pix2Pix, UNetGenerator, patch_discriminator
 from problems.segdata import SAMPLE_SPLITS, SegmentationDataset, ensure_dataset, find_cases, make_splits
 
 SIZE = 16

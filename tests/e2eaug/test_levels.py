@@ -10,8 +10,8 @@ from e2eaug_fixtures import tiny_e2eaug, tiny_frozen_architecture
 from engines import Runner
 from engines.golden import check_golden, golden_trace
 from engines.hypergrad.paths import walk_path
-from problems.augment import MASK_OPERATIONS, joint_augmentation, mask_augmentation
-from problems.pix2pix import CANDIDATES, PIX2PIX_CANDIDATE, GeneratorArchitecture, MixedConv, UNetGenerator
+from problems.e2eaug.augment import MASK_OPERATIONS, joint_augmentation, mask_augmentation
+from problems.e2eaug.pix2pix import CANDIDATES, PIX2PIX_CANDIDATE, GeneratorArchitecture, MixedConv, UNetGenerator
 
 GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "goldens" / "e2eaug_levels.json"
 
@@ -44,7 +44,7 @@ def test_architecture_changes_the_generator_output():
         arch.up[2] = torch.tensor([5.0, -5.0, 0.0])
         after = gen(mask, arch.weights())
     assert before.shape == (2, 3, 16, 16) and (before - after).abs().max() > 1e-3
-    assert -1 <= float(after.min()) and float(after.max()) <= 1
+    assert float(after.min()) >= -1 and float(after.max()) <= 1
     assert arch.genotype()["up"][2] == "UpConv-421"
 
 

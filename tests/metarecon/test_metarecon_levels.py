@@ -9,9 +9,17 @@ import torch
 
 from engines import METHODS, Runner
 from engines.golden import check_golden, golden_trace
-from problems.loa import LOASettings
-from problems.metarecon import (SEEN_TASKS, CrossTaskSlices, StairSchedule, TaskWeights, adaptation_graph,
-                                conventional_graph, meta_graph, task_losses)
+from problems.metarecon import (
+    SEEN_TASKS,
+    CrossTaskSlices,
+    StairSchedule,
+    TaskWeights,
+    adaptation_graph,
+    conventional_graph,
+    meta_graph,
+    task_losses,
+)
+from problems.metarecon.loa import LOASettings
 from problems.mri import SliceSpec, load_slices
 
 GOLDENS = Path(__file__).resolve().parents[2] / "assets" / "goldens"
@@ -128,7 +136,7 @@ def test_golden_conventional_and_adaptation(slices, masks, update_goldens):
 
     def adaptation():
         torch.manual_seed(1)
-        from problems.loa import LOANetwork
+        from problems.metarecon.loa import LOANetwork
         return adaptation_graph(network=LOANetwork(LOASettings(phases=2)),
                                 train=CrossTaskSlices(images, masks[1:]), batch_size=2, lr=0.1)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from problems.loa import FeatureCNN, LOANetwork, LOASettings, smoothed_relu, smoothed_relu_derivative
+from problems.metarecon.loa import FeatureCNN, LOANetwork, LOASettings, smoothed_relu, smoothed_relu_derivative
 from problems.mri import SingleCoil, fft2c, sampling_mask
 
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from problems.mri import masks
-from problems.mri.masks import (PATTERNS, RATIO_TOLERANCE, SamplingTask, achieved_ratio, cartesian_mask, mask_cache_dir,
-                                sampling_mask)
+from problems.mri.masks import (
+    PATTERNS,
+    RATIO_TOLERANCE,
+    SamplingTask,
+    achieved_ratio,
+    cartesian_mask,
+    mask_cache_dir,
+    sampling_mask,
+)
 
 RATIOS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 

@@ -11,8 +11,16 @@ from engines import Runner, track_peak_memory
 from engines.golden import check_golden, default_dtype, golden_trace
 from engines.hypergrad import implicit
 from problems.fewshot import EpisodeStream, load_fewshot, sample_episodes
-from problems.rmmetal import (ALGORITHMS, Algorithm, EpisodeSource, TaskHeads, _per_task_ce,
-                              dense_implicit_hypergradient, meta_learning_graph, meta_test)
+from problems.rmmetal.levels import (
+    ALGORITHMS,
+    Algorithm,
+    EpisodeSource,
+    TaskHeads,
+    _per_task_ce,
+    dense_implicit_hypergradient,
+    meta_learning_graph,
+    meta_test,
+)
 
 GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "goldens" / "rmmetal_levels.json"
 

@@ -7,8 +7,8 @@ import torch
 from engines import track_peak_memory
 from problems.mri import fft2c, ifft2c, simulate_coil_maps
 from problems.mri.masks import sampling_mask
-from problems.optimal_control import GRADIENT_PATHS, ControlNetConfig, OptimalControlNet, combined_magnitude
 from problems.taskcorr import LossWeights, reconstruction_loss
+from problems.taskcorr.optimal_control import GRADIENT_PATHS, ControlNetConfig, OptimalControlNet, combined_magnitude
 
 
 def problem(coils: int, phases: int, size: int = 16, batch: int = 2, dtype=torch.float64, seed: int = 0):

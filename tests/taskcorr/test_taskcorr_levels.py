@@ -9,9 +9,16 @@ from taskcorr_fixtures import make_group, pure_noise_group
 
 from engines import Runner, run
 from engines.golden import check_golden, default_dtype, golden_trace
-from problems.optimal_control import ControlNetConfig
-from problems.taskcorr import (GroupStream, ReconGroup, TaskCorrelation, TaskCorrSettings, pool_groups,
-                               taskcorr_graph, uniform_graph)
+from problems.taskcorr import (
+    GroupStream,
+    ReconGroup,
+    TaskCorrelation,
+    TaskCorrSettings,
+    pool_groups,
+    taskcorr_graph,
+    uniform_graph,
+)
+from problems.taskcorr.optimal_control import ControlNetConfig
 
 GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "goldens" / "taskcorr_levels.json"
 

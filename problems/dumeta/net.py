@@ -36,8 +36,8 @@ __all__ = [
     "UNetDecoder",
     "UNetEncoder",
     "UNetOutput",
-    "head_parameters",
     "fine_tuned_modules",
+    "head_parameters",
 ]
 
 PAPER_WIDTH_MULTIPLIERS = (1, 2, 4, 8, 10, 10)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from engines import mix_seed
 
-from .braindata import Subject, random_patches
+from ..braindata import Subject, random_patches
 
 __all__ = ["DomainItems", "JointSampler", "MetaTaskSampler", "PatchItems", "SegBatch", "TensorItems"]
 

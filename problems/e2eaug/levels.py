@@ -40,9 +40,9 @@ from torch.utils.data import Dataset
 
 from engines import Graph, Level
 
-from .metrics import per_image_score
+from ..metrics import per_image_score
+from ..segdata import SegmentationDataset
 from .pix2pix import GeneratorArchitecture, Pix2Pix
-from .segdata import SegmentationDataset
 
 __all__ = [
     "ArchitectureLevel",

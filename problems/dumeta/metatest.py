@@ -23,12 +23,12 @@ from torch import Tensor, nn
 
 from engines import Graph
 
-from .braindata import Subject
-from .dumeta import InnerLevel
-from .dumeta_data import JointSampler
-from .dumeta_net import DualUNet, head_parameters
+from ..braindata import Subject
+from ..losses import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
+from .data import JointSampler
+from .levels import InnerLevel
+from .net import DualUNet, head_parameters
 from .prototypes import class_means
-from .segloss import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
 
 __all__ = ["decoder_class_means", "fine_tuning_graph", "network_from", "segment_subject"]
 
@@ -48,7 +48,7 @@ def network_from(template: DualUNet, values: Mapping[str, Tensor]) -> DualUNet:
 def fine_tuning_graph(net: DualUNet, support: JointSampler, *, depth: int | str,
                       optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
                       scheduler: Callable | None = None, ds_weights: Sequence[float] = PAPER_DS_WEIGHTS) -> Graph:
-    """One level, ``head``, training :func:`~problems.dumeta_net.head_parameters` of ``net`` at
+    """One level, ``head``, training :func:`~problems.dumeta.net.head_parameters` of ``net`` at
     ``depth`` (1..5 or ``"all"``) on mini-batches of the support subjects; the rest stays frozen."""
     if depth == 0:
         raise ValueError("head depth 0 fine-tunes nothing: evaluate the meta-trained network directly")

@@ -13,7 +13,7 @@ Algorithm 1, one meta-iteration t, with E_θ / D_ω the encoder / head of a :cla
 
 Both hypergradients come from the same real inner step (the engine computes them before either
 outer level updates). During meta-training the head is the whole decoder and the encoder the rest
-(the paper's split); the fine-tuned depth at meta-test is separate (``problems.dumeta_metatest``).
+(the paper's split); the fine-tuned depth at meta-test is separate (``problems.dumeta.metatest``).
 
 The memory bank of ``L_reg`` (Eq. 12–14) belongs to ``encoder``, whose loss is the only one that
 uses it: the detached per-sample class means of the adapted head's decoder features on datasets B
@@ -40,10 +40,10 @@ from torch import Tensor, nn
 
 from engines import Graph, Level
 
-from .dumeta_data import JointSampler, MetaTaskSampler, SegBatch
-from .dumeta_net import DualUNet
+from ..losses import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
+from .data import JointSampler, MetaTaskSampler, SegBatch
+from .net import DualUNet
 from .prototypes import ClassAwareRegulariser
-from .segloss import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
 
 __all__ = [
     "REG_FEATURES",

@@ -17,7 +17,7 @@ Algorithm 1's schedule — k gradient steps on θ, then one on W — is the lowe
 hypergradient direction through it and the columns could never differ.
 
 ℓ is the loss of Bian's pMRI code on the optimal-control network
-(:mod:`problems.optimal_control`): L1 of the root-sum-of-squares image against the target's,
+(:mod:`problems.taskcorr.optimal_control`): L1 of the root-sum-of-squares image against the target's,
 plus the mean squared error of the coil images, plus 0.01 × L1 of the initial coil images x_0.
 Data are multi-coil k-space simulated from single-channel slices with smooth coil maps
 (``x_c = S_c x``; the network never sees S).
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from engines import DataStream, Graph, Level, mix_seed
 
-from .mri import MRISlices, SamplingTask, fft2c
+from ..mri import MRISlices, SamplingTask, fft2c
 from .optimal_control import ControlNetConfig, OptimalControlNet, Reconstruction, combined_magnitude
 
 __all__ = [

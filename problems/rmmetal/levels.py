@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from engines import Graph, Level
 
-from .fewshot import Episodes, EpisodeStream
+from ..fewshot import Episodes, EpisodeStream
 
 __all__ = [
     "ALGORITHMS",

@@ -2,7 +2,7 @@
 
 Tasks are sampling patterns at sampling ratios (:class:`~problems.mri.masks.SamplingTask`); each
 task ``τ_i`` has its own mask and a scalar ``ω_i`` whose ``σ(ω_i)`` weighs the learned
-regulariser of the LOA network (:mod:`problems.loa`) in that task (Eq. 11):
+regulariser of the LOA network (:mod:`problems.metarecon.loa`) in that task (Eq. 11):
 ``F_{θ,ω_i}(y) ≈ argmin_x ½‖P_i F x − y‖² + σ(ω_i) r(x; θ)``.
 
 The bilevel problem (Eq. 14):
@@ -42,9 +42,9 @@ from torch.utils.data import Dataset
 
 from engines import DataStream, Graph, Level
 
+from ..mri.masks import SamplingTask
+from ..mri.operators import SingleCoil, fft2c
 from .loa import LOANetwork, LOASettings, LOATrace
-from .mri.masks import SamplingTask
-from .mri.operators import SingleCoil, fft2c
 
 __all__ = [
     "SEEN_TASKS",

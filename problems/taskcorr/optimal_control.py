@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .mri import CoilImages, ifft2c, root_sum_of_squares
+from ..mri import CoilImages, ifft2c, root_sum_of_squares
 
 __all__ = [
     "GRADIENT_PATHS",

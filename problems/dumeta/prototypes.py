@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .segloss import downsample_labels
+from ..losses import downsample_labels
 
 __all__ = [
     "ANCHORS",

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-
 __all__ = ["FeatureCNN", "LOANetwork", "LOASettings", "LOATrace", "smoothed_relu", "smoothed_relu_derivative"]
 
 
