@@ -31,8 +31,9 @@ from problems.taskcorr.optimal_control import GRADIENT_PATHS, ControlNetConfig, 
 
 def problem(args: argparse.Namespace, phases: int, device: torch.device):
     torch.manual_seed(0)
-    config = ControlNetConfig(coils=args.coils, phases=phases, width=args.width, features=args.features,
-                              kernel=args.kernel)
+    config = ControlNetConfig(
+        coils=args.coils, phases=phases, width=args.width, features=args.features, kernel=args.kernel
+    )
     net = OptimalControlNet(config).to(device)
     shape = (args.size, args.size)
     images = torch.rand(args.batch, *shape)
@@ -61,20 +62,29 @@ def measure(args: argparse.Namespace, phases: int, path: str, device: torch.devi
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    row = {"T": phases, "method": path, "peak_bytes": mem.peak_bytes, "time_s": statistics.median(times),
-           "checkpoint_every": net.checkpoint_every if path == "adjoint_checkpointed" else None,
-           "measured_by": mem.method}
+    row = {
+        "T": phases,
+        "method": path,
+        "peak_bytes": mem.peak_bytes,
+        "time_s": statistics.median(times),
+        "checkpoint_every": net.checkpoint_every if path == "adjoint_checkpointed" else None,
+        "measured_by": mem.method,
+    }
     return row, [g.detach().cpu() for g in grads]
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| T | method | peak bytes | peak MiB | × autograd | time (ms) | max rel. gradient difference |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| T | method | peak bytes | peak MiB | × autograd | time (ms) | max rel. gradient difference |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = {r["T"]: r["peak_bytes"] for r in rows if r["method"] == "autograd"}
     for r in rows:
-        lines.append(f"| {r['T']} | {r['method']} | {r['peak_bytes']} | {r['peak_bytes'] / 2**20:.2f} | "
-                     f"{r['peak_bytes'] / base[r['T']]:.3f} | {1e3 * r['time_s']:.1f} | "
-                     f"{r['gradient_difference']:.1e} |")
+        lines.append(
+            f"| {r['T']} | {r['method']} | {r['peak_bytes']} | {r['peak_bytes'] / 2**20:.2f} | "
+            f"{r['peak_bytes'] / base[r['T']]:.3f} | {1e3 * r['time_s']:.1f} | "
+            f"{r['gradient_difference']:.1e} |"
+        )
     return "\n".join(lines)
 
 
@@ -101,13 +111,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row, grads = measure(args, phases, path, device)
             if reference is None:
                 reference = grads
-            row["gradient_difference"] = max(float((g - r).norm() / r.norm().clamp_min(1e-30))
-                                             for g, r in zip(grads, reference))
-            row.update(size=args.size, coils=args.coils, batch=args.batch, width=args.width, features=args.features,
-                       kernel=args.kernel, device=str(device))
+            row["gradient_difference"] = max(
+                float((g - r).norm() / r.norm().clamp_min(1e-30)) for g, r in zip(grads, reference)
+            )
+            row.update(
+                size=args.size,
+                coils=args.coils,
+                batch=args.batch,
+                width=args.width,
+                features=args.features,
+                kernel=args.kernel,
+                device=str(device),
+            )
             rows.append(row)
-            print(f"[adjoint_memory] T={phases:>3} {path:>21}: {row['peak_bytes'] / 2**20:8.2f} MiB "
-                  f"{1e3 * row['time_s']:8.1f} ms")
+            print(
+                f"[adjoint_memory] T={phases:>3} {path:>21}: {row['peak_bytes'] / 2**20:8.2f} MiB "
+                f"{1e3 * row['time_s']:8.1f} ms"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "adjoint_memory.json").write_text(json.dumps(rows, indent=1))
     print(markdown(rows))

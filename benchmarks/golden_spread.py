@@ -22,8 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = ROOT / "assets" / "goldens"
 # (ATEN_CPU_CAPABILITY or None for the machine's best, threads, oneDNN on "1" / off "0")
-PERTURBATIONS = [("default", "1", "1"), ("default", "2", "1"), ("avx2", "1", "1"), ("avx2", "2", "1"),
-                 (None, "1", "1"), (None, "2", "1"), (None, "1", "0")]
+PERTURBATIONS = [
+    ("default", "1", "1"),
+    ("default", "2", "1"),
+    ("avx2", "1", "1"),
+    ("avx2", "2", "1"),
+    (None, "1", "1"),
+    (None, "2", "1"),
+    (None, "1", "0"),
+]
 
 
 def leaves(tree, prefix=""):
@@ -59,12 +66,22 @@ def main() -> None:
     for capability, threads, onednn in PERTURBATIONS:
         label = f"{capability or 'native'}-{threads}t" + ("" if onednn == "1" else "-no-onednn")
         folder = base / label
-        env = {**os.environ, "MEDMLO_GOLDEN_RECORD": str(folder), "OMP_NUM_THREADS": threads,
-               "MKL_NUM_THREADS": threads, "MEDMLO_ONEDNN": onednn}
+        env = {
+            **os.environ,
+            "MEDMLO_GOLDEN_RECORD": str(folder),
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "MEDMLO_ONEDNN": onednn,
+        }
         if capability:
             env["ATEN_CPU_CAPABILITY"] = capability
-        subprocess.run([sys.executable, "-m", "pytest", "-m", "golden", "-q", "-p", "no:cacheprovider", "-W", "ignore"],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-m", "golden", "-q", "-p", "no:cacheprovider", "-W", "ignore"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         for recorded in sorted(folder.glob("*.json")):
             stored = json.loads((GOLDENS / recorded.name).read_text())
             rel, where = spread(json.loads(recorded.read_text())["trace"], stored["trace"])

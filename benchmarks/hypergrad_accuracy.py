@@ -61,27 +61,40 @@ def rows() -> list[dict]:
                 warnings.simplefilter("ignore")
                 result = closed_form.measure(cf)
             for upper, r in result.items():
-                out.append({
-                    "method": label, "problem": problem, "upper": upper, "levels": LEVELS.get(problem, 2),
-                    "cosine": r["cosine"], "relative_error": r["relative_error"],
-                    "settings": {"hypergrad": method, "options": options, **cf.settings},
-                })
+                out.append(
+                    {
+                        "method": label,
+                        "problem": problem,
+                        "upper": upper,
+                        "levels": LEVELS.get(problem, 2),
+                        "cosine": r["cosine"],
+                        "relative_error": r["relative_error"],
+                        "settings": {"hypergrad": method, "options": options, **cf.settings},
+                    }
+                )
     for label, swap in DUAL:
         cf = closed_form.dual_meta(swap_edges=swap)
         for upper, r in closed_form.measure(cf).items():
-            out.append({
-                "method": f"{label}: {upper}", "problem": "dual_meta", "upper": upper, "levels": 2,
-                "cosine": r["cosine"], "relative_error": r["relative_error"],
-                "settings": {"edges": {"encoder": "exact", "init": "first_order"}, **cf.settings},
-            })
+            out.append(
+                {
+                    "method": f"{label}: {upper}",
+                    "problem": "dual_meta",
+                    "upper": upper,
+                    "levels": 2,
+                    "cosine": r["cosine"],
+                    "relative_error": r["relative_error"],
+                    "settings": {"edges": {"encoder": "exact", "init": "first_order"}, **cf.settings},
+                }
+            )
     return out
 
 
 def table(data: list[dict]) -> str:
     lines = [f"{'problem':<14} {'upper':<7} {'method':<46} {'cosine':>8} {'rel. error':>11}", "-" * 90]
     for r in data:
-        lines.append(f"{r['problem']:<14} {r['upper']:<7} {r['method']:<46} {r['cosine']:>8.4f} "
-                     f"{r['relative_error']:>11.2e}")
+        lines.append(
+            f"{r['problem']:<14} {r['upper']:<7} {r['method']:<46} {r['cosine']:>8.4f} {r['relative_error']:>11.2e}"
+        )
     return "\n".join(lines)
 
 

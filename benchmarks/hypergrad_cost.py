@@ -38,8 +38,12 @@ CASES: list[tuple[str, str, int, dict]] = [
     ("one_step", "one_step", 1, {}),
     ("cg (defaults)", "cg", 1, {}),
     ("cg_warm (defaults)", "cg_warm", 1, {}),
-    ("cg, Hessian, damping 0.1 (5 it.)", "cg", 1, {"maxiter": 5, "tol": 0.0, "damping": 0.1,
-                                                   "curvature": "hessian", "adaptive_damping": False}),
+    (
+        "cg, Hessian, damping 0.1 (5 it.)",
+        "cg",
+        1,
+        {"maxiter": 5, "tol": 0.0, "damping": 0.1, "curvature": "hessian", "adaptive_damping": False},
+    ),
     ("cg, Hessian, MINRES", "cg", 1, {"curvature": "hessian", "solver": "minres"}),
     ("neumann (5 it., Gauss-Newton)", "neumann", 1, {"iterations": 5, "alpha": 0.02}),
     ("betty_cg (5 it.)", "betty_cg", 1, {"iterations": 5}),
@@ -67,8 +71,9 @@ def cnn() -> nn.Module:
     def block(i: int, o: int) -> list[nn.Module]:
         return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(3, 32), *block(32, 32), *block(32, 64), *block(64, 64), nn.Flatten(),
-                         nn.Linear(64 * 2 * 2, 10))
+    return nn.Sequential(
+        *block(3, 32), *block(32, 32), *block(32, 64), *block(64, 64), nn.Flatten(), nn.Linear(64 * 2 * 2, 10)
+    )
 
 
 def build(method: str | None, unroll: int, options: dict, batch: int) -> Graph:
@@ -87,8 +92,16 @@ def build(method: str | None, unroll: int, options: dict, batch: int) -> Graph:
     def val_ce(level, _):
         return nn.functional.cross_entropy(level.net.module(x_val.to(level.device)), y_val.to(level.device))
 
-    net = Level("net", cnn(), functools.partial(torch.optim.Adam, lr=1e-3), weighted_ce,
-                DataStream(data, batch_size=batch), hypergrad=method or "darts", unroll=unroll, options=options)
+    net = Level(
+        "net",
+        cnn(),
+        functools.partial(torch.optim.Adam, lr=1e-3),
+        weighted_ce,
+        DataStream(data, batch_size=batch),
+        hypergrad=method or "darts",
+        unroll=unroll,
+        options=options,
+    )
     g = Graph("cost")
     g.add(net)
     if method is not None:
@@ -100,8 +113,9 @@ def build(method: str | None, unroll: int, options: dict, batch: int) -> Graph:
 class Case:
     """One method's runner, stepped one outer step at a time."""
 
-    def __init__(self, label: str, method: str | None, unroll: int, options: dict, device: torch.device, batch: int,
-                 rounds: int):
+    def __init__(
+        self, label: str, method: str | None, unroll: int, options: dict, device: torch.device, batch: int, rounds: int
+    ):
         self.label, self.method, self.unroll, self.options = label, method, unroll, options
         self.graph = build(method, unroll, options, batch)
         self.runner = Runner(self.graph, (rounds + 4) * unroll, device=device, progress=False)
@@ -155,8 +169,10 @@ def main() -> None:
         for case in cases:
             case.times.append(case.outer_step() / base)  # ratio to the plain step of this round
     plain_peak, how = plain.peak_memory()
-    print(f"plain step on {device} ({args.threads} thread(s)): median {statistics.median(plain.times) * 1e3:.1f} ms, "
-          f"peak {plain_peak / 2**20:.1f} MiB ({how})")
+    print(
+        f"plain step on {device} ({args.threads} thread(s)): median {statistics.median(plain.times) * 1e3:.1f} ms, "
+        f"peak {plain_peak / 2**20:.1f} MiB ({how})"
+    )
     print(f"{'method':<34} {'K':>2} {'time x plain (IQR)':>22} {'peak x plain':>13} {'residual':>9} {'products':>9}")
     rows = []
     for case in cases:
@@ -164,20 +180,39 @@ def main() -> None:
         low, median, high = quartiles(case.times)
         solves = [s for s in case.solves[2:] if "residual" in s]
         residual = statistics.median(s["residual"] for s in solves) if solves else None
-        products = statistics.median(s["products"] for s in case.solves[2:] if "products" in s) \
-            if any("products" in s for s in case.solves) else None
-        row = {"method": case.label, "hypergrad": case.method, "unroll": case.unroll, "options": case.options,
-               "device": str(device), "threads": args.threads, "rounds": args.rounds,
-               "time_ratio": median, "time_ratio_q1": low, "time_ratio_q3": high,
-               "peak_memory_bytes": peak, "memory_ratio": peak / plain_peak, "plain_peak_memory_bytes": plain_peak,
-               "plain_step_s": statistics.median(plain.times), "memory_method": how, "batch": args.batch,
-               "median_relative_residual": residual, "median_products": products,
-               "final_damping": case.solves[-1].get("damping") if case.solves else None}
+        products = (
+            statistics.median(s["products"] for s in case.solves[2:] if "products" in s)
+            if any("products" in s for s in case.solves)
+            else None
+        )
+        row = {
+            "method": case.label,
+            "hypergrad": case.method,
+            "unroll": case.unroll,
+            "options": case.options,
+            "device": str(device),
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "time_ratio": median,
+            "time_ratio_q1": low,
+            "time_ratio_q3": high,
+            "peak_memory_bytes": peak,
+            "memory_ratio": peak / plain_peak,
+            "plain_peak_memory_bytes": plain_peak,
+            "plain_step_s": statistics.median(plain.times),
+            "memory_method": how,
+            "batch": args.batch,
+            "median_relative_residual": residual,
+            "median_products": products,
+            "final_damping": case.solves[-1].get("damping") if case.solves else None,
+        }
         rows.append(row)
         res = f"{residual:.1e}" if residual is not None else "-"
         prod = f"{products:.0f}" if products is not None else "-"
-        print(f"{case.label:<34} {case.unroll:>2} {median:>8.2f} ({low:.2f}-{high:.2f})    {peak / plain_peak:>10.2f}   "
-              f"{res:>9} {prod:>9}")
+        print(
+            f"{case.label:<34} {case.unroll:>2} {median:>8.2f} ({low:.2f}-{high:.2f})    {peak / plain_peak:>10.2f}   "
+            f"{res:>9} {prod:>9}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hypergrad_cost.json").write_text(json.dumps(rows, indent=1))
     print(f"wrote {args.out / 'hypergrad_cost.json'}")

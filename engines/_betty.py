@@ -10,9 +10,7 @@ from __future__ import annotations
 from importlib import metadata
 
 REQUIRED_BETTY = "0.2.1"
-INSTALL_HINT = (
-    f"pip install --no-deps --ignore-requires-python betty-ml=={REQUIRED_BETTY}"
-)
+INSTALL_HINT = f"pip install --no-deps --ignore-requires-python betty-ml=={REQUIRED_BETTY}"
 
 
 def _check_betty() -> None:

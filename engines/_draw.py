@@ -76,8 +76,13 @@ def draw_graph(drawing: GraphDrawing, path: Path) -> Path:
         title, subtitle = drawing.boxes[name]
         ax.add_patch(
             FancyBboxPatch(
-                (x - _BOX_W / 2, y - _BOX_H / 2), _BOX_W, _BOX_H,
-                boxstyle="round,pad=0.05", facecolor="#e8f0fb", edgecolor="#2f5597", linewidth=1.4,
+                (x - _BOX_W / 2, y - _BOX_H / 2),
+                _BOX_W,
+                _BOX_H,
+                boxstyle="round,pad=0.05",
+                facecolor="#e8f0fb",
+                edgecolor="#2f5597",
+                linewidth=1.4,
             )
         )
         ax.text(x, y + 0.16, title, ha="center", va="center", fontsize=11, fontweight="bold")
@@ -96,8 +101,18 @@ def draw_graph(drawing: GraphDrawing, path: Path) -> Path:
             start, end = (x0 + side * _BOX_W / 2, y0), (x1 + side * _BOX_W / 2, y1)
             rad = 0.35 * side * up
             text_at = (x0 + side * (_BOX_W / 2 + 0.45 * span), (y0 + y1) / 2)
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, linestyle=style, color=color,
-                                     linewidth=1.3, connectionstyle=f"arc3,rad={rad}"))
+        ax.add_patch(
+            FancyArrowPatch(
+                start,
+                end,
+                arrowstyle="-|>",
+                mutation_scale=14,
+                linestyle=style,
+                color=color,
+                linewidth=1.3,
+                connectionstyle=f"arc3,rad={rad}",
+            )
+        )
         ax.text(*text_at, label, fontsize=7, color=color, ha="left" if side > 0 else "right", va="center")
 
     for lower, upper in drawing.nest:
@@ -107,7 +122,10 @@ def draw_graph(drawing: GraphDrawing, path: Path) -> Path:
     ax.set_xlim(min(xs) - 3.0, max(xs) + 3.0)
     ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
     ax.set_axis_off()
-    ax.set_title(f"{drawing.name}: solid = solution enters upper loss (nest), dashed = parameters enter lower loss (feeds)", fontsize=8)
+    ax.set_title(
+        f"{drawing.name}: solid = solution enters upper loss (nest), dashed = parameters enter lower loss (feeds)",
+        fontsize=8,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

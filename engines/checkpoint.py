@@ -30,8 +30,9 @@ __all__ = ["load_checkpoint", "previous_path", "remove_stale_temporaries", "rng_
 def previous_path(path: str | Path) -> Path:
     """``checkpoint_latest.pt`` -> ``checkpoint_previous.pt`` (the good checkpoint kept before it)."""
     path = Path(path)
-    return path.with_name(path.name.replace("_latest", "_previous") if "_latest" in path.name
-                          else f"{path.stem}_previous{path.suffix}")
+    return path.with_name(
+        path.name.replace("_latest", "_previous") if "_latest" in path.name else f"{path.stem}_previous{path.suffix}"
+    )
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -76,7 +77,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as err:
-        raise CheckpointError(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}")
+        reason = str(err).splitlines()[0] if str(err) else "unreadable"
+        raise CheckpointError(path, f"{type(err).__name__}: {reason}") from None
     if not isinstance(state, dict):
         raise CheckpointError(path, f"it holds a {type(state).__name__}, not a checkpoint dict")
     return state
@@ -87,8 +89,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

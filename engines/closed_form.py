@@ -121,8 +121,16 @@ def ridge(method: str, options: dict | None = None, *, unroll: int = 20, n: int 
 
     lr, needed = _lower_steps(A + torch.diag(lam0.exp()))
     warmup = _round_up(needed, unroll)
-    inner = Level("weights", Vector(torch.zeros(n)), _sgd(lr), inner_loss, hypergrad=method,
-                  unroll=unroll, options=options, warmup=warmup)
+    inner = Level(
+        "weights",
+        Vector(torch.zeros(n)),
+        _sgd(lr),
+        inner_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warmup,
+    )
     outer = Level("decay", Vector(lam0), _sgd(0.0), outer_loss)
     g = Graph("ridge")
     g.add(inner, outer)
@@ -147,9 +155,18 @@ def quadratic_data(n: int = 20, p: int = 8, cond: float = 4.0, seed: int = 0) ->
     return {"H": H, "C": C, "D": D, "t": t, "lam0": lam0}
 
 
-def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 20, p: int = 8,
-              cond: float = 4.0, seed: int = 0, lower_optimizer: Callable | None = None,
-              upper_lr: float = 0.0) -> ClosedForm:
+def quadratic(
+    method: str,
+    options: dict | None = None,
+    *,
+    unroll: int = 20,
+    n: int = 20,
+    p: int = 8,
+    cond: float = 4.0,
+    seed: int = 0,
+    lower_optimizer: Callable | None = None,
+    upper_lr: float = 0.0,
+) -> ClosedForm:
     data = quadratic_data(n, p, cond, seed)
     H, C, D, t, lam0 = data["H"], data["C"], data["D"], data["t"], data["lam0"]
 
@@ -163,8 +180,16 @@ def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: 
 
     lr, needed = _lower_steps(H)
     warmup = _round_up(needed, unroll)
-    inner = Level("solution", Vector(torch.zeros(n)), lower_optimizer or _sgd(lr), inner_loss, hypergrad=method,
-                  unroll=unroll, options=options, warmup=warmup)
+    inner = Level(
+        "solution",
+        Vector(torch.zeros(n)),
+        lower_optimizer or _sgd(lr),
+        inner_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warmup,
+    )
     outer = Level("hyper", Vector(lam0), _sgd(upper_lr), outer_loss)
     g = Graph(f"quadratic(cond={cond:g})")
     g.add(inner, outer)
@@ -179,8 +204,15 @@ def quadratic(method: str, options: dict | None = None, *, unroll: int = 20, n: 
     return ClosedForm(name, g, {"hyper": exact}, warmup + unroll, {"n": n, "p": p, "cond": cond, "unroll": unroll})
 
 
-def three_level(method: str, options: dict | None = None, *, unroll: int = 10, n: int = 12,
-                seed: int = 0, lower_optimizer: Callable | None = None) -> ClosedForm:
+def three_level(
+    method: str,
+    options: dict | None = None,
+    *,
+    unroll: int = 10,
+    n: int = 12,
+    seed: int = 0,
+    lower_optimizer: Callable | None = None,
+) -> ClosedForm:
     """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2``."""
     gen = torch.Generator().manual_seed(seed)
     H1, H2 = _spd(n, 4.0, gen), _spd(n, 4.0, gen)
@@ -207,10 +239,26 @@ def three_level(method: str, options: dict | None = None, *, unroll: int = 10, n
     # the middle level moves once per `unroll` bottom steps; it converges in need2 of its own steps
     warm_mid = _round_up(need2, unroll)
     warm_bottom = _round_up(need1, unroll)
-    bottom = Level("bottom", Vector(torch.zeros(n)), lower_optimizer or _sgd(lr1), bottom_loss, hypergrad=method,
-                   unroll=unroll, options=options, warmup=warm_bottom)
-    middle = Level("middle", Vector(torch.zeros(n)), lower_optimizer or _sgd(lr2), middle_loss, hypergrad=method,
-                   unroll=unroll, options=options, warmup=warm_mid)
+    bottom = Level(
+        "bottom",
+        Vector(torch.zeros(n)),
+        lower_optimizer or _sgd(lr1),
+        bottom_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warm_bottom,
+    )
+    middle = Level(
+        "middle",
+        Vector(torch.zeros(n)),
+        lower_optimizer or _sgd(lr2),
+        middle_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warm_mid,
+    )
     top = Level("top", Vector(lam0), _sgd(0.0), top_loss)
     g = Graph("three_level")
     g.add(bottom, middle, top)
@@ -227,8 +275,9 @@ def three_level(method: str, options: dict | None = None, *, unroll: int = 10, n
     return ClosedForm("three_level", g, {"top": exact}, steps, {"n": n, "unroll": unroll})
 
 
-def two_uppers(method: str, options: dict | None = None, *, unroll: int = 20, n: int = 16, p: int = 6,
-               seed: int = 0) -> ClosedForm:
+def two_uppers(
+    method: str, options: dict | None = None, *, unroll: int = 20, n: int = 16, p: int = 6, seed: int = 0
+) -> ClosedForm:
     """``g(w; λ1, λ2) = wᵀHw/2 - wᵀ(C1λ1 + C2λ2)``; ``f1 = ||w - t1||²/2``, ``f2 = ||Mw - t2||²/2``."""
     gen = torch.Generator().manual_seed(seed)
     H = _spd(n, 4.0, gen)
@@ -243,8 +292,16 @@ def two_uppers(method: str, options: dict | None = None, *, unroll: int = 20, n:
 
     lr, needed = _lower_steps(H)
     warmup = _round_up(needed, unroll)
-    inner = Level("shared", Vector(torch.zeros(n)), _sgd(lr), inner_loss, hypergrad=method,
-                  unroll=unroll, options=options, warmup=warmup)
+    inner = Level(
+        "shared",
+        Vector(torch.zeros(n)),
+        _sgd(lr),
+        inner_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warmup,
+    )
     first = Level("first", Vector(l1), _sgd(0.0), lambda lv, _: (lv.shared.module() - t1).pow(2).sum() / 2)
     second = Level("second", Vector(l2), _sgd(0.0), lambda lv, _: (M @ lv.shared.module() - t2).pow(2).sum() / 2)
     g = Graph("two_uppers")
@@ -256,10 +313,14 @@ def two_uppers(method: str, options: dict | None = None, *, unroll: int = 20, n:
         return torch.linalg.solve(H, C1 @ first.module.value.detach() + C2 @ second.module.value.detach())
 
     return ClosedForm(
-        "two_uppers", g,
-        {"first": lambda: C1.T @ torch.linalg.solve(H, w_star() - t1),
-         "second": lambda: C2.T @ torch.linalg.solve(H, M.T @ (M @ w_star() - t2))},
-        warmup + unroll, {"n": n, "p": p, "unroll": unroll},
+        "two_uppers",
+        g,
+        {
+            "first": lambda: C1.T @ torch.linalg.solve(H, w_star() - t1),
+            "second": lambda: C2.T @ torch.linalg.solve(H, M.T @ (M @ w_star() - t2)),
+        },
+        warmup + unroll,
+        {"n": n, "p": p, "unroll": unroll},
     )
 
 
@@ -275,8 +336,16 @@ def maml(method: str, options: dict | None = None, *, unroll: int = 5, n: int = 
         d = level.module() - a
         return d @ H @ d / 2
 
-    inner = Level("adapted", Vector(theta0), _sgd(lr), inner_loss, hypergrad=method, unroll=unroll,
-                  options=options, start=lambda lv: {"value": lv.meta.module()})
+    inner = Level(
+        "adapted",
+        Vector(theta0),
+        _sgd(lr),
+        inner_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        start=lambda lv: {"value": lv.meta.module()},
+    )
     outer = Level("meta", Vector(theta0), _sgd(0.0), lambda lv, _: (lv.adapted.module() - b).pow(2).sum() / 2)
     g = Graph("maml")
     g.add(inner, outer)
@@ -292,8 +361,17 @@ def maml(method: str, options: dict | None = None, *, unroll: int = 5, n: int = 
     return ClosedForm("maml", g, {"meta": exact}, unroll, {"n": n, "unroll": unroll, "inner_lr": lr})
 
 
-def dual_meta(encoder_method: str = "exact", init_method: str = "first_order", *, unroll: int = 3, n: int = 8,
-              p: int = 5, upper_lr: float = 0.05, seed: int = 0, swap_edges: bool = False) -> ClosedForm:
+def dual_meta(
+    encoder_method: str = "exact",
+    init_method: str = "first_order",
+    *,
+    unroll: int = 3,
+    n: int = 8,
+    p: int = 5,
+    upper_lr: float = 0.05,
+    seed: int = 0,
+    swap_edges: bool = False,
+) -> ClosedForm:
     """One lower level ``phi`` shared by two uppers with a method per edge (DuMeta++'s shape).
 
     ``phi`` restarts from ``psi`` (upper ``init``) and takes K SGD steps on
@@ -316,8 +394,9 @@ def dual_meta(encoder_method: str = "exact", init_method: str = "first_order", *
         phi = level.module()
         return (phi - a) @ H @ (phi - a) / 2 - phi @ (C @ level.encoder.module())
 
-    inner = Level("phi", Vector(psi0), _sgd(eta), inner_loss, unroll=unroll,
-                  start=lambda lv: {"value": lv.init.module()})
+    inner = Level(
+        "phi", Vector(psi0), _sgd(eta), inner_loss, unroll=unroll, start=lambda lv: {"value": lv.init.module()}
+    )
     encoder = Level("encoder", Vector(theta0), _sgd(upper_lr), lambda lv, _: (lv.phi.module() - t1).pow(2).sum() / 2)
     init = Level("init", Vector(psi0), _sgd(upper_lr), lambda lv, _: (M @ lv.phi.module() - t2).pow(2).sum() / 2)
     g = Graph("dual_meta")
@@ -344,8 +423,13 @@ def dual_meta(encoder_method: str = "exact", init_method: str = "first_order", *
         theta, psi = start()
         return M.T @ (M @ phi_k(theta, psi) - t2)
 
-    return ClosedForm("dual_meta", g, {"encoder": exact_encoder, "init": first_order_init}, unroll,
-                      {"n": n, "p": p, "unroll": unroll, "inner_lr": eta, "upper_lr": upper_lr})
+    return ClosedForm(
+        "dual_meta",
+        g,
+        {"encoder": exact_encoder, "init": first_order_init},
+        unroll,
+        {"n": n, "p": p, "unroll": unroll, "inner_lr": eta, "upper_lr": upper_lr},
+    )
 
 
 def penalty_minimiser(data: dict[str, Tensor], lam: float) -> tuple[Tensor, Tensor]:
@@ -390,9 +474,11 @@ def capture(cf: ClosedForm) -> dict[str, Tensor]:
     captured: dict[str, Tensor] = {}
     uppers = {name: cf.graph[name] for name in cf.exact}
     for name, level in uppers.items():
+
         def grab(level: Level = level, name: str = name) -> None:
             if name not in captured:
                 captured[name] = torch.cat([p.grad.detach().flatten() for p in level.trainable_parameters()])
+
         level.grad_callback = grab
     runner = Runner(cf.graph, cf.steps + 1, device="cpu", progress=False)
     while len(captured) < len(uppers) and runner.step_count < cf.steps + 1:

@@ -240,7 +240,8 @@ class _IteratorSource:
     def restorable(self) -> bool:
         """Whether the position can be saved and restored (so a batch can be previewed without consuming it)."""
         return callable(getattr(self.iterator, "state_dict", None)) and callable(
-            getattr(self.iterator, "load_state_dict", None))
+            getattr(self.iterator, "load_state_dict", None)
+        )
 
     def __call__(self, level: Any) -> Any:
         return next(self.iterator)

@@ -18,9 +18,7 @@ class NonFiniteError(FloatingPointError):
 
     def __init__(self, level: str, step: int, what: str, value: float):
         self.level, self.step, self.what, self.value = level, step, what, value
-        super().__init__(
-            f"level '{level}' produced a non-finite {what} ({value}) at global step {step}"
-        )
+        super().__init__(f"level '{level}' produced a non-finite {what} ({value}) at global step {step}")
 
 
 class ResumeError(RuntimeError):

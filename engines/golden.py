@@ -97,8 +97,9 @@ def _diff(got: Any, want: Any, rtol: float, atol: float, where: str, out: list[s
         out.append(f"{where}: {got!r} != {want!r}")
 
 
-def check_golden(trace: dict[str, Any], path: str | Path, *, rtol: float = 1e-4, atol: float = 1e-6,
-                 update: bool = False) -> None:
+def check_golden(
+    trace: dict[str, Any], path: str | Path, *, rtol: float = 1e-4, atol: float = 1e-6, update: bool = False
+) -> None:
     """Compare ``trace`` with the golden at ``path`` (or write it when ``update``)."""
     path = Path(path)
     record = os.environ.get("MEDMLO_GOLDEN_RECORD")

@@ -185,8 +185,10 @@ class Level(ImplicitProblem):
         elif callable(optimizer):
             self.optimizer = optimizer(self.trainable_parameters())
         elif optimizer is not None:
-            raise TypeError(f"level '{name}': optimizer must be a torch optimizer or a factory params -> optimizer, "
-                            f"got {type(optimizer).__name__}")
+            raise TypeError(
+                f"level '{name}': optimizer must be a torch optimizer or a factory params -> optimizer, "
+                f"got {type(optimizer).__name__}"
+            )
 
     # ------------------------------------------------------------------ configuration
     def configure_precision(self, dtype: torch.dtype | None, device_type: str, *, float64: bool = False) -> None:
@@ -200,7 +202,9 @@ class Level(ImplicitProblem):
         if float64:
             self.module.to(torch.float64)
 
-    def configure_edges(self, edges: Mapping[str, tuple[str, Mapping[str, Any]]], uppers_through: Iterable[str]) -> None:
+    def configure_edges(
+        self, edges: Mapping[str, tuple[str, Mapping[str, Any]]], uppers_through: Iterable[str]
+    ) -> None:
         """Set by the graph: per-upper method overrides, and the uppers whose hypergradients pass through
         this level (so the level runs the recording hooks of every method used on them)."""
         self._edge_methods = {k: (m, dict(o)) for k, (m, o) in edges.items()}
@@ -253,8 +257,9 @@ class Level(ImplicitProblem):
         """The inner-loop start of each trainable parameter (differentiable in upper parameters)."""
         values = self._start_fn(self)
         if not isinstance(values, Mapping):
-            raise GraphError(f"level '{self.name}': start must return a dict {{parameter name: tensor}}, "
-                             f"got {type(values).__name__}")
+            raise GraphError(
+                f"level '{self.name}': start must return a dict {{parameter name: tensor}}, got {type(values).__name__}"
+            )
         values = dict(values)
         names = self.trainable_names
         unknown = sorted(set(values) - set(names))
@@ -268,8 +273,10 @@ class Level(ImplicitProblem):
             v = values[name]
             if not torch.is_tensor(v) or v.shape != p.shape:
                 got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
-                raise GraphError(f"level '{self.name}': start value for '{name}' must be a tensor of shape "
-                                 f"{tuple(p.shape)}, got {got}")
+                raise GraphError(
+                    f"level '{self.name}': start value for '{name}' must be a tensor of shape "
+                    f"{tuple(p.shape)}, got {got}"
+                )
         return values
 
     def on_inner_loop_start(self) -> None:
@@ -442,8 +449,10 @@ class Level(ImplicitProblem):
             return self._loss_output(batch)
         except (TypeError, AttributeError, IndexError, KeyError) as err:
             if batch is None and self._source is None:
-                raise LossError(f"level '{self.name}': its loss failed on batch=None ({type(err).__name__}: {err}); "
-                                "the level has no data — pass data=... (a DataStream, an iterable or a callable)") from err
+                raise LossError(
+                    f"level '{self.name}': its loss failed on batch=None ({type(err).__name__}: {err}); "
+                    "the level has no data — pass data=... (a DataStream, an iterable or a callable)"
+                ) from err
             raise
 
     def preflight(self) -> bool:
@@ -488,10 +497,15 @@ class Level(ImplicitProblem):
     def _scalar_loss(self, out: Any) -> Tensor:
         loss = out["loss"] if isinstance(out, Mapping) and "loss" in out else out
         if not torch.is_tensor(loss) or loss.numel() != 1:
-            got = (f"a tensor of shape {tuple(loss.shape)}" if torch.is_tensor(loss)
-                   else f"{type(out).__name__}" + (" without a 'loss' key" if isinstance(out, Mapping) else ""))
-            raise LossError(f"level '{self.name}': the loss must return a scalar tensor or a dict with a scalar "
-                            f"tensor under 'loss', got {got}")
+            got = (
+                f"a tensor of shape {tuple(loss.shape)}"
+                if torch.is_tensor(loss)
+                else f"{type(out).__name__}" + (" without a 'loss' key" if isinstance(out, Mapping) else "")
+            )
+            raise LossError(
+                f"level '{self.name}': the loss must return a scalar tensor or a dict with a scalar "
+                f"tensor under 'loss', got {got}"
+            )
         return loss.reshape(())
 
     def get_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
@@ -502,8 +516,13 @@ class Level(ImplicitProblem):
             raise NonFiniteError(self.name, self.global_step, "loss", value)
         logged = {"loss": value}
         if isinstance(out, Mapping):
-            logged.update({k: float(v.detach()) if torch.is_tensor(v) and v.numel() == 1 else v
-                           for k, v in out.items() if k != "loss"})
+            logged.update(
+                {
+                    k: float(v.detach()) if torch.is_tensor(v) and v.numel() == 1 else v
+                    for k, v in out.items()
+                    if k != "loss"
+                }
+            )
         if self._grad_scaler is not None:
             loss = self._grad_scaler.scale(loss)
         return loss, logged
@@ -599,12 +618,14 @@ class Level(ImplicitProblem):
         self._checked_loss = True
         if self._paths:
             if not loss.requires_grad:
-                raise LossError(f"level '{self.name}': its loss does not depend on any parameter (no autograd "
-                                "graph); it must read the lower level(s) it is nested over")
+                raise LossError(
+                    f"level '{self.name}': its loss does not depend on any parameter (no autograd "
+                    "graph); it must read the lower level(s) it is nested over"
+                )
             return
         if not loss.requires_grad or all(
-            g is None for g in torch.autograd.grad(loss, self.trainable_parameters(), retain_graph=True,
-                                                   allow_unused=True)
+            g is None
+            for g in torch.autograd.grad(loss, self.trainable_parameters(), retain_graph=True, allow_unused=True)
         ):
             raise LossError(
                 f"level '{self.name}': its loss does not depend on the level's own parameters "
@@ -620,9 +641,9 @@ class Level(ImplicitProblem):
         firsts = list({id(path[1]): path[1] for path in paths}.values())
         first_params = [list(level.trainable_parameters()) for level in firsts]
         grads = torch.autograd.grad(loss, [*params, *(p for ps in first_params for p in ps)], allow_unused=True)
-        direct, offset, first_vectors = grads[:len(params)], len(params), {}
+        direct, offset, first_vectors = grads[: len(params)], len(params), {}
         for level, ps in zip(firsts, first_params):
-            first_vectors[id(level)] = grads[offset:offset + len(ps)]
+            first_vectors[id(level)] = grads[offset : offset + len(ps)]
             offset += len(ps)
         indirect: list[Tensor] | None = None
         reports: dict[str, Any] = {}
@@ -775,8 +796,14 @@ def _to_device(batch: Any, device: Any, float_dtype: torch.dtype | None = None) 
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device, float_dtype) for v in batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return dataclasses.replace(batch, **{f.name: _to_device(getattr(batch, f.name), device, float_dtype)
-                                             for f in dataclasses.fields(batch) if f.init})
+        return dataclasses.replace(
+            batch,
+            **{
+                f.name: _to_device(getattr(batch, f.name), device, float_dtype)
+                for f in dataclasses.fields(batch)
+                if f.init
+            },
+        )
     to = getattr(batch, "to", None)
     return to(device) if callable(to) else batch
 

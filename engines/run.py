@@ -132,7 +132,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-
 class _Engine(Engine):
     """Betty's Engine with the device and process group decided by medmlo's runner.
 
@@ -164,6 +163,7 @@ class _Engine(Engine):
             "rank": self._rank,
             "local_rank": self._local_rank,
         }
+
 
 def build_engine(graph: Topology, device: torch.device) -> Engine:
     """Validate ``graph``, then translate it into Betty's ``Engine`` (``u2l``/``l2u`` dependencies), kept
@@ -285,8 +285,7 @@ class Runner:
             self._default_dtype = torch.get_default_dtype()
             torch.set_default_dtype(torch.float64)
         for level in self.graph.levels.values():
-            level.configure_precision(_PRECISIONS[self.precision], self.device.type,
-                                      float64=self.precision == "fp64")
+            level.configure_precision(_PRECISIONS[self.precision], self.device.type, float64=self.precision == "fp64")
         if self.out is not None:
             self._prepare_out()
         if not self.resume:  # every loss checked before any work (a resumed run already passed this)
@@ -295,8 +294,11 @@ class Runner:
         self._started = True
         self._t0 = time.perf_counter()
         self._bar = tqdm(
-            total=self.steps, initial=self.step_count, disable=not (self.show_progress and self.is_main),
-            dynamic_ncols=True, desc=self.graph.name,
+            total=self.steps,
+            initial=self.step_count,
+            disable=not (self.show_progress and self.is_main),
+            dynamic_ncols=True,
+            desc=self.graph.name,
         )
 
     def _prepare_out(self) -> None:
@@ -330,16 +332,21 @@ class Runner:
         except (FileNotFoundError, CheckpointError) as err:
             if not previous.is_file():
                 if isinstance(err, FileNotFoundError):
-                    raise ResumeError(f"cannot resume: {latest} does not exist (start a new run without "
-                                      "--resume)") from None
-                raise ResumeError(f"cannot resume {self.out}: {err}, and there is no {previous.name} to fall back on; "
-                                  "start a new run (another --out, or delete the folder)") from None
+                    raise ResumeError(
+                        f"cannot resume: {latest} does not exist (start a new run without --resume)"
+                    ) from None
+                raise ResumeError(
+                    f"cannot resume {self.out}: {err}, and there is no {previous.name} to fall back on; "
+                    "start a new run (another --out, or delete the folder)"
+                ) from None
             try:
                 state = load_checkpoint(previous, map_location=self.device)
             except CheckpointError as err_previous:
                 raise ResumeError(f"cannot resume {self.out}: {err} and {err_previous}") from None
-            message = (f"[medmlo] {err}; resuming from {previous.name} instead (step {state['step']}); "
-                       "the steps after it are run again")
+            message = (
+                f"[medmlo] {err}; resuming from {previous.name} instead (step {state['step']}); "
+                "the steps after it are run again"
+            )
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             if self.is_main:
                 tqdm.write(message)
@@ -350,11 +357,17 @@ class Runner:
             "graph": self.graph.signature(),
             "description": self.graph.describe(),
             "run": {
-                "steps": self.steps, "device": str(self.device), "seed": self.seed,
-                "deterministic": self.deterministic, "precision": self.precision,
-                "valid_every": self.valid_every, "monitor": self.monitor, "mode": self.mode,
+                "steps": self.steps,
+                "device": str(self.device),
+                "seed": self.seed,
+                "deterministic": self.deterministic,
+                "precision": self.precision,
+                "valid_every": self.valid_every,
+                "monitor": self.monitor,
+                "mode": self.mode,
                 "early_stopping": asdict(self.early_stopping) if self.early_stopping else None,
-                "checkpoint_every": self.checkpoint_every, "world_size": self.world,
+                "checkpoint_every": self.checkpoint_every,
+                "world_size": self.world,
             },
             "config": self.user_config,
             "versions": _versions(),
@@ -390,8 +403,13 @@ class Runner:
             "graph": self.graph.signature(),
             "levels": {name: lv.state_dict() for name, lv in self.graph.levels.items()},
             "rng": rng_state(),
-            "runner": {"best": self.best, "bad_rounds": self.bad_rounds, "last_validation": self.last_validation,
-                       "losses": self.losses, "stop_reason": self.stop_reason},
+            "runner": {
+                "best": self.best,
+                "bad_rounds": self.bad_rounds,
+                "last_validation": self.last_validation,
+                "losses": self.losses,
+                "stop_reason": self.stop_reason,
+            },
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -414,9 +432,7 @@ class Runner:
 
     def at_rest(self) -> bool:
         """True when every level below an upper has completed its inner loop."""
-        return all(
-            lv.count % lv.unroll == 0 for name, lv in self.graph.levels.items() if self.graph.uppers(name)
-        )
+        return all(lv.count % lv.unroll == 0 for name, lv in self.graph.levels.items() if self.graph.uppers(name))
 
     def save_checkpoint(self, name: str = "checkpoint_latest.pt") -> Path | None:
         """Write a checkpoint atomically; ``checkpoint_latest.pt`` keeps its predecessor as
@@ -481,10 +497,22 @@ class Runner:
 
     def _on_non_finite(self, err: NonFiniteError) -> None:
         latest = self.out / "checkpoint_latest.pt" if self.out is not None else None
-        kept = f"the last good checkpoint is {latest}" if latest is not None and latest.exists() else "no checkpoint was written"
+        kept = (
+            f"the last good checkpoint is {latest}"
+            if latest is not None and latest.exists()
+            else "no checkpoint was written"
+        )
         message = f"stopped: {err}; {kept} (not overwritten)"
-        self._write_metric({"level": "run", "step": self.step_count, "event": "non_finite",
-                            "failed_level": err.level, "what": err.what, "message": message})
+        self._write_metric(
+            {
+                "level": "run",
+                "step": self.step_count,
+                "event": "non_finite",
+                "failed_level": err.level,
+                "what": err.what,
+                "message": message,
+            }
+        )
         if self.is_main:
             tqdm.write(message)
         self.close()
@@ -531,8 +559,7 @@ class Runner:
         delta = self.early_stopping.min_delta if self.early_stopping else 0.0
         best_value = None if self.best is None else self.best["metrics"][self.monitor]
         improved = math.isfinite(value) and (
-            best_value is None
-            or (value > best_value + delta if self.mode == "max" else value < best_value - delta)
+            best_value is None or (value > best_value + delta if self.mode == "max" else value < best_value - delta)
         )
         if improved:
             self.best = {"step": self.step_count, "metrics": metrics}
@@ -550,8 +577,10 @@ class Runner:
         if not self._started:
             self.start()
         if self.stop_reason == "early_stopping" or (self.stop_reason and self.step_count >= self.steps):
-            message = (f"[medmlo] {self.out} already finished ({self.stop_reason} at step {self.step_count}); "
-                       "returning it without training")
+            message = (
+                f"[medmlo] {self.out} already finished ({self.stop_reason} at step {self.step_count}); "
+                "returning it without training"
+            )
             if self.is_main:
                 tqdm.write(message)
             return self._result(self.stop_reason)
@@ -605,8 +634,10 @@ def _numbers(metrics: Any) -> dict[str, float]:
         if torch.is_tensor(value) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"validate() returned {type(value).__name__} {value!r} for metric '{key}'; "
-                             "every metric must be a number"[:300])
+            raise ValueError(
+                f"validate() returned {type(value).__name__} {value!r} for metric '{key}'; "
+                "every metric must be a number"[:300]
+            )
         out[str(key)] = float(value)
     return out
 

@@ -26,6 +26,7 @@ differentiates through the shared head with ``exact`` while the head initialisat
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -87,16 +88,28 @@ class Topology:
             self._levels[level.name] = level
         return levels[0] if len(levels) == 1 else levels
 
-    def nest(self, lower: LevelRef, upper: LevelRef, *, hypergrad: str | None = None,
-             options: Mapping[str, Any] | None = None) -> None:
+    def nest(
+        self,
+        lower: LevelRef,
+        upper: LevelRef,
+        *,
+        hypergrad: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """``lower``'s solution enters ``upper``'s loss (Betty ``l2u``). ``hypergrad``/``options``
         override the method for the hop through ``upper`` with respect to ``lower``."""
         self._add_edge(self._nest, lower, upper, "nest")
         if hypergrad is not None or options is not None:
             self._override(_name(upper), _name(lower), hypergrad, options, "nest")
 
-    def feeds(self, upper: LevelRef, into: LevelRef | Iterable[LevelRef], *, hypergrad: str | None = None,
-              options: Mapping[str, Any] | None = None) -> None:
+    def feeds(
+        self,
+        upper: LevelRef,
+        into: LevelRef | Iterable[LevelRef],
+        *,
+        hypergrad: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """``upper``'s parameters enter the loss of each level in ``into`` (Betty ``u2l``).
         ``hypergrad``/``options`` override the method for the hops through each of them with respect
         to ``upper`` (default: each level's own ``hypergrad``)."""
@@ -106,24 +119,36 @@ class Topology:
             if hypergrad is not None or options is not None:
                 self._override(_name(lower), _name(upper), hypergrad, options, "feeds")
 
-    def bilevel(self, lower: LevelRef, upper: LevelRef, *, hypergrad: str | None = None,
-                options: Mapping[str, Any] | None = None) -> None:
+    def bilevel(
+        self,
+        lower: LevelRef,
+        upper: LevelRef,
+        *,
+        hypergrad: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """The common bilevel case: ``nest(lower, upper)`` and ``feeds(upper, into=lower)``.
         ``hypergrad``/``options`` choose how ``upper`` differentiates through ``lower`` on this edge
         (default: ``lower``'s own method)."""
         self.nest(lower, upper)
         self.feeds(upper, into=lower, hypergrad=hypergrad, options=options)
 
-    def _override(self, through: str, wrt: str, method: str | None, options: Mapping[str, Any] | None,
-                  declared_by: str) -> None:
+    def _override(
+        self, through: str, wrt: str, method: str | None, options: Mapping[str, Any] | None, declared_by: str
+    ) -> None:
         if method is not None and not isinstance(method, str):
-            raise TypeError(f"graph '{self.name}': {declared_by} edge {through}/{wrt}: hypergrad must be a method "
-                            f"name (str), got {type(method).__name__}; pass its options as options={{...}}")
+            raise TypeError(
+                f"graph '{self.name}': {declared_by} edge {through}/{wrt}: hypergrad must be a method "
+                f"name (str), got {type(method).__name__}; pass its options as options={{...}}"
+            )
         if options is not None and not isinstance(options, Mapping):
-            raise TypeError(f"graph '{self.name}': {declared_by} edge {through}/{wrt}: options must be a dict, "
-                            f"got {type(options).__name__}")
-        self._overrides[(through, wrt)] = _Override(through, wrt, method or "", tuple(sorted((options or {}).items())),
-                                                   declared_by)
+            raise TypeError(
+                f"graph '{self.name}': {declared_by} edge {through}/{wrt}: options must be a dict, "
+                f"got {type(options).__name__}"
+            )
+        self._overrides[(through, wrt)] = _Override(
+            through, wrt, method or "", tuple(sorted((options or {}).items())), declared_by
+        )
 
     def method_of(self, through: str, wrt: str) -> tuple[str, dict[str, Any]]:
         """The method and options of the hop through level ``through`` with respect to level ``wrt``."""
@@ -140,7 +165,7 @@ class Topology:
         out: dict[tuple[str, str], list[str]] = {}
         for upper, paths in self.paths().items():
             for path in paths:
-                for through, wrt in zip(path[1:-1], path[2:]):
+                for through, wrt in itertools.pairwise(path[1:]):
                     takers = out.setdefault((through, wrt), [])
                     if upper not in takers:
                         takers.append(upper)
@@ -247,7 +272,7 @@ class Topology:
             visiting.append(name)
             for up in self.uppers(name):
                 if up in visiting:
-                    cycle = visiting[visiting.index(up):] + [up]
+                    cycle = [*visiting[visiting.index(up) :], up]
                     raise GraphError(f"graph '{self.name}': nest edges form a cycle: {' -> '.join(cycle)}")
                 if up not in done:
                     visit(up)
@@ -280,8 +305,10 @@ class Topology:
                 raise GraphError(f"{where}: hypergrad '{info.name}' refused: {info.refused}")
             unknown = sorted(set(options) - set(info.options))
             if unknown:
-                raise GraphError(f"{where}: option(s) {unknown} are not understood by hypergrad '{method}' "
-                                 f"(accepted: {', '.join(sorted(info.options)) or 'none'})")
+                raise GraphError(
+                    f"{where}: option(s) {unknown} are not understood by hypergrad '{method}' "
+                    f"(accepted: {', '.join(sorted(info.options)) or 'none'})"
+                )
             if info.leaf_only and through in owners_of_paths:
                 raise GraphError(
                     f"{where}: hypergrad '{info.name}' only supports levels that own no hypergradient "
@@ -298,21 +325,27 @@ class Topology:
                 warnings.warn(
                     f"{where}: hypergrad '{info.name}' without a start= map gives {', '.join(takers)} no hypergradient "
                     f"through '{through}' (only the direct gradient): it differentiates the start map only",
-                    UserWarning, stacklevel=3,
+                    UserWarning,
+                    stacklevel=3,
                 )
             if info.name == "exact":
                 _ = level.trainable_names  # exact swaps module parameters: raises GraphError if they are not
                 truncate = options.get("truncate")
                 if truncate is not None and not 1 <= int(truncate) <= level.unroll:
-                    raise GraphError(
-                        f"{where}: exact option truncate={truncate} must lie in 1..unroll={level.unroll}"
-                    )
+                    raise GraphError(f"{where}: exact option truncate={truncate} must lie in 1..unroll={level.unroll}")
             if info.name == "penalty":
-                penalized = sorted({u for (t, w), us in hops.items() if t == through
-                                    and self.method_of(t, w)[0] == "penalty" for u in us})
+                penalized = sorted(
+                    {
+                        u
+                        for (t, w), us in hops.items()
+                        if t == through and self.method_of(t, w)[0] == "penalty"
+                        for u in us
+                    }
+                )
                 if len(penalized) > 1:
-                    raise GraphError(f"{where}: the penalty method supports one upper level per lower level, "
-                                     f"got {penalized}")
+                    raise GraphError(
+                        f"{where}: the penalty method supports one upper level per lower level, got {penalized}"
+                    )
 
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
@@ -336,15 +369,19 @@ class Topology:
             )
         lines.append("edges:")
         for e in self._nest:
-            lines.append(f"  {e.lower} -> {e.upper}   (nest: the solution of '{e.lower}' enters the loss of '{e.upper}')")
+            lines.append(
+                f"  {e.lower} -> {e.upper}   (nest: the solution of '{e.lower}' enters the loss of '{e.upper}')"
+            )
         for e in self._feeds:
-            lines.append(f"  {e.upper} => {e.lower}   (feeds: the parameters of '{e.upper}' enter the loss of '{e.lower}')")
+            lines.append(
+                f"  {e.upper} => {e.lower}   (feeds: the parameters of '{e.upper}' enter the loss of '{e.lower}')"
+            )
         if self._feeds and self._is_valid_dag():
             lines.append("hypergradient paths (hop = method, K unrolled steps; * = set on the edge):")
             for upper, paths in self.paths().items():
                 for path in paths:
                     parts = []
-                    for through, wrt in zip(path[1:-1], path[2:]):
+                    for through, wrt in itertools.pairwise(path[1:]):
                         method, _ = self.method_of(through, wrt)
                         mark = "*" if (through, wrt) in self._overrides else ""
                         parts.append(f"{through}[{method}{mark}, K={self._levels[through].unroll}]")
@@ -374,28 +411,54 @@ class Topology:
         hops = self.hops()
         for name, level in self._levels.items():
             through = [wrt for (t, wrt) in hops if t == name]
-            level.configure_edges({wrt: self.method_of(name, wrt) for wrt in through
-                                   if (name, wrt) in self._overrides}, through)
+            level.configure_edges(
+                {wrt: self.method_of(name, wrt) for wrt in through if (name, wrt) in self._overrides}, through
+            )
 
     def signature(self) -> dict[str, Any]:
         """What must match for a run directory to be resumed with this graph."""
         return {
             "name": self.name,
             "levels": {
-                n: {"hypergrad": lv.hypergrad, "unroll": lv.unroll, "params": [list(p.shape) for p in lv.trainable_parameters()]}
+                n: {
+                    "hypergrad": lv.hypergrad,
+                    "unroll": lv.unroll,
+                    "params": [list(p.shape) for p in lv.trainable_parameters()],
+                }
                 for n, lv in sorted(self._levels.items())
             },
             "nest": sorted([e.lower, e.upper] for e in self._nest),
             "feeds": sorted([e.upper, e.lower] for e in self._feeds),
-            "edge_methods": sorted([o.through, o.wrt, o.method, [list(kv) for kv in o.options]]
-                                   for o in self._overrides.values()),
+            "edge_methods": sorted(
+                [o.through, o.wrt, o.method, [list(kv) for kv in o.options]] for o in self._overrides.values()
+            ),
         }
 
 
-_RESERVED = set(dir(Engine)) | set(dir(Level)) | {
-    "config", "dependencies", "problems", "leaves", "logger", "env", "device", "module", "optimizer",
-    "scheduler", "cfg", "scaler", "dtype", "precision", "gas", "ready", "accelerator", "engine",
-}
+_RESERVED = (
+    set(dir(Engine))
+    | set(dir(Level))
+    | {
+        "config",
+        "dependencies",
+        "problems",
+        "leaves",
+        "logger",
+        "env",
+        "device",
+        "module",
+        "optimizer",
+        "scheduler",
+        "cfg",
+        "scaler",
+        "dtype",
+        "precision",
+        "gas",
+        "ready",
+        "accelerator",
+        "engine",
+    }
+)
 
 
 def _check_name(name: str) -> None:
@@ -410,4 +473,3 @@ def _check_name(name: str) -> None:
 
 def _name(ref: LevelRef) -> str:
     return ref.name if isinstance(ref, Level) else str(ref)
-

@@ -43,16 +43,19 @@ class DeepSupervisedDiceCE:
         if not weights or any(w < 0 for w in weights):
             raise ValueError(f"deep-supervision weights must be non-negative and not empty, got {list(weights)}")
         self.weights = tuple(float(w) for w in weights)
-        self.dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5,
-                                  smooth_dr=1e-5, batch=False)
+        self.dice_ce = DiceCELoss(
+            include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False
+        )
 
     def __call__(self, logits: Sequence[Tensor], label: Tensor) -> Tensor:
         """``logits``: K tensors ``[B, C, *S_k]`` fine to coarse; ``label``: ``[B, *S]`` int64 at full size."""
         if len(logits) != len(self.weights):
             raise ValueError(f"expected {len(self.weights)} deep-supervision outputs, got {len(logits)}")
         if label.dtype != torch.long or tuple(label.shape[1:]) != tuple(logits[0].shape[2:]):
-            raise ValueError(f"label must be int64 [B, *S] matching the finest logits {tuple(logits[0].shape)}, got "
-                             f"{label.dtype} {tuple(label.shape)}")
+            raise ValueError(
+                f"label must be int64 [B, *S] matching the finest logits {tuple(logits[0].shape)}, got "
+                f"{label.dtype} {tuple(label.shape)}"
+            )
         total = logits[0].new_zeros(())
         for weight, out in zip(self.weights, logits):
             if weight:

@@ -21,8 +21,10 @@ def per_image_score(logits: Tensor, target: Tensor, metric: str) -> Tensor:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if logits.shape != target.shape or logits.dim() != 4 or logits.shape[1] != 1:
-        raise ValueError(f"expected logits and target of equal shape [B, 1, H, W], got {tuple(logits.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected logits and target of equal shape [B, 1, H, W], got {tuple(logits.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     pred = (logits.detach() > 0).float()  # sigmoid(logit) > 0.5
     fn = compute_iou if metric == "jaccard" else compute_dice
     return fn(pred, (target > 0.5).float(), include_background=True, ignore_empty=False)[:, 0]

@@ -24,25 +24,42 @@ PRESETS = ("smoke", "small", "paper")
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[str], default_dataset: str) -> None:
     parser.add_argument("--dataset", default=default_dataset, choices=list(datasets), help="dataset to run on")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="folder holding the official archives, extracted unchanged (default: the "
-                             "embedded synthetic sample, written in the real layout)")
-    parser.add_argument("--download", action="store_true",
-                        help="download openly available datasets into --data-root (checksum verified)")
-    parser.add_argument("--preset", choices=PRESETS, default=None,
-                        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
-                             "default: smoke on CPU, small on GPU")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder holding the official archives, extracted unchanged (default: the "
+        "embedded synthetic sample, written in the real layout)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download openly available datasets into --data-root (checksum verified)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
+        "default: smoke on CPU, small on GPU",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (shorthand for --seeds S)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds; results are averaged over them")
     parser.add_argument("--steps", type=positive_int, default=None, help="override the preset's training steps")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<recipe>-<dataset>-<preset>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/<recipe>-<dataset>-<preset>)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the runs in --out where they stopped")
-    parser.add_argument("--hypergrad", default=None,
-                        help="hypergradient method for every level, or per level as 'level=method,level=method' "
-                             f"(methods: {', '.join(m for m, i in METHODS.items() if not i.refused)})")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="autocast precision (fp16 needs a GPU)")
+    parser.add_argument(
+        "--hypergrad",
+        default=None,
+        help="hypergradient method for every level, or per level as 'level=method,level=method' "
+        f"(methods: {', '.join(m for m, i in METHODS.items() if not i.refused)})",
+    )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision (fp16 needs a GPU)"
+    )
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes per level")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -111,8 +128,9 @@ def parse_hypergrad(spec: str | None, levels: Sequence[str]) -> dict[str, str]:
     for level, method in pairs:
         info = METHODS.get(method)
         if info is None:
-            raise SystemExit(f"error: --hypergrad: unknown method '{method}' for level '{level}'; "
-                             f"available: {', '.join(usable)}")
+            raise SystemExit(
+                f"error: --hypergrad: unknown method '{method}' for level '{level}'; available: {', '.join(usable)}"
+            )
         if info.refused:
             raise SystemExit(f"error: --hypergrad: method '{method}' is refused: {info.refused}")
         out[level] = method
@@ -127,7 +145,9 @@ def override(preset: Any, **changes: Any) -> Any:
 def prepare_out(out: Path, resume: bool) -> Path:
     """Create the output folder; refuse to mix a new run into a finished one without --resume."""
     if (out / "results.json").exists() and not resume:
-        raise SystemExit(f"error: {out} already holds results.json; pass --resume to continue it or choose another --out")
+        raise SystemExit(
+            f"error: {out} already holds results.json; pass --resume to continue it or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 

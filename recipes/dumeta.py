@@ -109,62 +109,126 @@ METHODS: dict[str, Method] = {
     "prototype-sum": Method("D", "dual", "prototype-sum"),
     "mil": Method("MIL only", "dual", "mil"),
 }
-TABLE_V = {"joint": "A", "mfl": "B", "mfl+mil": "C", "prototype-sum": "D", "dumeta": "E", "dumeta++": "F",
-           "mil": "MIL only"}
+TABLE_V = {
+    "joint": "A",
+    "mfl": "B",
+    "mfl+mil": "C",
+    "prototype-sum": "D",
+    "dumeta": "E",
+    "dumeta++": "F",
+    "mil": "MIL only",
+}
 TABLE_V_COLUMNS = {  # Feature, Loss, MFL, MIL as Table V prints them
-    "A": ("", "", "", ""), "B": ("", "", "✓", ""), "C": ("", "", "✓", "✓"), "D": ("Prototype", "Sum", "✓", "✓"),
-    "E": ("Sample", "Triplet", "✓", "✓"), "F": ("Prototype", "Triplet", "✓", "✓"), "MIL only": ("", "", "", "✓"),
+    "A": ("", "", "", ""),
+    "B": ("", "", "✓", ""),
+    "C": ("", "", "✓", "✓"),
+    "D": ("Prototype", "Sum", "✓", "✓"),
+    "E": ("Sample", "Triplet", "✓", "✓"),
+    "F": ("Prototype", "Triplet", "✓", "✓"),
+    "MIL only": ("", "", "", "✓"),
 }
 
 
 # ----------------------------------------------------------------------------------------- presets
 @dataclass(frozen=True)
 class Preset:
-    dims: int                       # the meta-learned network: 2 (axial slices) or 3 (volumes / patches)
-    grid: tuple[int | None, ...]    # every subject resampled to this grid (None: keep the axis)
-    patch: int                      # training patch edge (2D: S x S axial patches; 3D: S^3)
-    base_width: int                 # c of Table VII
-    batch_size: int                 # items per dataset in a mini-batch
-    steps: int                      # meta-iterations
-    inner_lr: float                 # α (Eq. 1)
-    outer_lr: float                 # β (Eq. 2, 8), poly decay
+    dims: int  # the meta-learned network: 2 (axial slices) or 3 (volumes / patches)
+    grid: tuple[int | None, ...]  # every subject resampled to this grid (None: keep the axis)
+    patch: int  # training patch edge (2D: S x S axial patches; 3D: S^3)
+    base_width: int  # c of Table VII
+    batch_size: int  # items per dataset in a mini-batch
+    steps: int  # meta-iterations
+    inner_lr: float  # α (Eq. 1)
+    outer_lr: float  # β (Eq. 2, 8), poly decay
     momentum: float
     weight_decay: float
     reptile_inner_steps: int
     fine_tune_steps: int
     fine_tune_lr: float
     fine_tune_batch: int
-    valid_every: int                # meta-iterations between validations (0: at the end)
-    valid_people: int               # validation people per pool dataset
-    test_people: int | None         # cap on test people per meta-test domain (None: all)
-    embed_items: int                # samples per domain in the feature embedding (Fig. 6)
-    sw_batch: int                   # sliding-window batch at inference
+    valid_every: int  # meta-iterations between validations (0: at the end)
+    valid_people: int  # validation people per pool dataset
+    test_people: int | None  # cap on test people per meta-test domain (None: all)
+    embed_items: int  # samples per domain in the feature embedding (Fig. 6)
+    sw_batch: int  # sliding-window batch at inference
 
 
 PRESETS = {
     # 2D on 64x64 axial slices of 64x64xZ volumes, a c = 4 network, a handful of steps: the pipeline on 2 cores
-    "smoke": Preset(dims=2, grid=(64, 64, None), patch=64, base_width=4, batch_size=2, steps=8, inner_lr=0.05,
-                    outer_lr=0.05, momentum=0.9, weight_decay=3e-5, reptile_inner_steps=2, fine_tune_steps=10,
-                    fine_tune_lr=0.05, fine_tune_batch=4, valid_every=0, valid_people=1, test_people=2,
-                    embed_items=6, sw_batch=32),
+    "smoke": Preset(
+        dims=2,
+        grid=(64, 64, None),
+        patch=64,
+        base_width=4,
+        batch_size=2,
+        steps=8,
+        inner_lr=0.05,
+        outer_lr=0.05,
+        momentum=0.9,
+        weight_decay=3e-5,
+        reptile_inner_steps=2,
+        fine_tune_steps=10,
+        fine_tune_lr=0.05,
+        fine_tune_batch=4,
+        valid_every=0,
+        valid_people=1,
+        test_people=2,
+        embed_items=6,
+        sw_batch=32,
+    ),
     # 3D on whole volumes resampled to 64^3, c = 16
-    "small": Preset(dims=3, grid=(64, 64, 64), patch=64, base_width=16, batch_size=2, steps=3000, inner_lr=0.01,
-                    outer_lr=0.01, momentum=0.99, weight_decay=3e-5, reptile_inner_steps=3, fine_tune_steps=1000,
-                    fine_tune_lr=0.01, fine_tune_batch=2, valid_every=250, valid_people=2, test_people=None,
-                    embed_items=16, sw_batch=2),
+    "small": Preset(
+        dims=3,
+        grid=(64, 64, 64),
+        patch=64,
+        base_width=16,
+        batch_size=2,
+        steps=3000,
+        inner_lr=0.01,
+        outer_lr=0.01,
+        momentum=0.99,
+        weight_decay=3e-5,
+        reptile_inner_steps=3,
+        fine_tune_steps=1000,
+        fine_tune_lr=0.01,
+        fine_tune_batch=2,
+        valid_every=250,
+        valid_people=2,
+        test_people=None,
+        embed_items=16,
+        sw_batch=2,
+    ),
     # the paper: 3D 128^3 patches of the native volumes, c = 32, batch 2, SGD Nesterov 0.99 from 0.01 with poly
     # decay, wd 3e-5; 1000 epochs x 250 iterations for meta-training and fine-tuning (the authors' nnU-Net code)
-    "paper": Preset(dims=3, grid=(None, None, None), patch=128, base_width=32, batch_size=2, steps=250_000,
-                    inner_lr=0.01, outer_lr=0.01, momentum=0.99, weight_decay=3e-5, reptile_inner_steps=3,
-                    fine_tune_steps=250_000, fine_tune_lr=0.01, fine_tune_batch=2, valid_every=250, valid_people=4,
-                    test_people=None, embed_items=32, sw_batch=2),
+    "paper": Preset(
+        dims=3,
+        grid=(None, None, None),
+        patch=128,
+        base_width=32,
+        batch_size=2,
+        steps=250_000,
+        inner_lr=0.01,
+        outer_lr=0.01,
+        momentum=0.99,
+        weight_decay=3e-5,
+        reptile_inner_steps=3,
+        fine_tune_steps=250_000,
+        fine_tune_lr=0.01,
+        fine_tune_batch=2,
+        valid_every=250,
+        valid_people=4,
+        test_people=None,
+        embed_items=32,
+        sw_batch=2,
+    ),
 }
 
 
 def sgd(lr: float, preset: Preset) -> Callable:
     """The paper's optimiser family: SGD with Nesterov momentum and weight decay."""
-    return functools.partial(torch.optim.SGD, lr=lr, momentum=preset.momentum, nesterov=preset.momentum > 0,
-                             weight_decay=preset.weight_decay)
+    return functools.partial(
+        torch.optim.SGD, lr=lr, momentum=preset.momentum, nesterov=preset.momentum > 0, weight_decay=preset.weight_decay
+    )
 
 
 def poly(total: int) -> Callable:
@@ -177,9 +241,9 @@ def poly(total: int) -> Callable:
 class Data:
     """Everything a seed's runs read: the pool's items and validation subjects, the unseen domains."""
 
-    pool: list[PatchItems]                   # meta-training items, one per pool dataset
-    pool_val: list[Subject]                  # validation subjects of the pool (model selection)
-    targets: list[BrainDomain]               # the unseen domains, on the working grid
+    pool: list[PatchItems]  # meta-training items, one per pool dataset
+    pool_val: list[Subject]  # validation subjects of the pool (model selection)
+    targets: list[BrainDomain]  # the unseen domains, on the working grid
     descriptions: dict[str, str]
     source: str
 
@@ -192,7 +256,7 @@ def _foreground_box(subjects: Sequence[Subject], margin_mm: float = 4.0) -> tupl
     box = []
     for axis, (n, spacing) in enumerate(zip(foreground.shape, subjects[0].spacing)):
         idx = np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis)))
-        margin = int(math.ceil(margin_mm / spacing))
+        margin = math.ceil(margin_mm / spacing)
         box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, n)))
     return tuple(box)
 
@@ -211,8 +275,12 @@ def on_grid(domain: BrainDomain, grid: Sequence[int | None]) -> BrainDomain:
             done.add(s.series)
             scans = series[s.series]
             box = _foreground_box(scans)
-            subjects += [resample_subject(dataclasses.replace(t, image=t.image[box], label=t.label[box]), grid,
-                                          crop_to_brain=False) for t in scans]
+            subjects += [
+                resample_subject(
+                    dataclasses.replace(t, image=t.image[box], label=t.label[box]), grid, crop_to_brain=False
+                )
+                for t in scans
+            ]
         else:
             subjects.append(resample_subject(s, grid))
     return dataclasses.replace(domain, subjects=sorted(subjects, key=lambda t: t.subject_id))
@@ -220,16 +288,19 @@ def on_grid(domain: BrainDomain, grid: Sequence[int | None]) -> BrainDomain:
 
 def load_data(args: argparse.Namespace, preset: Preset, seed: int) -> Data:
     try:
-        domains = load_domains(args.data_root, meta_train=args.meta_train, meta_test=args.meta_test,
-                               label_map=args.label_map)
+        domains = load_domains(
+            args.data_root, meta_train=args.meta_train, meta_test=args.meta_test, label_map=args.label_map
+        )
     except BrainDataError as err:
         raise SystemExit(f"error: {err}") from None
     pool_domains = [d for d in domains.values() if d.role == "meta-train"]
     targets = [d for d in domains.values() if d.role == "meta-test"]
     if len(pool_domains) < 3 or len(targets) != 2:
-        raise SystemExit(f"error: DuMeta++ needs at least three meta-training domains and two meta-test domains "
-                         f"(iSeg-2019-like for Tables I/V, ADNI-like for Tables II-IV/VI); got "
-                         f"{[d.name for d in pool_domains]} and {[d.name for d in targets]}")
+        raise SystemExit(
+            f"error: DuMeta++ needs at least three meta-training domains and two meta-test domains "
+            f"(iSeg-2019-like for Tables I/V, ADNI-like for Tables II-IV/VI); got "
+            f"{[d.name for d in pool_domains]} and {[d.name for d in targets]}"
+        )
     patch = (preset.patch, preset.patch, 1 if preset.dims == 2 else preset.patch)
     pool, pool_val = [], []
     for d in pool_domains:
@@ -237,10 +308,15 @@ def load_data(args: argparse.Namespace, preset: Preset, seed: int) -> Data:
         grid = on_grid(dataclasses.replace(d, subjects=train + val), preset.grid)
         by_id = {s.subject_id: s for s in grid.subjects}
         pool.append(PatchItems(d.name, [by_id[s.subject_id] for s in train], patch))
-        pool_val += [by_id[s.subject_id] for s in val][:preset.valid_people]
+        pool_val += [by_id[s.subject_id] for s in val][: preset.valid_people]
     source = "embedded" if all(d.source == "embedded" for d in domains.values()) else "real"
-    return Data(pool, pool_val, [on_grid(d, preset.grid) for d in targets],
-                {d.name: d.description for d in domains.values()}, source)
+    return Data(
+        pool,
+        pool_val,
+        [on_grid(d, preset.grid) for d in targets],
+        {d.name: d.description for d in domains.values()},
+        source,
+    )
 
 
 def split_for(domain: BrainDomain, shots: int, preset: Preset, seed: int) -> tuple[list[Subject], list[Subject]]:
@@ -251,7 +327,7 @@ def split_for(domain: BrainDomain, shots: int, preset: Preset, seed: int) -> tup
         raise SystemExit(f"error: {err}") from None
     test = split.test
     if preset.test_people is not None:
-        people = list(dict.fromkeys(s.series or s.subject_id for s in test))[:preset.test_people]
+        people = list(dict.fromkeys(s.series or s.subject_id for s in test))[: preset.test_people]
         test = [s for s in test if (s.series or s.subject_id) in people]
     return split.support, test
 
@@ -262,42 +338,72 @@ def run_name(method: str, capacity: int) -> str:
     return method if capacity == DEFAULT_CAPACITY else f"{method}-n{capacity}"
 
 
-def build_graph(method: str, net: DualUNet, data: Data, preset: Preset, args: argparse.Namespace, seed: int,
-                capacity: int, hypergrad: dict[str, str]) -> tuple[Graph, int]:
+def build_graph(
+    method: str,
+    net: DualUNet,
+    data: Data,
+    preset: Preset,
+    args: argparse.Namespace,
+    seed: int,
+    capacity: int,
+    hypergrad: dict[str, str],
+) -> tuple[Graph, int]:
     """The meta-training graph of ``method`` and its number of global steps."""
     spec = METHODS[method]
     steps = preset.steps
     if spec.kind == "joint":
         sampler = JointSampler(data.pool, preset.batch_size, seed=seed)
-        return joint_training_graph(net=net, sampler=sampler, optimizer=sgd(preset.outer_lr, preset),
-                                    scheduler=poly(steps)), steps
+        return joint_training_graph(
+            net=net, sampler=sampler, optimizer=sgd(preset.outer_lr, preset), scheduler=poly(steps)
+        ), steps
     sampler = MetaTaskSampler(data.pool, preset.batch_size, seed=seed)
     if spec.kind == "init":
         k = 1 if spec.variant == "maml" else preset.reptile_inner_steps
-        return init_learning_graph(spec.variant, net=net, sampler=sampler, inner_lr=preset.inner_lr, inner_steps=k,
-                                   outer_optimizer=sgd(preset.outer_lr, preset), inner_scheduler=poly(steps * k),
-                                   outer_scheduler=poly(steps)), steps * k
-    return dual_meta_graph(spec.variant, net=net, sampler=sampler, inner_lr=preset.inner_lr,
-                           outer_optimizer=sgd(preset.outer_lr, preset), inner_scheduler=poly(steps),
-                           outer_scheduler=poly(steps), reg_weight=args.lambda2, margin=args.lambda1,
-                           capacity=capacity, reg_features=args.reg_features,
-                           encoder_hypergrad=hypergrad.get("encoder", "exact"),
-                           head_init_hypergrad=hypergrad.get("head_init", "first_order")), steps
+        return init_learning_graph(
+            spec.variant,
+            net=net,
+            sampler=sampler,
+            inner_lr=preset.inner_lr,
+            inner_steps=k,
+            outer_optimizer=sgd(preset.outer_lr, preset),
+            inner_scheduler=poly(steps * k),
+            outer_scheduler=poly(steps),
+        ), steps * k
+    return dual_meta_graph(
+        spec.variant,
+        net=net,
+        sampler=sampler,
+        inner_lr=preset.inner_lr,
+        outer_optimizer=sgd(preset.outer_lr, preset),
+        inner_scheduler=poly(steps),
+        outer_scheduler=poly(steps),
+        reg_weight=args.lambda2,
+        margin=args.lambda1,
+        capacity=capacity,
+        reg_features=args.reg_features,
+        encoder_hypergrad=hypergrad.get("encoder", "exact"),
+        head_init_hypergrad=hypergrad.get("head_init", "first_order"),
+    ), steps
 
 
 class PoolValidation:
     """Mean Dice over tissues of the meta-trained network (θ with φ, no adaptation) on the pool's
     validation subjects: the paper's model selection on the 20 % validation partitions."""
 
-    def __init__(self, net: DualUNet, subjects: Sequence[Subject], roi: Sequence[int], preset: Preset,
-                 device: torch.device):
+    def __init__(
+        self, net: DualUNet, subjects: Sequence[Subject], roi: Sequence[int], preset: Preset, device: torch.device
+    ):
         self.net, self.subjects, self.roi, self.preset, self.device = net, list(subjects), tuple(roi), preset, device
 
     def __call__(self, graph: Graph) -> dict[str, float]:
         net = network_from(self.net, meta_trained_parameters(graph, self.net)).to(self.device)
-        scores = [v for s in self.subjects
-                  for v in dice_per_tissue(segment_subject(net, s, roi=self.roi, batch=self.preset.sw_batch,
-                                                           device=self.device), s.label).values()]
+        scores = [
+            v
+            for s in self.subjects
+            for v in dice_per_tissue(
+                segment_subject(net, s, roi=self.roi, batch=self.preset.sw_batch, device=self.device), s.label
+            ).values()
+        ]
         finite = [v for v in scores if math.isfinite(v)]
         return {"val_dice": float(np.mean(finite)) if finite else 0.0}
 
@@ -307,8 +413,17 @@ def roi_for(dims: int, preset: Preset) -> tuple[int, ...]:
     return (preset.patch,) * dims
 
 
-def meta_train(method: str, capacity: int, data: Data, preset: Preset, args: argparse.Namespace,
-               device: torch.device, out: Path, seed: int, hypergrad: dict[str, str]) -> dict[str, Any]:
+def meta_train(
+    method: str,
+    capacity: int,
+    data: Data,
+    preset: Preset,
+    args: argparse.Namespace,
+    device: torch.device,
+    out: Path,
+    seed: int,
+    hypergrad: dict[str, str],
+) -> dict[str, Any]:
     """Meta-train ``method`` (or reuse a finished run); returns its start parameters and run facts."""
     name = run_name(method, capacity)
     run_dir = out / "runs" / f"{name}__seed{seed}"
@@ -321,23 +436,49 @@ def meta_train(method: str, capacity: int, data: Data, preset: Preset, args: arg
     validation = PoolValidation(net, data.pool_val, roi_for(preset.dims, preset), preset, device)
     every = (preset.valid_every or preset.steps) * (steps // preset.steps)  # global steps per meta-iteration
     print(f"[dumeta] meta-training {name} (seed {seed}): {steps} steps")
-    result = Runner(graph, steps, out=run_dir, device=device, seed=seed, precision=args.precision, validate=validation,
-                    valid_every=every, monitor="val_dice", mode="max", checkpoint_every=every,
-                    resume=(run_dir / "checkpoint_latest.pt").exists(), progress=not args.no_progress,
-                    config={"method": method, "capacity": capacity, "preset": asdict(preset), "args": _args(args),
-                            "command": common.command_line()}).run()
+    result = Runner(
+        graph,
+        steps,
+        out=run_dir,
+        device=device,
+        seed=seed,
+        precision=args.precision,
+        validate=validation,
+        valid_every=every,
+        monitor="val_dice",
+        mode="max",
+        checkpoint_every=every,
+        resume=(run_dir / "checkpoint_latest.pt").exists(),
+        progress=not args.no_progress,
+        config={
+            "method": method,
+            "capacity": capacity,
+            "preset": asdict(preset),
+            "args": _args(args),
+            "command": common.command_line(),
+        },
+    ).run()
     best = run_dir / "checkpoint_best.pt"
     if best.exists():
         state = load_checkpoint(best, map_location=device)
         for level_name, level in graph.levels.items():
             level.module.load_state_dict(state["levels"][level_name]["module"])
     start = {n: t.detach().cpu().clone() for n, t in meta_trained_parameters(graph, net).items()}
-    embedding = feature_embedding(network_from(net, start).to(device), data, preset, seed) \
-        if METHODS[method].kind == "dual" else {}
-    payload = {"start": start, "embedding": embedding,
-               "facts": {"steps": result.steps, "wall_time_s": result.wall_time_s,
-                         "best_step": result.best["step"] if result.best else None,
-                         "best_val_dice": result.best["metrics"]["val_dice"] if result.best else None}}
+    embedding = (
+        feature_embedding(network_from(net, start).to(device), data, preset, seed)
+        if METHODS[method].kind == "dual"
+        else {}
+    )
+    payload = {
+        "start": start,
+        "embedding": embedding,
+        "facts": {
+            "steps": result.steps,
+            "wall_time_s": result.wall_time_s,
+            "best_step": result.best["step"] if result.best else None,
+            "best_val_dice": result.best["metrics"]["val_dice"] if result.best else None,
+        },
+    }
     torch.save(payload, done)
     return payload
 
@@ -362,13 +503,21 @@ class Job:
 
     method: str
     run: str
-    domain: int          # index into Data.targets
+    domain: int  # index into Data.targets
     shots: int
     depth: int | str
 
 
-def meta_test(job: Job, start: dict[str, torch.Tensor], data: Data, preset: Preset, args: argparse.Namespace,
-              device: torch.device, out: Path, seed: int) -> dict[str, Any]:
+def meta_test(
+    job: Job,
+    start: dict[str, torch.Tensor],
+    data: Data,
+    preset: Preset,
+    args: argparse.Namespace,
+    device: torch.device,
+    out: Path,
+    seed: int,
+) -> dict[str, Any]:
     """Fine-tune ``start`` on the support subjects of ``job`` (or reuse a finished one), segment the test
     subjects and score them; returns the rows, the split and one example slice for the figures."""
     domain = data.targets[job.domain]
@@ -381,25 +530,55 @@ def meta_test(job: Job, start: dict[str, torch.Tensor], data: Data, preset: Pres
     support, test = split_for(domain, job.shots, preset, seed)
     if job.depth != 0:
         patch = (preset.patch, preset.patch, 1 if dims == 2 else preset.patch)
-        sampler = JointSampler([PatchItems(f"{domain.name}-support", support, patch)], preset.fine_tune_batch,
-                               seed=seed)
-        graph = fine_tuning_graph(net, sampler, depth=job.depth, optimizer=sgd(preset.fine_tune_lr, preset),
-                                  scheduler=poly(preset.fine_tune_steps))
-        Runner(graph, preset.fine_tune_steps, out=ft_dir, device=device, seed=seed, precision=args.precision,
-               resume=(ft_dir / "checkpoint_latest.pt").exists(), progress=not args.no_progress,
-               config={"job": asdict(job), "support": [s.subject_id for s in support]}).run()
+        sampler = JointSampler(
+            [PatchItems(f"{domain.name}-support", support, patch)], preset.fine_tune_batch, seed=seed
+        )
+        graph = fine_tuning_graph(
+            net,
+            sampler,
+            depth=job.depth,
+            optimizer=sgd(preset.fine_tune_lr, preset),
+            scheduler=poly(preset.fine_tune_steps),
+        )
+        Runner(
+            graph,
+            preset.fine_tune_steps,
+            out=ft_dir,
+            device=device,
+            seed=seed,
+            precision=args.precision,
+            resume=(ft_dir / "checkpoint_latest.pt").exists(),
+            progress=not args.no_progress,
+            config={"job": asdict(job), "support": [s.subject_id for s in support]},
+        ).run()
     net = net.to(device)
-    predictions = {s.subject_id: segment_subject(net, s, roi=roi_for(dims, preset), batch=preset.sw_batch,
-                                                 device=device) for s in test}
-    key = {"method": job.method, "run": job.run, "domain": domain.name, "shots": job.shots, "depth": str(job.depth),
-           "seed": seed}
+    predictions = {
+        s.subject_id: segment_subject(net, s, roi=roi_for(dims, preset), batch=preset.sw_batch, device=device)
+        for s in test
+    }
+    key = {
+        "method": job.method,
+        "run": job.run,
+        "domain": domain.name,
+        "shots": job.shots,
+        "depth": str(job.depth),
+        "seed": seed,
+    }
     rows = [{**key, **r} for r in score_subjects(predictions, test) + longitudinal_rows(predictions, test)]
     first = test[0]
     z = int(np.argmax((first.label > 0).sum(axis=(0, 1))))  # the axial slice with the most brain
-    example = {"subject": first.subject_id, "image": first.image[:, :, z].tolist(),
-               "truth": first.label[:, :, z].tolist(), "prediction": predictions[first.subject_id][:, :, z].tolist()}
-    payload = {"rows": rows, "support": [s.subject_id for s in support], "test": [s.subject_id for s in test],
-               "example": example}
+    example = {
+        "subject": first.subject_id,
+        "image": first.image[:, :, z].tolist(),
+        "truth": first.label[:, :, z].tolist(),
+        "prediction": predictions[first.subject_id][:, :, z].tolist(),
+    }
+    payload = {
+        "rows": rows,
+        "support": [s.subject_id for s in support],
+        "test": [s.subject_id for s in test],
+        "example": example,
+    }
     ft_dir.mkdir(parents=True, exist_ok=True)
     reporting.write_json(done, payload)
     return payload
@@ -447,8 +626,14 @@ def _cell(s: reporting.Summary | None, paper: dict | None, digits: int = 4) -> s
     return reporting.cell(s.mean, s.std, n=s.n, paper=ref, digits=digits)
 
 
-def metric_table(rows: list[dict], paper: dict, table: str, entries: list[tuple[str, dict]],
-                 metrics: Sequence[str], unit: dict[str, str]) -> list[str]:
+def metric_table(
+    rows: list[dict],
+    paper: dict,
+    table: str,
+    entries: list[tuple[str, dict]],
+    metrics: Sequence[str],
+    unit: dict[str, str],
+) -> list[str]:
     """One table: a row per ``(label, match)``, a column per metric and tissue, the paper's value in brackets."""
     header = ["Method"] + [f"{m} {t}{unit.get(m, '')}" for m in metrics for t in TISSUES]
     body = []
@@ -469,36 +654,60 @@ def results_markdown(results: dict, paper_json: dict) -> str:
         return "all" if METHODS[m].kind == "scratch" else depth
 
     def entries(methods: list[str], domain: str, shots: int) -> list[tuple[str, dict]]:
-        return [(METHODS[m].label, {"method": m, "run": m, "domain": domain, "shots": shots, "depth": depth_of(m)})
-                for m in methods if reporting.rows_where(rows, method=m, run=m, domain=domain, shots=shots)]
+        return [
+            (METHODS[m].label, {"method": m, "run": m, "domain": domain, "shots": shots, "depth": depth_of(m)})
+            for m in methods
+            if reporting.rows_where(rows, method=m, run=m, domain=domain, shots=shots)
+        ]
 
     same = results["data"]["source"] == "real" and results["preset"] == "paper"
-    lines = [f"# DuMeta++ and baselines: few-shot brain tissue segmentation across ages ({results['preset']} preset)",
-             ""]
-    where = ("Synthetic lifespan domains made from the real MNI152 2009 tissue maps (problems/braindata/lifespan.py)."
-             if results["data"]["stand_in"] else f"The folders under {results['data']['root']}.")
+    lines = [
+        f"# DuMeta++ and baselines: few-shot brain tissue segmentation across ages ({results['preset']} preset)",
+        "",
+    ]
+    where = (
+        "Synthetic lifespan domains made from the real MNI152 2009 tissue maps (problems/braindata/lifespan.py)."
+        if results["data"]["stand_in"]
+        else f"The folders under {results['data']['root']}."
+    )
     lines += [reporting.data_statement(results["data"]["source"], where), ""]
     lines += [f"- {text}" for text in results["data"]["descriptions"].values()] + [""]
-    lines += [("Setting: the paper's (real data, paper preset)." if same else
-               "**The setting differs from the paper's** (data and/or preset); the paper's numbers are in brackets "
-               "for orientation only."),
-              f"Meta-training pool: {', '.join(results['pool'])}; unseen domains: {first} (Tables I, V, Fig. 7; the "
-              f"paper's iSeg-2019) and {second} (Tables II–IV, VI; the paper's ADNI). Encoder frozen, the last "
-              f"{depth} decoder stage(s) fine-tuned (random initialisation: the whole network). Mean ± std over "
-              f"test subjects (and seeds {results['seeds']}); ASSD in mm.", ""]
+    lines += [
+        (
+            "Setting: the paper's (real data, paper preset)."
+            if same
+            else "**The setting differs from the paper's** (data and/or preset); the paper's numbers are in brackets "
+            "for orientation only."
+        ),
+        f"Meta-training pool: {', '.join(results['pool'])}; unseen domains: {first} (Tables I, V, Fig. 7; the "
+        f"paper's iSeg-2019) and {second} (Tables II–IV, VI; the paper's ADNI). Encoder frozen, the last "
+        f"{depth} decoder stage(s) fine-tuned (random initialisation: the whole network). Mean ± std over "
+        f"test subjects (and seeds {results['seeds']}); ASSD in mm.",
+        "",
+    ]
     unit = {"ASSD": " (mm)"}
-    for table, domain, shots, title in (("I", first, 1, "One-shot segmentation"),
-                                        ("II", second, 1, "One-shot segmentation"),
-                                        ("III", second, 5, "Five-shot segmentation")):
+    for table, domain, shots, title in (
+        ("I", first, 1, "One-shot segmentation"),
+        ("II", second, 1, "One-shot segmentation"),
+        ("III", second, 5, "Five-shot segmentation"),
+    ):
         found = entries(main, domain, shots)
         if found:
-            lines += [f"## Table {table}: {title} on {domain}", "", *metric_table(rows, paper, table, found,
-                                                                                 ("Dice", "ASSD"), unit), ""]
+            lines += [
+                f"## Table {table}: {title} on {domain}",
+                "",
+                *metric_table(rows, paper, table, found, ("Dice", "ASSD"), unit),
+                "",
+            ]
     found = entries(main, second, 1)
     if found and any(r["metric"] == "STCS" for r in rows):
         aspc_unit = next((r["unit"] for r in rows if r["metric"] == "ASPC"), "%")
-        lines += [f"## Table IV: Longitudinal consistency on {second} (one-shot models, consecutive time points)", "",
-                  *metric_table(rows, paper, "IV", found, ("STCS", "ASPC"), {"ASPC": f" ({aspc_unit})"}), ""]
+        lines += [
+            f"## Table IV: Longitudinal consistency on {second} (one-shot models, consecutive time points)",
+            "",
+            *metric_table(rows, paper, "IV", found, ("STCS", "ASPC"), {"ASPC": f" ({aspc_unit})"}),
+            "",
+        ]
     ablations = [m for m in TABLE_V if m in results["methods"]]
     if ablations:
         header = ["Exp", "Feature", "Loss", "MFL", "MIL"] + [f"Dice {t}" for t in TISSUES]
@@ -506,14 +715,27 @@ def results_markdown(results: dict, paper_json: dict) -> str:
         for m in ablations:
             code = TABLE_V[m]
             s = summaries(rows, method=m, run=m, domain=first, shots=1, depth=depth_of(m))
-            body.append([f"{code} ({m})", *TABLE_V_COLUMNS[code]]
-                        + [_cell(s.get(("Dice", t)), paper.get(("V", code, "Dice", t))) for t in TISSUES])
-        lines += [f"## Table V: Ablations, one-shot on {first}", "", *reporting.markdown_table(header, body),
-                  "", "MIL only is not a row of the paper's Table V.", ""]
+            body.append(
+                [f"{code} ({m})", *TABLE_V_COLUMNS[code]]
+                + [_cell(s.get(("Dice", t)), paper.get(("V", code, "Dice", t))) for t in TISSUES]
+            )
+        lines += [
+            f"## Table V: Ablations, one-shot on {first}",
+            "",
+            *reporting.markdown_table(header, body),
+            "",
+            "MIL only is not a row of the paper's Table V.",
+            "",
+        ]
     capacities = results["capacities"]
     if capacities and "dumeta++" in results["methods"]:
-        found = [(f"capacity {n}", {"method": "dumeta++", "run": run_name("dumeta++", n), "domain": second,
-                                    "shots": 1, "depth": depth}) for n in capacities]
+        found = [
+            (
+                f"capacity {n}",
+                {"method": "dumeta++", "run": run_name("dumeta++", n), "domain": second, "shots": 1, "depth": depth},
+            )
+            for n in capacities
+        ]
         table = metric_table(rows, paper, "VI", found, ("Dice", "ASSD"), unit)
         lines += [f"## Table VI: Memory-bank capacity, one-shot on {second}", "", *table, ""]
     depths = results["depths"]
@@ -525,15 +747,25 @@ def results_markdown(results: dict, paper_json: dict) -> str:
             dice = [s.get(("Dice", t)) for t in TISSUES]
             means = [x.mean for x in dice if x is not None and x.n]
             body.append([str(d)] + [_cell(x, None) for x in dice] + [f"{np.mean(means):.4f}" if means else "–"])
-        lines += [f"## Fig. 7: Fine-tuned head depth (DuMeta++), one-shot on {first}", "",
-                  *reporting.markdown_table(header, body), "",
-                  "0 = the meta-trained network as is; all = encoder included. The paper plots this (no printed "
-                  "numbers); it finds three up-sampling stages best.", ""]
-    not_here = sorted({r["method"] for r in paper_json["rows"] if r["table"] == "I"}
-                      - {METHODS[m].label for m in METHODS})
-    lines += ["Rows of the paper's Tables I–IV not implemented here (self-supervised and longitudinal pre-training "
-              f"baselines): {', '.join(not_here)}.", "",
-              "Figures: " + ", ".join(f"`{f}`" for f in results["figures"]), ""]
+        lines += [
+            f"## Fig. 7: Fine-tuned head depth (DuMeta++), one-shot on {first}",
+            "",
+            *reporting.markdown_table(header, body),
+            "",
+            "0 = the meta-trained network as is; all = encoder included. The paper plots this (no printed "
+            "numbers); it finds three up-sampling stages best.",
+            "",
+        ]
+    not_here = sorted(
+        {r["method"] for r in paper_json["rows"] if r["table"] == "I"} - {METHODS[m].label for m in METHODS}
+    )
+    lines += [
+        "Rows of the paper's Tables I–IV not implemented here (self-supervised and longitudinal pre-training "
+        f"baselines): {', '.join(not_here)}.",
+        "",
+        "Figures: " + ", ".join(f"`{f}`" for f in results["figures"]),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -546,8 +778,11 @@ def plot_examples(examples: dict[str, dict], title: str, path: Path) -> Path:
     for row, (label, ex) in zip(axes, examples.items()):
         panels = (np.asarray(ex["image"]), np.asarray(ex["truth"]), np.asarray(ex["prediction"]))
         for ax, panel, name in zip(row, panels, ("image", "truth", "prediction")):
-            kwargs = {"cmap": "gray"} if name == "image" else {"cmap": TISSUE_COLOURS, "vmin": 0, "vmax": 3,
-                                                               "interpolation": "nearest"}
+            kwargs = (
+                {"cmap": "gray"}
+                if name == "image"
+                else {"cmap": TISSUE_COLOURS, "vmin": 0, "vmax": 3, "interpolation": "nearest"}
+            )
             ax.imshow(np.rot90(panel), **kwargs)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -588,7 +823,7 @@ def plot_embedding(embeddings: dict[str, dict], path: Path) -> Path:
                 col.scatter(x, y, s=10, color=colours(d_index), marker=markers[t], alpha=0.8)
             col.set_xticks([])
             col.set_yticks([])
-            col.set_title(f"{name}: scale 1/{2 ** k}", fontsize=7)
+            col.set_title(f"{name}: scale 1/{2**k}", fontsize=7)
         handles = [plt.Line2D([], [], color=colours(i), marker="o", ls="", label=d) for i, d in enumerate(domains)]
         handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=t) for m, t in zip(markers, TISSUES)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
@@ -602,8 +837,9 @@ def plot_depths(rows: list[dict], domain: str, depths: Sequence[str], path: Path
     for tissue in TISSUES:
         means = []
         for d in depths:
-            s = summaries(rows, method="dumeta++", run="dumeta++", domain=domain, shots=1,
-                          depth=str(d)).get(("Dice", tissue))
+            s = summaries(rows, method="dumeta++", run="dumeta++", domain=domain, shots=1, depth=str(d)).get(
+                ("Dice", tissue)
+            )
             means.append(s.mean if s else float("nan"))
         ax.plot(range(len(depths)), means, marker="o", label=tissue)
     ax.set_xticks(range(len(depths)), [str(d) for d in depths])
@@ -623,33 +859,75 @@ def depth_arg(text: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common.add_common_arguments(parser, datasets=("lifespan",), default_dataset="lifespan")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
-                        help="methods to run (default: all; randinit-3d only in the 3D presets)")
-    parser.add_argument("--shots", nargs="+", type=common.positive_int, default=[1, 5],
-                        help="support subjects on the second unseen domain (Tables II/III); Table I is one-shot")
-    parser.add_argument("--head-depth", type=depth_arg, default=3,
-                        help="decoder stages fine-tuned at meta-test (1-5, 'all'; Fig. 7: 3 is best)")
-    parser.add_argument("--capacities", nargs="*", type=common.positive_int, default=[1, 10, 100, 1000],
-                        help="memory-bank capacities of Table VI (with dumeta++; none to skip)")
-    parser.add_argument("--depths", nargs="*", type=depth_arg, default=[0, 1, 2, 3, 4, 5, "all"],
-                        help="fine-tuned depths of Fig. 7 (with dumeta++; none to skip)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=None,
+        help="methods to run (default: all; randinit-3d only in the 3D presets)",
+    )
+    parser.add_argument(
+        "--shots",
+        nargs="+",
+        type=common.positive_int,
+        default=[1, 5],
+        help="support subjects on the second unseen domain (Tables II/III); Table I is one-shot",
+    )
+    parser.add_argument(
+        "--head-depth",
+        type=depth_arg,
+        default=3,
+        help="decoder stages fine-tuned at meta-test (1-5, 'all'; Fig. 7: 3 is best)",
+    )
+    parser.add_argument(
+        "--capacities",
+        nargs="*",
+        type=common.positive_int,
+        default=[1, 10, 100, 1000],
+        help="memory-bank capacities of Table VI (with dumeta++; none to skip)",
+    )
+    parser.add_argument(
+        "--depths",
+        nargs="*",
+        type=depth_arg,
+        default=[0, 1, 2, 3, 4, 5, "all"],
+        help="fine-tuned depths of Fig. 7 (with dumeta++; none to skip)",
+    )
     parser.add_argument("--lambda1", type=float, default=1.5, help="λ1, the triplet margin (Eq. 13)")
     parser.add_argument("--lambda2", type=float, default=0.1, help="λ2, the weight of L_reg (Eq. 15)")
-    parser.add_argument("--reg-features", choices=REG_FEATURES, default="decoder",
-                        help="feature maps of L_reg: the decoder's (Sec. III-B) or also the encoder's (Appendix II)")
-    parser.add_argument("--fine-tune-steps", type=common.positive_int, default=None,
-                        help="override the preset's fine-tuning steps")
-    parser.add_argument("--meta-train", nargs="+", default=None,
-                        help="meta-training domains (folders under --data-root; default OASIS3 IBIS12M IBIS24M, or the "
-                             "embedded infant12m infant24m adult)")
-    parser.add_argument("--meta-test", nargs=2, default=None, metavar=("ISEG_LIKE", "ADNI_LIKE"),
-                        help="the two unseen domains (default iSeg-2019 ADNI, or the embedded infant6m elderly)")
-    parser.add_argument("--label-map", default=None,
-                        help="label map of the nnU-Net-layout folders: identity, iseg, ibeat or freesurfer "
-                             "(default: their dataset.json)")
+    parser.add_argument(
+        "--reg-features",
+        choices=REG_FEATURES,
+        default="decoder",
+        help="feature maps of L_reg: the decoder's (Sec. III-B) or also the encoder's (Appendix II)",
+    )
+    parser.add_argument(
+        "--fine-tune-steps", type=common.positive_int, default=None, help="override the preset's fine-tuning steps"
+    )
+    parser.add_argument(
+        "--meta-train",
+        nargs="+",
+        default=None,
+        help="meta-training domains (folders under --data-root; default OASIS3 IBIS12M IBIS24M, or the "
+        "embedded infant12m infant24m adult)",
+    )
+    parser.add_argument(
+        "--meta-test",
+        nargs=2,
+        default=None,
+        metavar=("ISEG_LIKE", "ADNI_LIKE"),
+        help="the two unseen domains (default iSeg-2019 ADNI, or the embedded infant6m elderly)",
+    )
+    parser.add_argument(
+        "--label-map",
+        default=None,
+        help="label map of the nnU-Net-layout folders: identity, iseg, ibeat or freesurfer "
+        "(default: their dataset.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -661,11 +939,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device, preset_name, seeds = common.resolve(args)
     if args.download:
-        raise SystemExit("error: --download: OASIS3, IBIS, ADNI and iSeg-2019 need registration; see README for the "
-                         "layouts to place under --data-root")
+        raise SystemExit(
+            "error: --download: OASIS3, IBIS, ADNI and iSeg-2019 need registration; see README for the "
+            "layouts to place under --data-root"
+        )
     if args.workers:
-        raise SystemExit("error: --workers: this recipe draws its patches in the training process (no DataLoader); "
-                         "leave it at 0")
+        raise SystemExit(
+            "error: --workers: this recipe draws its patches in the training process (no DataLoader); leave it at 0"
+        )
     preset = common.override(PRESETS[preset_name], steps=args.steps, fine_tune_steps=args.fine_tune_steps)
     seeds = seeds or [0]
     methods = args.methods or [m for m in METHODS if not (m == "randinit-3d" and preset.dims == 2)]
@@ -688,48 +969,79 @@ def main(argv: list[str] | None = None) -> dict:
         data = load_data(args, preset, seed)
         print(f"[dumeta] pool {[d.name for d in data.pool]}, unseen {[d.name for d in data.targets]} ({data.source})")
         for method, capacity in runs:
-            trained[run_name(method, capacity)] = meta_train(method, capacity, data, preset, args, device, out, seed,
-                                                              hypergrad)
+            trained[run_name(method, capacity)] = meta_train(
+                method, capacity, data, preset, args, device, out, seed, hypergrad
+            )
         for job in jobs:
             dims = METHODS[job.method].dims or preset.dims
             scratch = METHODS[job.method].kind == "scratch"
             start = random_start(dims, preset, seed) if scratch else trained[job.run]["start"]
             payload = meta_test(job, start, data, preset, args, device, out, seed)
             rows += payload["rows"]
-            if METHODS[job.method].main and job.run == job.method and seed == seeds[0] and \
-                    job.depth == ("all" if METHODS[job.method].kind == "scratch" else args.head_depth):
-                examples.setdefault((data.targets[job.domain].name, job.shots), {})[METHODS[job.method].label] = \
+            if (
+                METHODS[job.method].main
+                and job.run == job.method
+                and seed == seeds[0]
+                and job.depth == ("all" if METHODS[job.method].kind == "scratch" else args.head_depth)
+            ):
+                examples.setdefault((data.targets[job.domain].name, job.shots), {})[METHODS[job.method].label] = (
                     payload["example"]
+                )
 
     figures_dir = out / "figures"
     figures = []
     for (domain, shots), ex in examples.items():
         path = figures_dir / f"segmentation_{domain}_{shots}shot.png"
         figures.append(plot_examples(ex, f"{shots}-shot on {domain}", path))
-    embedding = {label: trained[m]["embedding"] for m, label in (("mfl+mil", "without L_reg (C)"),
-                                                                  ("dumeta++", "with L_reg (DuMeta++)"))
-                 if m in trained and trained[m]["embedding"]}
+    embedding = {
+        label: trained[m]["embedding"]
+        for m, label in (("mfl+mil", "without L_reg (C)"), ("dumeta++", "with L_reg (DuMeta++)"))
+        if m in trained and trained[m]["embedding"]
+    }
     if embedding:
         figures.append(plot_embedding(embedding, figures_dir / "feature_embedding.png"))
     if depths:
-        figures.append(plot_depths(rows, data.targets[0].name, [str(d) for d in depths],
-                                   figures_dir / "head_depth.png"))
+        figures.append(
+            plot_depths(rows, data.targets[0].name, [str(d) for d in depths], figures_dir / "head_depth.png")
+        )
     if "dumeta++" in methods:
         torch.manual_seed(0)
-        graph, _ = build_graph("dumeta++", DualUNet(preset.dims, base_width=preset.base_width), data, preset, args, 0,
-                               DEFAULT_CAPACITY, hypergrad)
+        graph, _ = build_graph(
+            "dumeta++",
+            DualUNet(preset.dims, base_width=preset.base_width),
+            data,
+            preset,
+            args,
+            0,
+            DEFAULT_CAPACITY,
+            hypergrad,
+        )
         figures.append(graph.draw(figures_dir / "graph.png"))
     results = {
-        "recipe": "dumeta", "preset": preset_name, "device": str(device), "seeds": seeds,
-        "data": {"source": data.source, "stand_in": data.source == "embedded", "descriptions": data.descriptions,
-                 "root": str(args.data_root) if args.data_root else None},
-        "pool": [d.name for d in data.pool], "targets": [d.name for d in data.targets],
-        "settings": asdict(preset), "args": _args(args), "methods": methods, "capacities": capacities,
-        "depths": [str(d) for d in depths], "figures": [str(f.relative_to(out)) for f in figures],
+        "recipe": "dumeta",
+        "preset": preset_name,
+        "device": str(device),
+        "seeds": seeds,
+        "data": {
+            "source": data.source,
+            "stand_in": data.source == "embedded",
+            "descriptions": data.descriptions,
+            "root": str(args.data_root) if args.data_root else None,
+        },
+        "pool": [d.name for d in data.pool],
+        "targets": [d.name for d in data.targets],
+        "settings": asdict(preset),
+        "args": _args(args),
+        "methods": methods,
+        "capacities": capacities,
+        "depths": [str(d) for d in depths],
+        "figures": [str(f.relative_to(out)) for f in figures],
         "runs": {name: t["facts"] for name, t in trained.items()},
         "rows": rows,
-        "summary": [{**dict(zip(("method", "run", "domain", "shots", "depth", "metric", "tissue"), key)), **s.as_dict()}
-                    for key, s in _grouped(rows).items()],
+        "summary": [
+            {**dict(zip(("method", "run", "domain", "shots", "depth", "metric", "tissue"), key)), **s.as_dict()}
+            for key, s in _grouped(rows).items()
+        ],
     }
     markdown = results_markdown(results, reporting.load_paper("dumeta"))
     reporting.write_results(out, results, markdown)

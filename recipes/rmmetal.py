@@ -91,18 +91,18 @@ TABLE.update({shared: TABLE[method] for method, shared in SHARED_VARIANT.items()
 
 @dataclass(frozen=True)
 class Preset:
-    n_tasks: int            # |B|
+    n_tasks: int  # |B|
     n_way: int
     k_shot: int
-    k_query: int            # query images per class, in training and in meta-validation/test
-    steps: int              # outer iterations
+    k_query: int  # query images per class, in training and in meta-validation/test
+    steps: int  # outer iterations
     valid_every: int
     valid_tasks: int
     test_tasks: int
-    fine_tune_steps: int    # meta-test: GD steps fitting the head (Table 1: 20)
-    cg_iterations: int      # N
-    mu: float               # R(φ) = μ/2 ||φ||²
-    width: int | None       # Conv-4 filters (None: 64 for 32x32 data, 32 for 84x84)
+    fine_tune_steps: int  # meta-test: GD steps fitting the head (Table 1: 20)
+    cg_iterations: int  # N
+    mu: float  # R(φ) = μ/2 ||φ||²
+    width: int | None  # Conv-4 filters (None: 64 for 32x32 data, 32 for 84x84)
     inner_steps: int | None  # None: the table above
     outer_lr_scale: float = 1.0
     memory_tasks: int = 4
@@ -111,15 +111,59 @@ class Preset:
 
 
 PRESETS = {
-    "smoke": Preset(n_tasks=4, n_way=5, k_shot=5, k_query=5, steps=40, valid_every=10, valid_tasks=50, test_tasks=100,
-                    fine_tune_steps=20, cg_iterations=5, mu=0.01, width=16, inner_steps=5, outer_lr_scale=10.0,
-                    memory_tasks=2, memory_width=8),
-    "small": Preset(n_tasks=8, n_way=5, k_shot=5, k_query=5, steps=500, valid_every=50, valid_tasks=200, test_tasks=600,
-                    fine_tune_steps=20, cg_iterations=20, mu=0.01, width=None, inner_steps=None, outer_lr_scale=3.0,
-                    memory_tasks=8, memory_width=32),
-    "paper": Preset(n_tasks=32, n_way=5, k_shot=5, k_query=5, steps=2000, valid_every=100, valid_tasks=320,
-                    test_tasks=640, fine_tune_steps=20, cg_iterations=20, mu=0.01, width=None, inner_steps=None,
-                    memory_tasks=32, memory_width=64),
+    "smoke": Preset(
+        n_tasks=4,
+        n_way=5,
+        k_shot=5,
+        k_query=5,
+        steps=40,
+        valid_every=10,
+        valid_tasks=50,
+        test_tasks=100,
+        fine_tune_steps=20,
+        cg_iterations=5,
+        mu=0.01,
+        width=16,
+        inner_steps=5,
+        outer_lr_scale=10.0,
+        memory_tasks=2,
+        memory_width=8,
+    ),
+    "small": Preset(
+        n_tasks=8,
+        n_way=5,
+        k_shot=5,
+        k_query=5,
+        steps=500,
+        valid_every=50,
+        valid_tasks=200,
+        test_tasks=600,
+        fine_tune_steps=20,
+        cg_iterations=20,
+        mu=0.01,
+        width=None,
+        inner_steps=None,
+        outer_lr_scale=3.0,
+        memory_tasks=8,
+        memory_width=32,
+    ),
+    "paper": Preset(
+        n_tasks=32,
+        n_way=5,
+        k_shot=5,
+        k_query=5,
+        steps=2000,
+        valid_every=100,
+        valid_tasks=320,
+        test_tasks=640,
+        fine_tune_steps=20,
+        cg_iterations=20,
+        mu=0.01,
+        width=None,
+        inner_steps=None,
+        memory_tasks=32,
+        memory_width=64,
+    ),
 }
 
 
@@ -132,16 +176,35 @@ def settings_for(method: str, dataset: str, preset: Preset) -> Settings:
     return Settings(steps, s.inner_lr, s.outer_lr * preset.outer_lr_scale)
 
 
-def build(method: str, split, preset: Preset, settings: Settings, width: int, image_size: int, channels: int,
-          seed: int, n_tasks: int | None = None, hypergrad: str | None = None) -> Graph:
+def build(
+    method: str,
+    split,
+    preset: Preset,
+    settings: Settings,
+    width: int,
+    image_size: int,
+    channels: int,
+    seed: int,
+    n_tasks: int | None = None,
+    hypergrad: str | None = None,
+) -> Graph:
     """The graph of ``method``; ``hypergrad`` replaces its method through the ``heads`` level."""
     stream = EpisodeStream(split, preset.n_way, preset.k_shot, preset.k_query, n_tasks or preset.n_tasks, seed=seed)
     algorithm = replace(ALGORITHMS[method], hypergrad=hypergrad) if hypergrad else method
     return meta_learning_graph(
-        algorithm, data=EpisodeSource(stream), in_channels=channels, image_size=image_size, width=width,
-        n_way=preset.n_way, n_tasks=n_tasks or preset.n_tasks, inner_steps=settings.inner_steps,
-        inner_lr=settings.inner_lr, outer_optimizer=functools.partial(torch.optim.Adam, lr=settings.outer_lr),
-        mu=preset.mu, cg_iterations=preset.cg_iterations, seed=seed,
+        algorithm,
+        data=EpisodeSource(stream),
+        in_channels=channels,
+        image_size=image_size,
+        width=width,
+        n_way=preset.n_way,
+        n_tasks=n_tasks or preset.n_tasks,
+        inner_steps=settings.inner_steps,
+        inner_lr=settings.inner_lr,
+        outer_optimizer=functools.partial(torch.optim.Adam, lr=settings.outer_lr),
+        mu=preset.mu,
+        cg_iterations=preset.cg_iterations,
+        seed=seed,
     )
 
 
@@ -163,15 +226,22 @@ class MetaTestProtocol:
 
     def describe(self) -> str:
         model = "the final model" if self.checkpoint == "final" else "the best-validation checkpoint"
-        return (f"every algorithm and the untrained backbone alike: {model}, backbone frozen, a linear head "
-                f"started at zero and fitted with {self.steps} plain gradient-descent steps of size {self.lr} "
-                f"on each task's support set, accuracy on {self.query_per_class} query images per class, mean "
-                f"± 95 % interval over {self.test_tasks} test tasks")
+        return (
+            f"every algorithm and the untrained backbone alike: {model}, backbone frozen, a linear head "
+            f"started at zero and fitted with {self.steps} plain gradient-descent steps of size {self.lr} "
+            f"on each task's support set, accuracy on {self.query_per_class} query images per class, mean "
+            f"± 95 % interval over {self.test_tasks} test tasks"
+        )
 
 
 def protocol_for(preset: Preset, select_best: bool) -> MetaTestProtocol:
-    return MetaTestProtocol(steps=preset.fine_tune_steps, lr=preset.fine_tune_lr, query_per_class=preset.k_query,
-                            test_tasks=preset.test_tasks, checkpoint="best-validation" if select_best else "final")
+    return MetaTestProtocol(
+        steps=preset.fine_tune_steps,
+        lr=preset.fine_tune_lr,
+        query_per_class=preset.k_query,
+        test_tasks=preset.test_tasks,
+        checkpoint="best-validation" if select_best else "final",
+    )
 
 
 def evaluate(meta: MetaModel, episodes: Episodes, protocol: MetaTestProtocol) -> torch.Tensor:
@@ -194,8 +264,13 @@ class MetaValidation:
         acc = evaluate(graph["backbone"].module, self.episodes, self.protocol)
         train_time = t0 - self._start - self._validating
         self._validating += time.perf_counter() - t0
-        self.history.append({"step": graph.engine.global_step // graph["heads"].unroll, "accuracy": float(acc.mean()),
-                             "train_seconds": train_time})
+        self.history.append(
+            {
+                "step": graph.engine.global_step // graph["heads"].unroll,
+                "accuracy": float(acc.mean()),
+                "train_seconds": train_time,
+            }
+        )
         return {"val_accuracy": float(acc.mean())}
 
 
@@ -203,35 +278,70 @@ def confidence95(acc: torch.Tensor) -> float:
     return float(1.96 * acc.std() / len(acc) ** 0.5) if len(acc) > 1 else 0.0
 
 
-def train(method: str, data: FewShotDataset, preset: Preset, args: argparse.Namespace, device: torch.device, out: Path,
-          seed: int, width: int, episodes: dict[str, Episodes], protocol: MetaTestProtocol,
-          hypergrad: str | None) -> dict[str, Any]:
+def train(
+    method: str,
+    data: FewShotDataset,
+    preset: Preset,
+    args: argparse.Namespace,
+    device: torch.device,
+    out: Path,
+    seed: int,
+    width: int,
+    episodes: dict[str, Episodes],
+    protocol: MetaTestProtocol,
+    hypergrad: str | None,
+) -> dict[str, Any]:
     """Meta-train ``method`` with periodic meta-validation, then meta-test it under ``protocol``."""
     run_dir = out / "runs" / method
     result_file = run_dir / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     s = settings_for(method, data.name, preset)
-    graph = build(method, data.splits["train"], preset, s, width, data.image_size, data.channels, seed,
-                  hypergrad=hypergrad)
+    graph = build(
+        method, data.splits["train"], preset, s, width, data.image_size, data.channels, seed, hypergrad=hypergrad
+    )
     validation = MetaValidation(episodes["val"].to(device), protocol)
     K = s.inner_steps
-    result = Runner(graph, preset.steps * K, out=run_dir, device=device, seed=seed, precision=args.precision,
-                    validate=validation, valid_every=preset.valid_every * K, monitor="val_accuracy", mode="max",
-                    checkpoint_every=preset.valid_every * K, resume=(run_dir / "checkpoint_latest.pt").exists(),
-                    progress=not args.no_progress,
-                    config={"method": method, "settings": asdict(s), "preset": asdict(preset),
-                            "protocol": asdict(protocol), "hypergrad": graph["heads"].hypergrad,
-                            "command": common.command_line()}).run()
+    result = Runner(
+        graph,
+        preset.steps * K,
+        out=run_dir,
+        device=device,
+        seed=seed,
+        precision=args.precision,
+        validate=validation,
+        valid_every=preset.valid_every * K,
+        monitor="val_accuracy",
+        mode="max",
+        checkpoint_every=preset.valid_every * K,
+        resume=(run_dir / "checkpoint_latest.pt").exists(),
+        progress=not args.no_progress,
+        config={
+            "method": method,
+            "settings": asdict(s),
+            "preset": asdict(preset),
+            "protocol": asdict(protocol),
+            "hypergrad": graph["heads"].hypergrad,
+            "command": common.command_line(),
+        },
+    ).run()
     if protocol.checkpoint == "best-validation":
         best = load_checkpoint(run_dir / "checkpoint_best.pt", map_location=device)
         graph["backbone"].module.load_state_dict(best["levels"]["backbone"]["module"])
     acc = evaluate(graph["backbone"].module, episodes["test"].to(device), protocol)
-    payload = {"method": method, "settings": asdict(s), "protocol": asdict(protocol),
-               "tested_step": result.best["step"] // K if protocol.checkpoint == "best-validation" else preset.steps,
-               "best_step": result.best["step"] // K, "best_val_accuracy": result.best["metrics"]["val_accuracy"],
-               "test_accuracy": float(acc.mean()), "ci95": confidence95(acc), "test_tasks": len(acc),
-               "validation": validation.history, "cg_residual": last_solve_report(run_dir).get("residual")}
+    payload = {
+        "method": method,
+        "settings": asdict(s),
+        "protocol": asdict(protocol),
+        "tested_step": result.best["step"] // K if protocol.checkpoint == "best-validation" else preset.steps,
+        "best_step": result.best["step"] // K,
+        "best_val_accuracy": result.best["metrics"]["val_accuracy"],
+        "test_accuracy": float(acc.mean()),
+        "ci95": confidence95(acc),
+        "test_tasks": len(acc),
+        "validation": validation.history,
+        "cg_residual": last_solve_report(run_dir).get("residual"),
+    }
     reporting.write_json(result_file, payload)
     return payload
 
@@ -250,8 +360,15 @@ def last_solve_report(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
-def untrained(data: FewShotDataset, preset: Preset, device: torch.device, seed: int, width: int,
-              episodes: dict[str, Episodes], protocol: MetaTestProtocol) -> dict[str, Any]:
+def untrained(
+    data: FewShotDataset,
+    preset: Preset,
+    device: torch.device,
+    seed: int,
+    width: int,
+    episodes: dict[str, Episodes],
+    protocol: MetaTestProtocol,
+) -> dict[str, Any]:
     """The reference row: the backbone every algorithm starts from (same seed), meta-tested untrained."""
     s = settings_for("rm-metal", data.name, preset)
     graph = build("rm-metal", data.splits["train"], preset, s, width, data.image_size, data.channels, seed)
@@ -259,8 +376,14 @@ def untrained(data: FewShotDataset, preset: Preset, device: torch.device, seed: 
     meta.eval()  # as the Runner validates; Conv-4 normalises with batch statistics in both modes
     acc = evaluate(meta, episodes["test"].to(device), protocol)
     val = evaluate(meta, episodes["val"].to(device), protocol)
-    return {"method": UNTRAINED, "protocol": asdict(protocol), "test_accuracy": float(acc.mean()),
-            "ci95": confidence95(acc), "test_tasks": len(acc), "val_accuracy": float(val.mean())}
+    return {
+        "method": UNTRAINED,
+        "protocol": asdict(protocol),
+        "test_accuracy": float(acc.mean()),
+        "ci95": confidence95(acc),
+        "test_tasks": len(acc),
+        "val_accuracy": float(val.mean()),
+    }
 
 
 def memory_methods(methods: list[str]) -> list[str]:
@@ -268,14 +391,24 @@ def memory_methods(methods: list[str]) -> list[str]:
     return list(dict.fromkeys([*methods, *(SHARED_VARIANT[m] for m in methods if m in SHARED_VARIANT)]))
 
 
-def peak_memory_of_outer_step(method: str, k: int, data: FewShotDataset, preset: Preset, device: torch.device,
-                              seed: int) -> MemoryReport:
+def peak_memory_of_outer_step(
+    method: str, k: int, data: FewShotDataset, preset: Preset, device: torch.device, seed: int
+) -> MemoryReport:
     """Peak memory of one outer step of ``method`` at K = ``k`` (K lower steps, then the upper step
     with its hypergradient), measured after one warm-up outer step, with ``preset.memory_tasks``
     tasks and a Conv-4 of width ``preset.memory_width``."""
     s = settings_for(method, data.name, preset)
-    graph = build(method, data.splits["train"], preset, Settings(k, s.inner_lr, s.outer_lr), preset.memory_width,
-                  data.image_size, data.channels, seed, n_tasks=preset.memory_tasks)
+    graph = build(
+        method,
+        data.splits["train"],
+        preset,
+        Settings(k, s.inner_lr, s.outer_lr),
+        preset.memory_width,
+        data.image_size,
+        data.channels,
+        seed,
+        n_tasks=preset.memory_tasks,
+    )
     runner = Runner(graph, 2 * k, device=device, progress=False)
     for _ in range(k):
         runner.step()
@@ -286,16 +419,26 @@ def peak_memory_of_outer_step(method: str, k: int, data: FewShotDataset, preset:
     return mem
 
 
-def memory_against_k(methods: list[str], data: FewShotDataset, preset: Preset, device: torch.device,
-                     seed: int) -> list[dict]:
+def memory_against_k(
+    methods: list[str], data: FewShotDataset, preset: Preset, device: torch.device, seed: int
+) -> list[dict]:
     """Fig. 2: :func:`peak_memory_of_outer_step` for every method and K in MEMORY_KS."""
     rows = []
     for method in methods:
         for k in MEMORY_KS:
             mem = peak_memory_of_outer_step(method, k, data, preset, device, seed)
-            rows.append({"method": method, "dataset": data.name, "metric": "peak_memory_bytes", "k": k,
-                         "value": mem.peak_bytes, "measured_by": mem.method, "tasks": preset.memory_tasks,
-                         "width": preset.memory_width})
+            rows.append(
+                {
+                    "method": method,
+                    "dataset": data.name,
+                    "metric": "peak_memory_bytes",
+                    "k": k,
+                    "value": mem.peak_bytes,
+                    "measured_by": mem.method,
+                    "tasks": preset.memory_tasks,
+                    "width": preset.memory_width,
+                }
+            )
             print(f"[rmmetal] memory {method:>22} K={k:>2}: {mem.peak_bytes / 2**20:8.2f} MiB")
     return rows
 
@@ -304,8 +447,14 @@ WARM_CHECK_OUTER_STEPS = 10
 WARM_CHECK_INNER_STEPS = 5
 
 
-def hypergradient_check(data, preset: Preset, seed: int, *, outer_steps: int = WARM_CHECK_OUTER_STEPS,
-                        inner_steps: int = WARM_CHECK_INNER_STEPS) -> list[dict[str, Any]]:
+def hypergradient_check(
+    data,
+    preset: Preset,
+    seed: int,
+    *,
+    outer_steps: int = WARM_CHECK_OUTER_STEPS,
+    inner_steps: int = WARM_CHECK_INNER_STEPS,
+) -> list[dict[str, Any]]:
     """RM-MetaL's hypergradient against the exact implicit one, measured while it trains, for the warm-started
     CG of Subroutine 1 (``cg_warm``) and a cold-started one (``cg``), both with the paper's N = 20.
 
@@ -321,9 +470,18 @@ def hypergradient_check(data, preset: Preset, seed: int, *, outer_steps: int = W
     preset = common.override(preset, cg_iterations=20)
     rows = []
     for method in ("cg_warm", "cg"):
-        graph = build("rm-metal", data.splits["train"], preset, Settings(inner_steps, settings.inner_lr,
-                                                                       settings.outer_lr),
-                      4, data.image_size, data.channels, seed, n_tasks=2, hypergrad=method)
+        graph = build(
+            "rm-metal",
+            data.splits["train"],
+            preset,
+            Settings(inner_steps, settings.inner_lr, settings.outer_lr),
+            4,
+            data.image_size,
+            data.channels,
+            seed,
+            n_tasks=2,
+            hypergrad=method,
+        )
         upper = graph["backbone"]
         steps: list[dict[str, float]] = []
 
@@ -331,27 +489,40 @@ def hypergradient_check(data, preset: Preset, seed: int, *, outer_steps: int = W
             engine = torch.cat([p.grad.flatten() for p in upper.trainable_parameters()])
             dense = dense_implicit_hypergradient(graph)
             solve = upper.hypergradient_report["backbone<-heads"]["heads->backbone"]
-            steps.append({"cosine": float(torch.nn.functional.cosine_similarity(engine, dense, dim=0)),
-                          "relative_error": float((engine - dense).norm() / dense.norm()),
-                          "residual": solve["residual"], "products": solve["products"],
-                          "cold_restart": solve.get("cold_restart", 0)})
+            steps.append(
+                {
+                    "cosine": float(torch.nn.functional.cosine_similarity(engine, dense, dim=0)),
+                    "relative_error": float((engine - dense).norm() / dense.norm()),
+                    "residual": solve["residual"],
+                    "products": solve["products"],
+                    "cold_restart": solve.get("cold_restart", 0),
+                }
+            )
 
         upper.grad_callback = compare
         runner = Runner(graph, outer_steps * inner_steps, device="cpu", progress=False, seed=seed)
         runner.run()
         later = steps[1:]  # from the second outer step on, cg_warm starts from the previous solution
-        rows.append({
-            "method": "rm-metal", "hypergrad": method, "dataset": data.name,
-            "metric": "hypergradient_cosine_vs_dense_implicit",
-            "value": reporting.summarize(s["cosine"] for s in later).mean,
-            "min_cosine": min(s["cosine"] for s in later),
-            "relative_error": reporting.summarize(s["relative_error"] for s in later).mean,
-            "mean_residual": reporting.summarize(s["residual"] for s in later).mean,
-            "products_per_solve": reporting.summarize(s["products"] for s in later).mean,
-            "cold_restarts": int(sum(s["cold_restart"] for s in steps)),
-            "cg_iterations": preset.cg_iterations, "outer_steps": outer_steps, "inner_steps": inner_steps,
-            "tasks": 2, "width": 4, "per_step": steps,
-        })
+        rows.append(
+            {
+                "method": "rm-metal",
+                "hypergrad": method,
+                "dataset": data.name,
+                "metric": "hypergradient_cosine_vs_dense_implicit",
+                "value": reporting.summarize(s["cosine"] for s in later).mean,
+                "min_cosine": min(s["cosine"] for s in later),
+                "relative_error": reporting.summarize(s["relative_error"] for s in later).mean,
+                "mean_residual": reporting.summarize(s["residual"] for s in later).mean,
+                "products_per_solve": reporting.summarize(s["products"] for s in later).mean,
+                "cold_restarts": int(sum(s["cold_restart"] for s in steps)),
+                "cg_iterations": preset.cg_iterations,
+                "outer_steps": outer_steps,
+                "inner_steps": inner_steps,
+                "tasks": 2,
+                "width": 4,
+                "per_step": steps,
+            }
+        )
     return rows
 
 
@@ -361,8 +532,15 @@ def wallclock_rows(trained: dict[str, dict], dataset: str) -> list[dict]:
     rows = []
     for method, r in trained.items():
         reached = [v["train_seconds"] for v in r["validation"] if v["accuracy"] >= 0.9 * best]
-        rows.append({"method": method, "dataset": dataset, "metric": "seconds_to_0.9_best_val",
-                     "value": reached[0] if reached else None, "target_accuracy": 0.9 * best})
+        rows.append(
+            {
+                "method": method,
+                "dataset": dataset,
+                "metric": "seconds_to_0.9_best_val",
+                "value": reached[0] if reached else None,
+                "target_accuracy": 0.9 * best,
+            }
+        )
     return rows
 
 
@@ -374,8 +552,12 @@ def plot_memory(rows: list[dict], path: Path) -> None:
         ks = [r["k"] for r in rows if r["method"] == method]
         mib = [r["value"] / 2**20 for r in rows if r["method"] == method]
         # distinct markers shrinking with i, so that methods with equal memory stay visible on top of each other
-        style = {"linestyle": "--" if method in SHARED_VARIANT.values() else "-", "marker": "osD^vx+"[i % 7],
-                 "markersize": max(9 - i, 3), "label": method}
+        style = {
+            "linestyle": "--" if method in SHARED_VARIANT.values() else "-",
+            "marker": "osD^vx+"[i % 7],
+            "markersize": max(9 - i, 3),
+            "label": method,
+        }
         left.plot(ks, mib, **style)
         right.plot(ks, [max(m - mib[0], 1e-3) for m in mib], **style)
     left.set_ylabel("peak memory of one outer step (MiB)")
@@ -385,8 +567,11 @@ def plot_memory(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("inner-loop iterations K")
         ax.set_xticks(MEMORY_KS)
     left.legend(fontsize=7)
-    fig.suptitle(f"Memory against K ({rows[0]['tasks']} tasks, Conv-4 width {rows[0]['width']}), measured by "
-                 f"{rows[0]['measured_by']}", fontsize=8)
+    fig.suptitle(
+        f"Memory against K ({rows[0]['tasks']} tasks, Conv-4 width {rows[0]['width']}), measured by "
+        f"{rows[0]['measured_by']}",
+        fontsize=8,
+    )
     fig.tight_layout()
     reporting.save_figure(fig, path)
 
@@ -417,41 +602,69 @@ def paper_claims(rows: list[dict[str, Any]], memory_claim: dict[str, Any]) -> li
             verdict = "yes"
         else:
             verdict = "not resolved: the 95 % intervals overlap"
-        claims.append(("Table 1: RM-MetaL has the highest test accuracy",
-                       f"rm-metal {_percent(ours)} %, best other ({other['method']}) {_percent(other)} %", verdict))
+        claims.append(
+            (
+                "Table 1: RM-MetaL has the highest test accuracy",
+                f"rm-metal {_percent(ours)} %, best other ({other['method']}) {_percent(other)} %",
+                verdict,
+            )
+        )
     if "rm-metal" in acc and UNTRAINED in acc:
         gain = acc["rm-metal"]["value"] - acc[UNTRAINED]["value"]
-        claims.append(("(precondition) meta-training improves on the untrained backbone",
-                       f"rm-metal {_percent(acc['rm-metal'])} % vs untrained {_percent(acc[UNTRAINED])} % "
-                       f"({100 * gain:+.1f} points)", "yes" if gain > acc[UNTRAINED]["ci95"] + acc["rm-metal"]["ci95"]
-                       else "no"))
+        claims.append(
+            (
+                "(precondition) meta-training improves on the untrained backbone",
+                f"rm-metal {_percent(acc['rm-metal'])} % vs untrained {_percent(acc[UNTRAINED])} % "
+                f"({100 * gain:+.1f} points)",
+                "yes" if gain > acc[UNTRAINED]["ci95"] + acc["rm-metal"]["ci95"] else "no",
+            )
+        )
     first, last = MEMORY_KS[0], MEMORY_KS[-1]
     if "rm-metal" in mem:
         ratio = mem["rm-metal"][last] / mem["rm-metal"][first]
-        claims.append(("Fig. 2: RM-MetaL's memory stays flat in K",
-                       f"K={last} / K={first} = {ratio:.3f}", "yes" if ratio <= FLAT else "no"))
+        claims.append(
+            (
+                "Fig. 2: RM-MetaL's memory stays flat in K",
+                f"K={last} / K={first} = {ratio:.3f}",
+                "yes" if ratio <= FLAT else "no",
+            )
+        )
     grows = {m: mem[m][last] / mem[m][first] for m in baselines if m in mem}
     if grows:
-        claims.append(("Fig. 2: MAML's, ANIL's and ITD-BiO's memory grows with K",
-                       ", ".join(f"{m} K={last} / K={first} = {v:.2f}" for m, v in grows.items()),
-                       "yes" if all(v > FLAT for v in grows.values()) else
-                       "no for " + ", ".join(m for m, v in grows.items() if v <= FLAT)))
+        claims.append(
+            (
+                "Fig. 2: MAML's, ANIL's and ITD-BiO's memory grows with K",
+                ", ".join(f"{m} K={last} / K={first} = {v:.2f}" for m, v in grows.items()),
+                "yes"
+                if all(v > FLAT for v in grows.values())
+                else "no for " + ", ".join(m for m, v in grows.items() if v <= FLAT),
+            )
+        )
     k, bound = memory_claim["k"], memory_claim["max_ratio"]
     if "rm-metal" in mem and k in mem["rm-metal"]:
         ratios = {m: mem["rm-metal"][k] / mem[m][k] for m in memory_claim["against"] if m in mem}
         if ratios:
-            claims.append((f"§5.2: at K = {k} RM-MetaL needs ≥ {100 * (1 - bound):.0f} % less memory than "
-                           f"{', '.join(memory_claim['against'])}",
-                           ", ".join(f"rm-metal / {m} = {v:.2f}" for m, v in ratios.items()),
-                           "yes" if all(v <= bound for v in ratios.values()) else
-                           "no for " + ", ".join(m for m, v in ratios.items() if v > bound)))
+            claims.append(
+                (
+                    f"§5.2: at K = {k} RM-MetaL needs ≥ {100 * (1 - bound):.0f} % less memory than "
+                    f"{', '.join(memory_claim['against'])}",
+                    ", ".join(f"rm-metal / {m} = {v:.2f}" for m, v in ratios.items()),
+                    "yes"
+                    if all(v <= bound for v in ratios.values())
+                    else "no for " + ", ".join(m for m, v in ratios.items() if v > bound),
+                )
+            )
     clock = {r["method"]: r["value"] for r in rows if r["metric"] == "seconds_to_0.9_best_val"}
     if "rm-metal" in clock and len(clock) > 1:
         reached = {m: v for m, v in clock.items() if v is not None}
         fastest = min(reached, key=reached.get) if reached else None
-        claims.append(("Table 2: RM-MetaL reaches 0.9 x the best validation accuracy first",
-                       ", ".join(f"{m} {'never' if v is None else f'{v:.1f} s'}" for m, v in clock.items()),
-                       "yes" if fastest == "rm-metal" else "no"))
+        claims.append(
+            (
+                "Table 2: RM-MetaL reaches 0.9 x the best validation accuracy first",
+                ", ".join(f"{m} {'never' if v is None else f'{v:.1f} s'}" for m, v in clock.items()),
+                "yes" if fastest == "rm-metal" else "no",
+            )
+        )
     return claims
 
 
@@ -462,13 +675,27 @@ def results_markdown(results: dict) -> str:
     paper_time = {r["method"]: r["value"] for r in paper["wallclock"] if r["dataset"] == dataset}
     rows = results["rows"]
     protocol = MetaTestProtocol(**results["protocol"])
-    lines = [f"# RM-MetaL and baselines on {dataset}", "",
-             reporting.data_statement(results["data"]["source"], results["data"]["description"]), ""]
+    lines = [
+        f"# RM-MetaL and baselines on {dataset}",
+        "",
+        reporting.data_statement(results["data"]["source"], results["data"]["description"]),
+        "",
+    ]
     lines += ["## Test accuracy (Table 1), %", "", f"Meta-test protocol: {protocol.describe()}.", ""]
-    accuracy = [(r["method"] + (" (reference)" if r["method"] == UNTRAINED else ""), r["backbone"], _percent(r),
-                 (f"{paper_acc[r['method']]['value']:.2f} ± {paper_acc[r['method']]['ci95']:.2f}"
-                  if r["method"] in paper_acc else "–"))
-                for r in rows if r["metric"] == "test_accuracy"]
+    accuracy = [
+        (
+            r["method"] + (" (reference)" if r["method"] == UNTRAINED else ""),
+            r["backbone"],
+            _percent(r),
+            (
+                f"{paper_acc[r['method']]['value']:.2f} ± {paper_acc[r['method']]['ci95']:.2f}"
+                if r["method"] in paper_acc
+                else "–"
+            ),
+        )
+        for r in rows
+        if r["metric"] == "test_accuracy"
+    ]
     lines += reporting.markdown_table(["Algorithm", "Backbone", "ours", "paper"], accuracy)
     mem = [r for r in rows if r["metric"] == "peak_memory_bytes"]
     if mem:
@@ -476,28 +703,44 @@ def results_markdown(results: dict) -> str:
         table = []
         for method in dict.fromkeys(r["method"] for r in mem):
             vals = {r["k"]: r["value"] for r in mem if r["method"] == method}
-            table.append([method, *(f"{vals[k] / 2**20:.2f}" for k in MEMORY_KS),
-                          f"{vals[MEMORY_KS[-1]] / vals[MEMORY_KS[0]]:.2f}"])
-        lines += reporting.markdown_table(["Algorithm", *(f"K={k}" for k in MEMORY_KS),
-                                           f"K={MEMORY_KS[-1]} / K={MEMORY_KS[0]}"], table)
-        lines += ["", f"One outer step (K lower steps, then the upper step with its hypergradient) after a warm-up "
-                  f"step; {mem[0]['tasks']} tasks, Conv-4 width {mem[0]['width']}; measured by: "
-                  f"{mem[0]['measured_by']}. "
-                  "itd-bio and anil run the backbone again in every differentiated inner step, as the reference code "
-                  "does; the -shared variants compute the support features once per hypergradient (same "
-                  "hypergradient, less memory)."]
+            table.append(
+                [
+                    method,
+                    *(f"{vals[k] / 2**20:.2f}" for k in MEMORY_KS),
+                    f"{vals[MEMORY_KS[-1]] / vals[MEMORY_KS[0]]:.2f}",
+                ]
+            )
+        lines += reporting.markdown_table(
+            ["Algorithm", *(f"K={k}" for k in MEMORY_KS), f"K={MEMORY_KS[-1]} / K={MEMORY_KS[0]}"], table
+        )
+        lines += [
+            "",
+            f"One outer step (K lower steps, then the upper step with its hypergradient) after a warm-up "
+            f"step; {mem[0]['tasks']} tasks, Conv-4 width {mem[0]['width']}; measured by: "
+            f"{mem[0]['measured_by']}. "
+            "itd-bio and anil run the backbone again in every differentiated inner step, as the reference code "
+            "does; the -shared variants compute the support features once per hypergradient (same "
+            "hypergradient, less memory).",
+        ]
     clock = [r for r in rows if r["metric"] == "seconds_to_0.9_best_val"]
     if clock:
-        lines += ["", "## Training time to reach 0.9 x the best validation accuracy "
-                  f"({clock[0]['target_accuracy']:.3f}) (Table 2)", ""]
+        lines += [
+            "",
+            "## Training time to reach 0.9 x the best validation accuracy "
+            f"({clock[0]['target_accuracy']:.3f}) (Table 2)",
+            "",
+        ]
 
         def seconds(value: float | None, known: bool = True) -> str:
             return "–" if not known else ("never" if value is None else f"{value:.1f}")
 
         lines += reporting.markdown_table(
             ["Algorithm", "ours (s)", "paper (s)"],
-            [(r["method"], seconds(r["value"]), seconds(paper_time.get(r["method"]), r["method"] in paper_time))
-             for r in clock])
+            [
+                (r["method"], seconds(r["value"]), seconds(paper_time.get(r["method"]), r["method"] in paper_time))
+                for r in clock
+            ],
+        )
     claims = paper_claims(rows, paper["memory"])
     if claims:
         lines += ["", "## The paper's claims on this data", ""]
@@ -505,61 +748,109 @@ def results_markdown(results: dict) -> str:
     check = [r for r in rows if r["metric"] == "hypergradient_cosine_vs_dense_implicit"]
     if check:
         c = check[0]
-        lines += ["", "## Hypergradient check: warm starts measured while training", "",
-                  f"RM-MetaL's hypergradient (N = {c['cg_iterations']} CG iterations) against the exact implicit "
-                  f"hypergradient from dense per-task Hessian solves at the same state, at every one of "
-                  f"{c['outer_steps']} outer steps of training ({c['tasks']} tasks, width-{c['width']} Conv-4, "
-                  f"K = {c['inner_steps']}, warm-started heads); averages over outer steps 2..{c['outer_steps']}, "
-                  "where cg_warm starts from the previous step's solution. A warm start worse than zero restarts "
-                  "from zero (the engine's safeguard) and is counted.", ""]
+        lines += [
+            "",
+            "## Hypergradient check: warm starts measured while training",
+            "",
+            f"RM-MetaL's hypergradient (N = {c['cg_iterations']} CG iterations) against the exact implicit "
+            f"hypergradient from dense per-task Hessian solves at the same state, at every one of "
+            f"{c['outer_steps']} outer steps of training ({c['tasks']} tasks, width-{c['width']} Conv-4, "
+            f"K = {c['inner_steps']}, warm-started heads); averages over outer steps 2..{c['outer_steps']}, "
+            "where cg_warm starts from the previous step's solution. A warm start worse than zero restarts "
+            "from zero (the engine's safeguard) and is counted.",
+            "",
+        ]
         lines += reporting.markdown_table(
-            ["solve", "mean cosine", "min cosine", "mean rel. error", "mean residual", "products / solve",
-             "cold restarts"],
-            [(r["hypergrad"], f"{r['value']:.6f}", f"{r['min_cosine']:.6f}", f"{r['relative_error']:.2e}",
-              f"{r['mean_residual']:.2e}", f"{r['products_per_solve']:.1f}", r["cold_restarts"]) for r in check])
+            [
+                "solve",
+                "mean cosine",
+                "min cosine",
+                "mean rel. error",
+                "mean residual",
+                "products / solve",
+                "cold restarts",
+            ],
+            [
+                (
+                    r["hypergrad"],
+                    f"{r['value']:.6f}",
+                    f"{r['min_cosine']:.6f}",
+                    f"{r['relative_error']:.2e}",
+                    f"{r['mean_residual']:.2e}",
+                    f"{r['products_per_solve']:.1f}",
+                    r["cold_restarts"],
+                )
+                for r in check
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common.add_common_arguments(parser, datasets=DATASET_NAMES, default_dataset="digits")
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *OPTIONAL_METHODS], default=list(METHODS),
-                        help="algorithms to train (memory is also measured for the -shared variant of itd-bio and "
-                             "anil); default: %(default)s")
-    parser.add_argument("--no-warm-start", action="store_true",
-                        help="also run RM-MetaL without its two warm starts (what the released code does)")
-    parser.add_argument("--select-best", action="store_true",
-                        help="meta-test the best-validation checkpoint instead of the final model")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*METHODS, *OPTIONAL_METHODS],
+        default=list(METHODS),
+        help="algorithms to train (memory is also measured for the -shared variant of itd-bio and "
+        "anil); default: %(default)s",
+    )
+    parser.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="also run RM-MetaL without its two warm starts (what the released code does)",
+    )
+    parser.add_argument(
+        "--select-best", action="store_true", help="meta-test the best-validation checkpoint instead of the final model"
+    )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory-against-K measurement")
     parser.add_argument("--tasks", type=common.positive_int, default=None, help="|B|, tasks per meta-batch")
-    parser.add_argument("--cg-iterations", type=common.positive_int, default=None,
-                        help="N, CG iterations of Subroutine 1")
+    parser.add_argument(
+        "--cg-iterations", type=common.positive_int, default=None, help="N, CG iterations of Subroutine 1"
+    )
     parser.add_argument("--mu", type=float, default=None, help="μ of the lower regulariser R(φ) = μ/2 ||φ||²")
     return parser.parse_args(argv)
 
 
-def sample_meta_test_tasks(data: FewShotDataset, preset: Preset, protocol: MetaTestProtocol,
-                           seed: int) -> dict[str, Episodes]:
+def sample_meta_test_tasks(
+    data: FewShotDataset, preset: Preset, protocol: MetaTestProtocol, seed: int
+) -> dict[str, Episodes]:
     """The fixed validation and test tasks every algorithm is scored on (seeded by ``seed``)."""
     gen = torch.Generator().manual_seed(10_000 + seed)
-    return {split: sample_episodes(data.splits[split], n_way=preset.n_way, k_shot=preset.k_shot,
-                                   k_query=protocol.query_per_class, n_tasks=n, generator=gen)
-            for split, n in (("val", preset.valid_tasks), ("test", protocol.test_tasks))}
+    return {
+        split: sample_episodes(
+            data.splits[split],
+            n_way=preset.n_way,
+            k_shot=preset.k_shot,
+            k_query=protocol.query_per_class,
+            n_tasks=n,
+            generator=gen,
+        )
+        for split, n in (("val", preset.valid_tasks), ("test", protocol.test_tasks))
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device, preset_name, seeds = common.resolve(args)
     if args.download:
-        raise SystemExit("error: --download: these datasets are not redistributed openly; see README for where to get "
-                         "the files learn2learn reads, then pass --data-root")
+        raise SystemExit(
+            "error: --download: these datasets are not redistributed openly; see README for where to get "
+            "the files learn2learn reads, then pass --data-root"
+        )
     if args.mu is not None and args.mu < 0:
         raise SystemExit(f"error: --mu must be >= 0 (the weight of R(φ) = μ/2 ||φ||²), got {args.mu}")
-    preset = common.override(PRESETS[preset_name], steps=args.steps, n_tasks=args.tasks,
-                             cg_iterations=args.cg_iterations, mu=args.mu)
+    preset = common.override(
+        PRESETS[preset_name], steps=args.steps, n_tasks=args.tasks, cg_iterations=args.cg_iterations, mu=args.mu
+    )
     if seeds and len(seeds) > 1:
-        raise SystemExit("error: this recipe runs one seed at a time (its intervals are over test tasks); give --seed S")
+        raise SystemExit(
+            "error: this recipe runs one seed at a time (its intervals are over test tasks); give --seed S"
+        )
     seed = (seeds or [0])[0]
     hypergrad = common.parse_hypergrad(args.hypergrad, ("heads",)).get("heads")
     methods = list(dict.fromkeys(args.methods + (["rm-metal-no-warm-start"] if args.no_warm_start else [])))
@@ -582,28 +873,58 @@ def main(argv: list[str] | None = None) -> dict:
         trained[method] = train(method, data, preset, args, device, out, seed, width, episodes, protocol, hypergrad)
     reference = untrained(data, preset, device, seed, width, episodes, protocol)
     backbone = "-".join([str(width)] * 4)
-    rows = [{"method": m, "dataset": data.name, "backbone": backbone, "metric": "test_accuracy",
-             "value": r["test_accuracy"], "ci95": r["ci95"], "test_tasks": r["test_tasks"]}
-            for m, r in [*trained.items(), (UNTRAINED, reference)]]
+    rows = [
+        {
+            "method": m,
+            "dataset": data.name,
+            "backbone": backbone,
+            "metric": "test_accuracy",
+            "value": r["test_accuracy"],
+            "ci95": r["ci95"],
+            "test_tasks": r["test_tasks"],
+        }
+        for m, r in [*trained.items(), (UNTRAINED, reference)]
+    ]
     rows += wallclock_rows(trained, data.name)
     memory = [] if args.skip_memory else memory_against_k(memory_methods(methods), data, preset, device, seed)
     rows += memory
     rows += hypergradient_check(data, preset, seed)
 
-    results = {"recipe": "rmmetal", "preset": preset_name, "dataset": data.name, "device": str(device),
-               "data": {"name": data.name, "source": "embedded" if stand_in else "real", "stand_in": stand_in,
-                        "description": data.description, "root": str(args.data_root) if args.data_root else None},
-               "settings": asdict(preset), "protocol": asdict(protocol), "methods": methods, "rows": rows,
-               "runs": {m: {k: v for k, v in r.items() if k != "validation"} for m, r in trained.items()}
-               | {UNTRAINED: reference},
-               "validation_curves": {m: r["validation"] for m, r in trained.items()}}
+    results = {
+        "recipe": "rmmetal",
+        "preset": preset_name,
+        "dataset": data.name,
+        "device": str(device),
+        "data": {
+            "name": data.name,
+            "source": "embedded" if stand_in else "real",
+            "stand_in": stand_in,
+            "description": data.description,
+            "root": str(args.data_root) if args.data_root else None,
+        },
+        "settings": asdict(preset),
+        "protocol": asdict(protocol),
+        "methods": methods,
+        "rows": rows,
+        "runs": {m: {k: v for k, v in r.items() if k != "validation"} for m, r in trained.items()}
+        | {UNTRAINED: reference},
+        "validation_curves": {m: r["validation"] for m, r in trained.items()},
+    }
     reporting.write_results(out, results, results_markdown(results))
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     if memory:
         plot_memory(memory, figures / "memory_vs_k.png")
-    build("rm-metal", data.splits["train"], preset, settings_for("rm-metal", data.name, preset), width, data.image_size,
-          data.channels, seed).draw(figures / "graph.png")
+    build(
+        "rm-metal",
+        data.splits["train"],
+        preset,
+        settings_for("rm-metal", data.name, preset),
+        width,
+        data.image_size,
+        data.channels,
+        seed,
+    ).draw(figures / "graph.png")
     print((out / "results.md").read_text())
     print(f"[rmmetal] wrote {out / 'results.json'}, {out / 'results.md'} and {figures}/")
     return results

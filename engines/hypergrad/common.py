@@ -153,8 +153,9 @@ def hessian_vector_product(grads: Sequence[Tensor], params: Sequence[Tensor]):
         out = [torch.zeros_like(p) for p in params]
         if not live:
             return out
-        products = torch.autograd.grad([grads[i] for i in live], params, grad_outputs=[v[i] for i in live],
-                                       retain_graph=True, allow_unused=True)
+        products = torch.autograd.grad(
+            [grads[i] for i in live], params, grad_outputs=[v[i] for i in live], retain_graph=True, allow_unused=True
+        )
         return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(products, params)]
 
     return hvp
@@ -166,7 +167,5 @@ def mixed_vjp(grad_g: Sequence[Tensor], v: Sequence[Tensor], prev: Any) -> list[
     used = [(g, vi) for g, vi in zip(grad_g, v) if g.requires_grad]
     if not used:
         return [torch.zeros_like(p) for p in prev_params]
-    out = torch.autograd.grad(
-        [g for g, _ in used], prev_params, grad_outputs=[vi for _, vi in used], allow_unused=True
-    )
+    out = torch.autograd.grad([g for g, _ in used], prev_params, grad_outputs=[vi for _, vi in used], allow_unused=True)
     return [-g for g in zeros_for_none(out, prev_params)]

@@ -56,8 +56,9 @@ def _parameters_at(curr: Any, values: Sequence[Tensor] | None) -> Iterator[list[
                 p.copy_(s)
 
 
-def mixed_product(curr: Any, prev: Any, direction: Vector, *, alpha: float,
-                  point: Sequence[Tensor] | None = None) -> Vector:
+def mixed_product(
+    curr: Any, prev: Any, direction: Vector, *, alpha: float, point: Sequence[Tensor] | None = None
+) -> Vector:
     """``(d^2 g / d θ_prev d θ_curr) · direction`` by central differences of ``dg/dθ_prev`` at
     ``point ± ε direction`` (``point``: ``curr``'s parameters, default their current values), with
     ``ε = alpha / ||direction||``."""
@@ -96,8 +97,10 @@ def one_step(vector: Vector, curr: Any, prev: Any, sync: bool) -> Vector | None:
     """``(dθ_K/dλ)^T v = -(d^2 g/dλ dθ)|_{θ_{K-1}} (D ⊙ v)``: the last step differentiated exactly."""
     record = getattr(curr, "one_step_record", None)
     if record is None:
-        raise RuntimeError(f"one_step: level '{curr.name}' has no recorded step to differentiate; hypergradients "
-                           "through it can only be taken after it stepped")
+        raise RuntimeError(
+            f"one_step: level '{curr.name}' has no recorded step to differentiate; hypergradients "
+            "through it can only be taken after it stepped"
+        )
     opts = hop_options(curr, prev, "one_step")
     direction = [d * v.detach() for d, v in zip(record["jacobian"], vector)]
     out = mixed_product(curr, prev, direction, alpha=float(opts["alpha"]), point=record["iterate"])
@@ -137,7 +140,9 @@ def update_jacobian(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], 
             out.append(torch.full_like(p, sign * group["lr"] * factor))
         elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             if group.get("amsgrad", False):
-                raise TypeError("one_step: Adam with amsgrad=True has no closed-form update Jacobian; use amsgrad=False")
+                raise TypeError(
+                    "one_step: Adam with amsgrad=True has no closed-form update Jacobian; use amsgrad=False"
+                )
             beta1, beta2 = group["betas"]
             eps, lr = group["eps"], group["lr"]
             if not isinstance(optimizer, torch.optim.AdamW) and group["weight_decay"]:
@@ -149,21 +154,28 @@ def update_jacobian(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], 
             root = (v / c2).sqrt()
             denom = root + eps
             dm = (1 - beta1) / c1 / denom
-            dv = torch.where(root > 0, (m / c1) / denom**2 * (1 - beta2) * g / (c2 * root.clamp_min(1e-300)),
-                             torch.zeros_like(p))
+            dv = torch.where(
+                root > 0, (m / c1) / denom**2 * (1 - beta2) * g / (c2 * root.clamp_min(1e-300)), torch.zeros_like(p)
+            )
             out.append(sign * lr * (dm - dv))
         elif isinstance(optimizer, torch.optim.RMSprop):
             if group.get("centered", False):
-                raise TypeError("one_step: centered RMSprop has no closed-form update Jacobian here; use centered=False")
+                raise TypeError(
+                    "one_step: centered RMSprop has no closed-form update Jacobian here; use centered=False"
+                )
             if group["weight_decay"]:
                 g = g + group["weight_decay"] * p.detach()
             a, eps, lr = group["alpha"], group["eps"], group["lr"]
             s = a * state.get("square_avg", torch.zeros_like(p)) + (1 - a) * g * g
             root = s.sqrt()
             avg = root + eps
-            d = 1 / avg - torch.where(root > 0, g * (1 - a) * g / (root.clamp_min(1e-300) * avg**2), torch.zeros_like(p))
+            d = 1 / avg - torch.where(
+                root > 0, g * (1 - a) * g / (root.clamp_min(1e-300) * avg**2), torch.zeros_like(p)
+            )
             out.append(sign * lr * d)
         else:
-            raise TypeError(f"one_step: no update Jacobian for {type(optimizer).__name__}; use SGD, Adam, AdamW or "
-                            "RMSprop on this level, or another hypergradient method")
+            raise TypeError(
+                f"one_step: no update Jacobian for {type(optimizer).__name__}; use SGD, Adam, AdamW or "
+                "RMSprop on this level, or another hypergradient method"
+            )
     return out

@@ -90,8 +90,10 @@ def curvature_product(curr: Any, kind: str) -> tuple[list[Tensor], list[Tensor],
     capture = getattr(curr, "capturing_outputs", None)
     if capture is None:  # a plain Betty problem: no output marking, exact Hessian
         if kind == "gauss_newton":
-            raise GraphError(f"problem '{curr.name}': curvature='gauss_newton' needs a medmlo Level that marks its "
-                             "network outputs with level.mark_output(z)")
+            raise GraphError(
+                f"problem '{curr.name}': curvature='gauss_newton' needs a medmlo Level that marks its "
+                "network outputs with level.mark_output(z)"
+            )
         params, grads = lower_gradient(curr)
         return params, grads, hessian_vector_product(grads, params), "hessian"
     with capture() as outputs:
@@ -111,8 +113,11 @@ def _gauss_newton(curr: Any, params: list[Tensor], outputs: list[Tensor]) -> Cal
     with curr.capturing_outputs(detach=True):
         explicit = curr.training_step_exec(curr.cur_batch)  # the loss with every marked output held constant
     explicit_grads = zeros_for_none(
-        torch.autograd.grad(explicit, params, create_graph=True, allow_unused=True) if explicit.requires_grad
-        else [None] * len(params), params)
+        torch.autograd.grad(explicit, params, create_graph=True, allow_unused=True)
+        if explicit.requires_grad
+        else [None] * len(params),
+        params,
+    )
     explicit_hvp = hessian_vector_product(explicit_grads, params)
     with curr.capturing_outputs() as again:
         loss = curr.training_step_exec(curr.cur_batch)
@@ -121,22 +126,30 @@ def _gauss_newton(curr: Any, params: list[Tensor], outputs: list[Tensor]) -> Cal
     live_z = [(zi, gi) for zi, gi in zip(z, grad_z) if gi is not None and gi.requires_grad]
     dummies = [torch.zeros_like(zi, requires_grad=True) for zi, _ in live_z]
     # J^T u as a function of dummy u (linear): differentiating it in u gives J v (the "double-VJP" trick)
-    jt_u = torch.autograd.grad([zi for zi, _ in live_z], params, grad_outputs=dummies, create_graph=True,
-                               allow_unused=True)
+    jt_u = torch.autograd.grad(
+        [zi for zi, _ in live_z], params, grad_outputs=dummies, create_graph=True, allow_unused=True
+    )
     jt_live = [(i, t) for i, t in enumerate(jt_u) if t is not None]
 
     def product(v: Vector) -> Vector:
         out = explicit_hvp(v)
         if not live_z or not jt_live:
             return out
-        jv = torch.autograd.grad([t for _, t in jt_live], dummies, grad_outputs=[v[i] for i, _ in jt_live],
-                                 retain_graph=True, allow_unused=True)
+        jv = torch.autograd.grad(
+            [t for _, t in jt_live],
+            dummies,
+            grad_outputs=[v[i] for i, _ in jt_live],
+            retain_graph=True,
+            allow_unused=True,
+        )
         jv = zeros_for_none(jv, dummies)
-        h_jv = torch.autograd.grad([gi for _, gi in live_z], [zi for zi, _ in live_z], grad_outputs=jv,
-                                   retain_graph=True, allow_unused=True)
+        h_jv = torch.autograd.grad(
+            [gi for _, gi in live_z], [zi for zi, _ in live_z], grad_outputs=jv, retain_graph=True, allow_unused=True
+        )
         h_jv = zeros_for_none(h_jv, [zi for zi, _ in live_z])
-        jt = torch.autograd.grad([zi for zi, _ in live_z], params, grad_outputs=h_jv, retain_graph=True,
-                                 allow_unused=True)
+        jt = torch.autograd.grad(
+            [zi for zi, _ in live_z], params, grad_outputs=h_jv, retain_graph=True, allow_unused=True
+        )
         return [o + (0 if t is None else t.detach()) for o, t in zip(out, jt)]
 
     return product
@@ -146,8 +159,9 @@ def _solve(vector: Vector, curr: Any, prev: Any, sync: bool, *, method: str, war
     opts = hop_options(curr, prev, method)
     solver = SOLVERS.get(opts["solver"])
     if solver is None:
-        raise GraphError(f"level '{curr.name}': {method} option solver must be one of {sorted(SOLVERS)}, "
-                         f"got {opts['solver']!r}")
+        raise GraphError(
+            f"level '{curr.name}': {method} option solver must be one of {sorted(SOLVERS)}, got {opts['solver']!r}"
+        )
     state = hop_state(curr, prev)
     params, grad_g, product, curvature = curvature_product(curr, opts["curvature"])
     floor = float(opts["damping"])
@@ -159,14 +173,25 @@ def _solve(vector: Vector, curr: Any, prev: Any, sync: bool, *, method: str, war
         x0 = None
     budget, products, negative, scale, restarts = maxiter, 0, 0, 0.0, 0
     while True:
-        result = solver(product, vector, x0=x0, damping=damping, tol=tol, maxiter=budget, blockwise=blockwise,
-                        cold_if_worse=warm and restarts == 0 and negative == 0)
+        result = solver(
+            product,
+            vector,
+            x0=x0,
+            damping=damping,
+            tol=tol,
+            maxiter=budget,
+            blockwise=blockwise,
+            cold_if_worse=warm and restarts == 0 and negative == 0,
+        )
         products += result.iterations
         restarts += result.restarted
         budget -= result.iterations - (1 if x0 is not None else 0)
         scale = max(scale, result.max_curvature - damping)
-        if result.min_curvature - damping <= 1e-12 * max(scale, 1e-12) and not result.converged \
-                and opts["adaptive_damping"]:
+        if (
+            result.min_curvature - damping <= 1e-12 * max(scale, 1e-12)
+            and not result.converged
+            and opts["adaptive_damping"]
+        ):
             # CG met non-positive curvature: shift it out and go on from where it stopped
             negative += 1
             damping = max(_RAISE * damping, -(result.min_curvature - damping) + 1e-3 * scale, 1e-8)
@@ -188,13 +213,25 @@ def _solve(vector: Vector, curr: Any, prev: Any, sync: bool, *, method: str, war
     if warm:
         state["solution"] = [t.detach() for t in result.x]
         state["cold_restarts"] = int(state.get("cold_restarts", 0)) + restarts
-    report(curr, prev, residual=result.relative_residual, products=products, damping=damping, curvature=curvature,
-           solver=opts["solver"], negative_curvature=negative,
-           **({"cold_restart": restarts, "cold_restarts_total": state["cold_restarts"]} if warm else {}))
+    report(
+        curr,
+        prev,
+        residual=result.relative_residual,
+        products=products,
+        damping=damping,
+        curvature=curvature,
+        solver=opts["solver"],
+        negative_curvature=negative,
+        **({"cold_restart": restarts, "cold_restarts_total": state["cold_restarts"]} if warm else {}),
+    )
     if result.relative_residual > 1.0:
-        _warn_once(curr, prev, f"{method} through level '{curr.name}' ended with relative residual "
-                   f"{result.relative_residual:.3g} > 1 (the solve is worse than zero): raise maxiter, use "
-                   "curvature='gauss_newton' (non-convex level) or solver='minres', or add damping")
+        _warn_once(
+            curr,
+            prev,
+            f"{method} through level '{curr.name}' ended with relative residual "
+            f"{result.relative_residual:.3g} > 1 (the solve is worse than zero): raise maxiter, use "
+            "curvature='gauss_newton' (non-convex level) or solver='minres', or add damping",
+        )
     return deliver(mixed_vjp(grad_g, result.x, prev), prev, sync)
 
 

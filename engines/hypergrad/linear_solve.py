@@ -138,9 +138,16 @@ def conjugate_gradient(
         iterations += 1
 
     rel_max = _max(rs.sqrt() / safe_b)
-    return CGResult(x=x, iterations=iterations + products, relative_residual=rel_max, converged=rel_max <= tol,
-                    min_curvature=min_curvature, max_curvature=max_curvature, initial_relative_residual=initial,
-                    restarted=restarted)
+    return CGResult(
+        x=x,
+        iterations=iterations + products,
+        relative_residual=rel_max,
+        converged=rel_max <= tol,
+        min_curvature=min_curvature,
+        max_curvature=max_curvature,
+        initial_relative_residual=initial,
+        restarted=restarted,
+    )
 
 
 def minres(
@@ -210,11 +217,19 @@ def minres(
     # the recurrence's |eta| is the residual in exact arithmetic; report the true one (one more product)
     true_r = [bi - ai for bi, ai in zip(b, apply(x))]
     rel_max = _max(_dot(true_r, true_r, blockwise).sqrt() / safe_b)
-    return CGResult(x=x, iterations=iterations + products + 1, relative_residual=rel_max, converged=rel_max <= tol,
-                    initial_relative_residual=initial, restarted=restarted)
+    return CGResult(
+        x=x,
+        iterations=iterations + products + 1,
+        relative_residual=rel_max,
+        converged=rel_max <= tol,
+        initial_relative_residual=initial,
+        restarted=restarted,
+    )
 
 
-def _damped(matvec: Callable[[list[Tensor]], Sequence[Tensor]], damping: float) -> Callable[[list[Tensor]], list[Tensor]]:
+def _damped(
+    matvec: Callable[[list[Tensor]], Sequence[Tensor]], damping: float
+) -> Callable[[list[Tensor]], list[Tensor]]:
     """``v -> (A + damping I) v`` with the product detached (the solvers need values, not graphs)."""
 
     def apply(v: list[Tensor]) -> list[Tensor]:
@@ -224,8 +239,13 @@ def _damped(matvec: Callable[[list[Tensor]], Sequence[Tensor]], damping: float) 
     return apply
 
 
-def _start(apply: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], x0: Vector | None, blockwise: bool,
-           cold_if_worse: bool) -> tuple[list[Tensor], list[Tensor], int, float, int]:
+def _start(
+    apply: Callable[[list[Tensor]], list[Tensor]],
+    b: list[Tensor],
+    x0: Vector | None,
+    blockwise: bool,
+    cold_if_worse: bool,
+) -> tuple[list[Tensor], list[Tensor], int, float, int]:
     """Initial iterate and residual, the products spent on them (1 for a warm start, else 0), the warm
     start's relative residual, and how many blocks fell back to zero because it was worse."""
     if x0 is None:

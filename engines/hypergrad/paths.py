@@ -15,6 +15,7 @@ initialisation through the same head with ``first_order``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,10 +45,11 @@ def walk_path(vector: Sequence[Tensor], path: Sequence[Any]) -> tuple[list[Tenso
     vector = zeros_for_none(list(vector), list(path[1].trainable_parameters()))
     label = path_label(path)
     reports: dict[str, dict] = {}
-    for curr, prev in zip(path[1:-1], path[2:]):
+    for curr, prev in itertools.pairwise(path[1:]):
         method, options = curr.method_through(prev)
-        hop = Hop(curr, prev, method, dict(options), state_key=f"{label}|{curr.name}->{prev.name}",
-                  report={"method": method})
+        hop = Hop(
+            curr, prev, method, dict(options), state_key=f"{label}|{curr.name}->{prev.name}", report={"method": method}
+        )
         with running(hop):
             vector = METHODS[method].fn(vector, curr, prev, False)
         reports[f"{curr.name}->{prev.name}"] = hop.report

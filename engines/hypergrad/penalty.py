@@ -1,4 +1,5 @@
-"""``penalty``: the stochastic alternating penalty method of Bian et al. (Algorithm 2 of seed 001).
+"""``penalty``: the stochastic alternating penalty method of Bian et al. (Algorithm 2 of "An Optimization-Based
+Meta-Learning Model for MRI Reconstruction with Diverse Dataset", Journal of Imaging 2021).
 
 The bilevel problem ``min_ω L_val(θ*(ω), ω)`` s.t. ``θ*(ω) = argmin_θ L_tr(θ, ω)`` is relaxed to
 the single-level penalised objective (Eq. 17)
@@ -47,16 +48,25 @@ PENALTY_OPTIONS: dict[str, tuple[str | None, Any]] = {
 def _upper(level: Any) -> Any:
     uppers = [u for u in level._parents if level.method_through(u)[0] == "penalty"]
     if len(uppers) != 1:
-        raise RuntimeError(f"penalty: level '{level.name}' needs exactly one upper level using the penalty method "
-                           f"through it, found {[u.name for u in uppers]}")
+        raise RuntimeError(
+            f"penalty: level '{level.name}' needs exactly one upper level using the penalty method "
+            f"through it, found {[u.name for u in uppers]}"
+        )
     return uppers[0]
 
 
 def _state(level: Any, options: dict[str, Any]) -> dict[str, Any]:
     state = level.method_state.setdefault("penalty", {})
     if not state:
-        state.update(lam=float(options["lam"]), delta=float(options["delta"]), rounds=0, resample=True,
-                     theta_grad_sq=float("inf"), met=0, capped=0)
+        state.update(
+            lam=float(options["lam"]),
+            delta=float(options["delta"]),
+            rounds=0,
+            resample=True,
+            theta_grad_sq=float("inf"),
+            met=0,
+            capped=0,
+        )
     return state
 
 
@@ -72,11 +82,15 @@ def penalty_lower_step(level: Any, batch: Any) -> None:
         state["rounds"] = 0
     level.hold_batch = True  # B_tr is kept for the K steps and the rounds that follow
     params = list(level.trainable_parameters())
-    grad_tr = zeros_for_none(torch.autograd.grad(level.training_step_exec(batch), params, create_graph=True,
-                                                 allow_unused=True), params)
+    grad_tr = zeros_for_none(
+        torch.autograd.grad(level.training_step_exec(batch), params, create_graph=True, allow_unused=True), params
+    )
     live = [(g, p) for g, p in zip(grad_tr, params) if g.requires_grad]
-    curvature = torch.autograd.grad([g for g, _ in live], params, grad_outputs=[g.detach() for g, _ in live],
-                                    allow_unused=True) if live else [None] * len(params)
+    curvature = (
+        torch.autograd.grad([g for g, _ in live], params, grad_outputs=[g.detach() for g, _ in live], allow_unused=True)
+        if live
+        else [None] * len(params)
+    )
     grad_val = torch.autograd.grad(upper.training_step_exec(upper.cur_batch), params, allow_unused=True)
     lam = state["lam"]
     indirect = level.last_indirect_grads or [None] * len(params)
@@ -88,8 +102,11 @@ def penalty_lower_step(level: Any, batch: Any) -> None:
         p.grad = g
         total.append(g)
     state["theta_grad_sq"] = float(sum((g.double() ** 2).sum() for g in total))
-    level.diagnostics.update(penalty_lambda=lam, penalty_delta=state["delta"],
-                             penalty_term=0.5 * lam * float(sum((g.detach().double() ** 2).sum() for g in grad_tr)))
+    level.diagnostics.update(
+        penalty_lambda=lam,
+        penalty_delta=state["delta"],
+        penalty_term=0.5 * lam * float(sum((g.detach().double() ** 2).sum() for g in grad_tr)),
+    )
 
 
 def _defaults() -> dict[str, Any]:
@@ -105,15 +122,21 @@ def penalty(vector: list[Tensor], curr: Any, prev: Any, sync: bool) -> list[Tens
     state = _state(curr, opts)
     params = list(curr.trainable_parameters())
     prev_params = list(prev.trainable_parameters())
-    grad_tr = zeros_for_none(torch.autograd.grad(curr.training_step_exec(curr.cur_batch), params, create_graph=True,
-                                                 allow_unused=True), params)
+    grad_tr = zeros_for_none(
+        torch.autograd.grad(curr.training_step_exec(curr.cur_batch), params, create_graph=True, allow_unused=True),
+        params,
+    )
     live = [g for g in grad_tr if g.requires_grad]
-    mixed = torch.autograd.grad(live, prev_params, grad_outputs=[g.detach() for g in live], allow_unused=True) \
-        if live else [None] * len(prev_params)
+    mixed = (
+        torch.autograd.grad(live, prev_params, grad_outputs=[g.detach() for g in live], allow_unused=True)
+        if live
+        else [None] * len(prev_params)
+    )
     hop = [state["lam"] * g for g in zeros_for_none(mixed, prev_params)]
     # the stopping test of the inner while loop needs the full ∇_ω L̃ (direct + this hop)
-    direct = zeros_for_none(torch.autograd.grad(prev.training_step_exec(prev.cur_batch), prev_params,
-                                                allow_unused=True), prev_params)
+    direct = zeros_for_none(
+        torch.autograd.grad(prev.training_step_exec(prev.cur_batch), prev_params, allow_unused=True), prev_params
+    )
     omega_sq = float(sum(((d + h).double() ** 2).sum() for d, h in zip(direct, hop)))
     criterion = state["theta_grad_sq"] + omega_sq
     state["rounds"] += 1
@@ -127,6 +150,13 @@ def penalty(vector: list[Tensor], curr: Any, prev: Any, sync: bool) -> list[Tens
         state["lam"] *= float(opts["lam_growth"])
         if float(opts["delta_tol"]) > 0 and state["delta"] <= float(opts["delta_tol"]):
             curr.stop_request = f"penalty method converged: δ = {state['delta']:.3g} <= delta_tol"
-    report(curr, prev, criterion=criterion, delta=state["delta"], lam=state["lam"], rounds=state["rounds"],
-           resampled=bool(state["resample"]))
+    report(
+        curr,
+        prev,
+        criterion=criterion,
+        delta=state["delta"],
+        lam=state["lam"],
+        rounds=state["rounds"],
+        resampled=bool(state["resample"]),
+    )
     return deliver(hop, prev, sync)

@@ -125,9 +125,7 @@ def exact(vector: list[Tensor], curr: Any, prev: Any, sync: bool) -> list[Tensor
         values = [start[name] for name in curr.trainable_names]
     else:
         values = [v.clone() for v in traj.values]
-    states = [
-        {k: (t.clone() if torch.is_tensor(t) else t) for k, t in s.items()} for s in traj.optimizer_state
-    ]
+    states = [{k: (t.clone() if torch.is_tensor(t) else t) for k, t in s.items()} for s in traj.optimizer_state]
     buffers = {n: b.clone() for n, b in traj.buffers.items()}
     with torch.enable_grad():
         for i, step in enumerate(traj.steps):
@@ -137,9 +135,7 @@ def exact(vector: list[Tensor], curr: Any, prev: Any, sync: bool) -> list[Tensor
             else:  # before the truncation window: replayed to reach its start, without graph
                 values = [v.detach().requires_grad_(True) for v in values]
             loss = curr.functional_loss(values, buffers, step.batch, step.rng)
-            grads = zeros_for_none(
-                torch.autograd.grad(loss, values, create_graph=live, allow_unused=True), values
-            )
+            grads = zeros_for_none(torch.autograd.grad(loss, values, create_graph=live, allow_unused=True), values)
             if step.indirect is not None:
                 grads = [g + ind for g, ind in zip(grads, step.indirect)]
             values, states = diff_optim.update(curr.optimizer, params, grads, values, states, step.hyper)

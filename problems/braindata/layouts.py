@@ -79,9 +79,19 @@ cortex and deep grey nuclei -> GM, cerebral/cerebellar WM, brain stem, ventral D
 callosum -> WM, vessels -> background)."""
 
 _TISSUE_ALIASES = {
-    "background": 0, "bg": 0, "csf": 1, "cerebrospinal fluid": 1, "cerebrospinal_fluid": 1,
-    "gm": 2, "gray matter": 2, "grey matter": 2, "gray_matter": 2, "grey_matter": 2,
-    "wm": 3, "white matter": 3, "white_matter": 3,
+    "background": 0,
+    "bg": 0,
+    "csf": 1,
+    "cerebrospinal fluid": 1,
+    "cerebrospinal_fluid": 1,
+    "gm": 2,
+    "gray matter": 2,
+    "grey matter": 2,
+    "gray_matter": 2,
+    "grey_matter": 2,
+    "wm": 3,
+    "white matter": 3,
+    "white_matter": 3,
 }
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -93,8 +103,9 @@ def _tissue_index(name: Any, where: str) -> int:
         return int(name)
     key = str(name).strip().lower()
     if key not in _TISSUE_ALIASES:
-        raise BrainDataError(f"{where}: cannot map {name!r} to a tissue; expected one of background, "
-                             f"{', '.join(TISSUES)} (or 0..3)")
+        raise BrainDataError(
+            f"{where}: cannot map {name!r} to a tissue; expected one of background, {', '.join(TISSUES)} (or 0..3)"
+        )
     return _TISSUE_ALIASES[key]
 
 
@@ -109,8 +120,9 @@ def _labels_from_dataset_json(path: Path) -> dict[int, int]:
     result = {}
     for key, value in labels.items():
         if isinstance(value, list):
-            raise BrainDataError(f"{path}: region-based label {key!r}: {value} is not supported; expected one "
-                                 f"integer value per tissue")
+            raise BrainDataError(
+                f"{path}: region-based label {key!r}: {value} is not supported; expected one integer value per tissue"
+            )
         if str(key).lstrip("-").isdigit():  # v1: "value": "name"
             result[int(key)] = _tissue_index(value, str(path))
         else:  # v2: "name": value
@@ -118,8 +130,9 @@ def _labels_from_dataset_json(path: Path) -> dict[int, int]:
     return result
 
 
-def resolve_label_map(label_map: str | Mapping[int, int | str] | None, *,
-                      dataset_json: Path | None = None) -> dict[int, int]:
+def resolve_label_map(
+    label_map: str | Mapping[int, int | str] | None, *, dataset_json: Path | None = None
+) -> dict[int, int]:
     """The raw-value -> tissue-index map to use for a folder.
 
     ``label_map`` wins: a :data:`LABEL_MAPS` key, or a dict from raw value to a tissue index (0..3)
@@ -128,8 +141,10 @@ def resolve_label_map(label_map: str | Mapping[int, int | str] | None, *,
     """
     if isinstance(label_map, str):
         if label_map not in LABEL_MAPS:
-            raise BrainDataError(f"label_map: unknown preset {label_map!r}; expected one of {sorted(LABEL_MAPS)} "
-                                 f"or a {{value: tissue}} dict")
+            raise BrainDataError(
+                f"label_map: unknown preset {label_map!r}; expected one of {sorted(LABEL_MAPS)} "
+                f"or a {{value: tissue}} dict"
+            )
         return dict(LABEL_MAPS[label_map])
     if label_map is not None:
         return {int(value): _tissue_index(tissue, "label_map") for value, tissue in label_map.items()}
@@ -168,17 +183,22 @@ def _canonical(img: nib.spatialimages.SpatialImage, data: np.ndarray) -> tuple[n
     return np.ascontiguousarray(data), tuple(float(z) for z in zooms)
 
 
-def _read_pair(image_path: Path, label_path: Path, label_map: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray,
-                                                                                          tuple[float, ...]]:
+def _read_pair(
+    image_path: Path, label_path: Path, label_map: Mapping[int, int]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Image (normalised float32) and tissue label (int64) of one scan, both RAS+, after all checks."""
     image_img, label_img = _load(image_path), _load(label_path)
     image, label = _volume(image_img, image_path), _volume(label_img, label_path)
     if image.shape != label.shape:
-        raise BrainDataError(f"{label_path}: label shape {label.shape} differs from image {image_path.name} shape "
-                             f"{image.shape}; expected the same voxel grid")
+        raise BrainDataError(
+            f"{label_path}: label shape {label.shape} differs from image {image_path.name} shape "
+            f"{image.shape}; expected the same voxel grid"
+        )
     if not np.allclose(image_img.affine, label_img.affine, atol=1e-3):
-        raise BrainDataError(f"{label_path}: affine differs from image {image_path.name}'s; expected the same voxel "
-                             f"grid\nimage affine:\n{image_img.affine}\nlabel affine:\n{label_img.affine}")
+        raise BrainDataError(
+            f"{label_path}: affine differs from image {image_path.name}'s; expected the same voxel "
+            f"grid\nimage affine:\n{image_img.affine}\nlabel affine:\n{label_img.affine}"
+        )
     values = np.unique(label)
     if not np.array_equal(values, np.round(values)):
         raise BrainDataError(f"{label_path}: label values must be integers, got {values[:8].tolist()}")
@@ -186,9 +206,11 @@ def _read_pair(image_path: Path, label_path: Path, label_map: Mapping[int, int])
         raise BrainDataError(f"{label_path}: empty label volume; expected a 3D tissue label map")
     unknown = sorted(int(v) for v in values if int(v) not in label_map)
     if unknown:
-        raise BrainDataError(f"{label_path}: label values {unknown} are outside the label map "
-                             f"({_describe_map(label_map)}); expected only {sorted(label_map)} (pass label_map= "
-                             f"to map other values)")
+        raise BrainDataError(
+            f"{label_path}: label values {unknown} are outside the label map "
+            f"({_describe_map(label_map)}); expected only {sorted(label_map)} (pass label_map= "
+            f"to map other values)"
+        )
     lookup = np.zeros(int(values.max()) + 1, dtype=np.int64)
     for value, tissue in label_map.items():
         if 0 <= value < lookup.size:
@@ -225,32 +247,44 @@ def _read_metadata(path: Path, cases: Sequence[str]) -> dict[str, dict[str, Any]
     except OSError as error:
         raise BrainDataError(f"{path}: cannot be read ({error})") from error
     if "case" not in header:
-        raise BrainDataError(f"{path}: expected a header with a 'case' column (and any of age_months, series, "
-                             f"time_point), got {header}")
+        raise BrainDataError(
+            f"{path}: expected a header with a 'case' column (and any of age_months, series, time_point), got {header}"
+        )
     known = set(cases)
     metadata: dict[str, dict[str, Any]] = {}
     for line, raw in enumerate(rows, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         case = row["case"]
         if case not in known:
-            raise BrainDataError(f"{path} line {line}: case {case!r} has no image in the domain folder; expected one "
-                                 f"of {sorted(known)[:6]}{' ...' if len(known) > 6 else ''}")
+            raise BrainDataError(
+                f"{path} line {line}: case {case!r} has no image in the domain folder; expected one "
+                f"of {sorted(known)[:6]}{' ...' if len(known) > 6 else ''}"
+            )
         try:
             age = float(row["age_months"]) if row.get("age_months") else None
             time_point = int(row["time_point"]) if row.get("time_point") else None
         except ValueError as error:
-            raise BrainDataError(f"{path} line {line}: expected a number in age_months and an integer in "
-                                 f"time_point ({error})") from error
+            raise BrainDataError(
+                f"{path} line {line}: expected a number in age_months and an integer in time_point ({error})"
+            ) from error
         series = row.get("series") or None
         if (series is None) != (time_point is None):
-            raise BrainDataError(f"{path} line {line}: series and time_point go together, got series={series!r}, "
-                                 f"time_point={time_point!r}")
+            raise BrainDataError(
+                f"{path} line {line}: series and time_point go together, got series={series!r}, "
+                f"time_point={time_point!r}"
+            )
         metadata[case] = {"age_months": age, "series": series, "time_point": time_point}
     return metadata
 
 
-def load_domain_folder(path: Path | str, *, label_map: str | Mapping[int, int | str] | None = None,
-                       name: str | None = None, metadata_csv: Path | str | None = None, role: str = "") -> BrainDomain:
+def load_domain_folder(
+    path: Path | str,
+    *,
+    label_map: str | Mapping[int, int | str] | None = None,
+    name: str | None = None,
+    metadata_csv: Path | str | None = None,
+    role: str = "",
+) -> BrainDomain:
     """One domain stored in the nnU-Net raw layout (``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz``).
 
     Args:
@@ -265,23 +299,29 @@ def load_domain_folder(path: Path | str, *, label_map: str | Mapping[int, int | 
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
     if not folder.is_dir():
         raise BrainDataError(f"{folder}: domain folder not found; expected imagesTr/ and labelsTr/ inside")
-    images = [p for p in _nifti_files(images_dir)] if images_dir.is_dir() else []
+    images = list(_nifti_files(images_dir)) if images_dir.is_dir() else []
     if not images:
-        raise BrainDataError(f"{folder}: no images; expected imagesTr/<case>{_CHANNEL}.nii.gz with labels in "
-                             f"labelsTr/<case>.nii.gz (nnU-Net raw layout)")
+        raise BrainDataError(
+            f"{folder}: no images; expected imagesTr/<case>{_CHANNEL}.nii.gz with labels in "
+            f"labelsTr/<case>.nii.gz (nnU-Net raw layout)"
+        )
     t1 = {_case_id(p)[: -len(_CHANNEL)]: p for p in images if _case_id(p).endswith(_CHANNEL)}
     if not t1:
-        raise BrainDataError(f"{images_dir}: no file ends in {_CHANNEL}.nii.gz; expected imagesTr/<case>_0000.nii.gz "
-                             f"(found {[p.name for p in images[:4]]})")
+        raise BrainDataError(
+            f"{images_dir}: no file ends in {_CHANNEL}.nii.gz; expected imagesTr/<case>_0000.nii.gz "
+            f"(found {[p.name for p in images[:4]]})"
+        )
     labels = {_case_id(p): p for p in _nifti_files(labels_dir)} if labels_dir.is_dir() else {}
     for case, image_path in t1.items():
         if case not in labels:
-            raise BrainDataError(f"{image_path}: subject {case!r} has no label; expected "
-                                 f"{labels_dir / (case + '.nii.gz')}")
+            raise BrainDataError(
+                f"{image_path}: subject {case!r} has no label; expected {labels_dir / (case + '.nii.gz')}"
+            )
     for case, label_path in labels.items():
         if case not in t1:
-            raise BrainDataError(f"{label_path}: label without image; expected "
-                                 f"{images_dir / (case + _CHANNEL + '.nii.gz')}")
+            raise BrainDataError(
+                f"{label_path}: label without image; expected {images_dir / (case + _CHANNEL + '.nii.gz')}"
+            )
     mapping = resolve_label_map(label_map, dataset_json=folder / "dataset.json")
     csv_path = Path(metadata_csv) if metadata_csv is not None else folder / "subjects.csv"
     if metadata_csv is not None and not csv_path.is_file():
@@ -291,11 +331,24 @@ def load_domain_folder(path: Path | str, *, label_map: str | Mapping[int, int | 
     subjects = []
     for case in sorted(t1):
         image, label, spacing = _read_pair(t1[case], labels[case], mapping)
-        subjects.append(Subject(subject_id=case, image=image, label=label, spacing=spacing, domain=domain_name,
-                                source=f"{t1[case]} + {labels[case]}", **metadata.get(case, {})))
-    return BrainDomain(name=domain_name, subjects=subjects, source="real", role=role,
-                       description=f"{domain_name}: {len(subjects)} labelled T1w scans from {folder} "
-                                   f"({role or 'no role'})")
+        subjects.append(
+            Subject(
+                subject_id=case,
+                image=image,
+                label=label,
+                spacing=spacing,
+                domain=domain_name,
+                source=f"{t1[case]} + {labels[case]}",
+                **metadata.get(case, {}),
+            )
+        )
+    return BrainDomain(
+        name=domain_name,
+        subjects=subjects,
+        source="real",
+        role=role,
+        description=f"{domain_name}: {len(subjects)} labelled T1w scans from {folder} ({role or 'no role'})",
+    )
 
 
 def _iseg_training_dir(path: Path) -> Path:
@@ -304,12 +357,15 @@ def _iseg_training_dir(path: Path) -> Path:
     nested = path / "iSeg-2019-Training"
     if nested.is_dir():
         return nested
-    raise BrainDataError(f"{path}: no iSeg-2019 subjects; expected subject-<N>-T1.hdr/.img and "
-                         f"subject-<N>-label.hdr/.img here or in {nested.name}/")
+    raise BrainDataError(
+        f"{path}: no iSeg-2019 subjects; expected subject-<N>-T1.hdr/.img and "
+        f"subject-<N>-label.hdr/.img here or in {nested.name}/"
+    )
 
 
-def load_iseg2019(path: Path | str, *, modality: str = "T1", name: str = "iSeg-2019",
-                  role: str = "meta-test") -> BrainDomain:
+def load_iseg2019(
+    path: Path | str, *, modality: str = "T1", name: str = "iSeg-2019", role: str = "meta-test"
+) -> BrainDomain:
     """The labelled iSeg-2019 training subjects (6-month infants) from the challenge's Analyze layout.
 
     ``path`` is ``iSeg-2019-Training/`` or its parent. ``modality`` picks ``T1`` (the paper uses
@@ -319,8 +375,10 @@ def load_iseg2019(path: Path | str, *, modality: str = "T1", name: str = "iSeg-2
         raise BrainDataError(f"modality: expected 'T1' or 'T2', got {modality!r}")
     folder = Path(path)
     if not folder.is_dir():
-        raise BrainDataError(f"{folder}: iSeg-2019 folder not found; expected iSeg-2019-Training/ with "
-                             f"subject-<N>-T1.hdr/.img and subject-<N>-label.hdr/.img")
+        raise BrainDataError(
+            f"{folder}: iSeg-2019 folder not found; expected iSeg-2019-Training/ with "
+            f"subject-<N>-T1.hdr/.img and subject-<N>-label.hdr/.img"
+        )
     folder = _iseg_training_dir(folder)
     pattern = re.compile(rf"subject-(\d+)-{modality}\.hdr$")
     found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
@@ -330,23 +388,44 @@ def load_iseg2019(path: Path | str, *, modality: str = "T1", name: str = "iSeg-2
     for number, image_path in found:
         label_path = folder / f"subject-{number}-label.hdr"
         if not label_path.is_file():
-            raise BrainDataError(f"{image_path}: subject-{number} has no label; expected {label_path} (.hdr/.img). "
-                                 f"Only iSeg-2019-Training subjects are labelled")
+            raise BrainDataError(
+                f"{image_path}: subject-{number} has no label; expected {label_path} (.hdr/.img). "
+                f"Only iSeg-2019-Training subjects are labelled"
+            )
         image, label, spacing = _read_pair(image_path, label_path, LABEL_MAPS["iseg"])
-        subjects.append(Subject(subject_id=f"subject-{number}", image=image, label=label, spacing=spacing,
-                                domain=name, age_months=ISEG_AGE_MONTHS, source=f"{image_path} + {label_path}"))
-    return BrainDomain(name=name, subjects=subjects, source="real", role=role,
-                       description=f"{name}: {len(subjects)} labelled 6-month infant {modality}w scans "
-                                   f"(iSeg-2019 training, {folder}; {role or 'no role'})")
+        subjects.append(
+            Subject(
+                subject_id=f"subject-{number}",
+                image=image,
+                label=label,
+                spacing=spacing,
+                domain=name,
+                age_months=ISEG_AGE_MONTHS,
+                source=f"{image_path} + {label_path}",
+            )
+        )
+    return BrainDomain(
+        name=name,
+        subjects=subjects,
+        source="real",
+        role=role,
+        description=f"{name}: {len(subjects)} labelled 6-month infant {modality}w scans "
+        f"(iSeg-2019 training, {folder}; {role or 'no role'})",
+    )
 
 
 def _is_iseg(folder: Path) -> bool:
     return any(folder.glob("subject-*-T1.hdr")) or (folder / "iSeg-2019-Training").is_dir()
 
 
-def load_domains(data_root: Path | str | None, *, meta_train: Sequence[str] | None = None,
-                 meta_test: Sequence[str] | None = None, label_map: str | Mapping[int, int | str] | None = None,
-                 **embedded: Any) -> dict[str, BrainDomain]:
+def load_domains(
+    data_root: Path | str | None,
+    *,
+    meta_train: Sequence[str] | None = None,
+    meta_test: Sequence[str] | None = None,
+    label_map: str | Mapping[int, int | str] | None = None,
+    **embedded: Any,
+) -> dict[str, BrainDomain]:
     """All domains of a DuMeta++ run, meta-training pool first, each with its role set.
 
     With ``data_root=None`` this is the embedded synthetic default, :func:`lifespan_domains`
@@ -363,8 +442,9 @@ def load_domains(data_root: Path | str | None, *, meta_train: Sequence[str] | No
         domains = lifespan_domains(domains=train + test, **embedded)
         return {name: domains[name] for name in train + test}
     if embedded:
-        raise BrainDataError(f"options {sorted(embedded)} apply to the embedded domains only, not to --data-root "
-                             f"{data_root}")
+        raise BrainDataError(
+            f"options {sorted(embedded)} apply to the embedded domains only, not to --data-root {data_root}"
+        )
     root = Path(data_root)
     if not root.is_dir():
         raise BrainDataError(f"--data-root {root}: folder not found; expected one subfolder per domain")
@@ -377,10 +457,14 @@ def load_domains(data_root: Path | str | None, *, meta_train: Sequence[str] | No
         for name in names:
             folder = root / name
             if not folder.is_dir():
-                raise BrainDataError(f"{folder}: domain folder not found; expected one folder per domain under "
-                                     f"{root} (found {present})")
-            result[name] = (load_iseg2019(folder, name=name, role=role) if _is_iseg(folder)
-                            else load_domain_folder(folder, label_map=label_map, name=name, role=role))
+                raise BrainDataError(
+                    f"{folder}: domain folder not found; expected one folder per domain under {root} (found {present})"
+                )
+            result[name] = (
+                load_iseg2019(folder, name=name, role=role)
+                if _is_iseg(folder)
+                else load_domain_folder(folder, label_map=label_map, name=name, role=role)
+            )
     return result
 
 
@@ -389,5 +473,7 @@ def _check_roles(train: tuple[str, ...], test: tuple[str, ...]) -> None:
         raise BrainDataError(f"expected at least one meta-train and one meta-test domain, got {train} and {test}")
     overlap = set(train) & set(test)
     if overlap:
-        raise BrainDataError(f"domains {sorted(overlap)} are both meta-train and meta-test; the meta-test domain "
-                             f"must be unseen in meta-training")
+        raise BrainDataError(
+            f"domains {sorted(overlap)} are both meta-train and meta-test; the meta-test domain "
+            f"must be unseen in meta-training"
+        )

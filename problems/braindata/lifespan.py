@@ -111,16 +111,86 @@ class AgeProfile:
 PROFILES: dict[str, AgeProfile] = {
     p.name: p
     for p in (
-        AgeProfile("infant12m", "IBIS12M", ROLES[0], 12.0, 6, (0.22, 0.50, 0.64), 0.5, 0.88, 0.0, 0.0, (0.0, 0.0),
-                   0.03, (0.10, 0.25), "early adult-like, low GM/WM contrast"),
-        AgeProfile("infant24m", "IBIS24M", ROLES[0], 24.0, 6, (0.20, 0.52, 0.74), 0.7, 0.93, 0.0, 0.0, (0.0, 0.0),
-                   0.03, (0.10, 0.25), "adult-like, GM/WM contrast below the adult's"),
-        AgeProfile("adult", "OASIS3", ROLES[0], 65 * _MONTHS_PER_YEAR, 6, (0.18, 0.56, 0.84), 1.0, 1.0, 1.0, 0.2,
-                   (0.0, 0.0), 0.025, (0.05, 0.15), "adult T1w contrast of the MNI152 template, mild atrophy"),
-        AgeProfile("infant6m", "iSeg-2019", ROLES[1], 6.0, 10, (0.26, 0.52, 0.55), 0.3, 0.82, 0.0, 0.0, (0.0, 0.0),
-                   0.035, (0.10, 0.30), "isointense: GM and WM intensities overlap"),
-        AgeProfile("elderly", "ADNI", ROLES[1], 75 * _MONTHS_PER_YEAR, 6, (0.16, 0.52, 0.78), 0.9, 1.0, 3.5, 0.6,
-                   (0.1, 0.5), 0.03, (0.05, 0.20), "aged T1w contrast, enlarged ventricles and CSF, thinner GM"),
+        AgeProfile(
+            "infant12m",
+            "IBIS12M",
+            ROLES[0],
+            12.0,
+            6,
+            (0.22, 0.50, 0.64),
+            0.5,
+            0.88,
+            0.0,
+            0.0,
+            (0.0, 0.0),
+            0.03,
+            (0.10, 0.25),
+            "early adult-like, low GM/WM contrast",
+        ),
+        AgeProfile(
+            "infant24m",
+            "IBIS24M",
+            ROLES[0],
+            24.0,
+            6,
+            (0.20, 0.52, 0.74),
+            0.7,
+            0.93,
+            0.0,
+            0.0,
+            (0.0, 0.0),
+            0.03,
+            (0.10, 0.25),
+            "adult-like, GM/WM contrast below the adult's",
+        ),
+        AgeProfile(
+            "adult",
+            "OASIS3",
+            ROLES[0],
+            65 * _MONTHS_PER_YEAR,
+            6,
+            (0.18, 0.56, 0.84),
+            1.0,
+            1.0,
+            1.0,
+            0.2,
+            (0.0, 0.0),
+            0.025,
+            (0.05, 0.15),
+            "adult T1w contrast of the MNI152 template, mild atrophy",
+        ),
+        AgeProfile(
+            "infant6m",
+            "iSeg-2019",
+            ROLES[1],
+            6.0,
+            10,
+            (0.26, 0.52, 0.55),
+            0.3,
+            0.82,
+            0.0,
+            0.0,
+            (0.0, 0.0),
+            0.035,
+            (0.10, 0.30),
+            "isointense: GM and WM intensities overlap",
+        ),
+        AgeProfile(
+            "elderly",
+            "ADNI",
+            ROLES[1],
+            75 * _MONTHS_PER_YEAR,
+            6,
+            (0.16, 0.52, 0.78),
+            0.9,
+            1.0,
+            3.5,
+            0.6,
+            (0.1, 0.5),
+            0.03,
+            (0.05, 0.20),
+            "aged T1w contrast, enlarged ventricles and CSF, thinner GM",
+        ),
     )
 }
 """The five embedded age groups (meta-train pool first)."""
@@ -204,14 +274,18 @@ def _anatomy(probs: np.ndarray, seed: int) -> _Anatomy:
     rng = np.random.default_rng(seed)
     offsets = [ndimage.gaussian_filter(rng.standard_normal(labels.shape), 2.0) for _ in range(2)]
     offsets = [SPACING[0] * o / o.std() for o in offsets]
-    distance = ndimage.distance_transform_edt(~ventricles, sampling=SPACING) + offsets[0] if count else \
-        np.full(labels.shape, np.inf)
+    distance = (
+        ndimage.distance_transform_edt(~ventricles, sampling=SPACING) + offsets[0]
+        if count
+        else np.full(labels.shape, np.inf)
+    )
     depth = ndimage.distance_transform_edt(labels >= 2, sampling=SPACING) + offsets[1]
     return _Anatomy(np.asarray(distance, dtype=np.float32), np.asarray(depth, dtype=np.float32))
 
 
-def _atrophy(probs: np.ndarray, anatomy: _Anatomy, ventricle_growth_mm: float,
-             cortical_thinning_mm: float) -> np.ndarray:
+def _atrophy(
+    probs: np.ndarray, anatomy: _Anatomy, ventricle_growth_mm: float, cortical_thinning_mm: float
+) -> np.ndarray:
     """Probabilities after growing the ventricles and thinning the cortex (both in mm, >= 0).
 
     Tissue within ``ventricle_growth_mm`` of the ventricles becomes CSF; grey matter within
@@ -259,10 +333,13 @@ class _Person:
 def _draw_person(profile: AgeProfile, seed: int) -> _Person:
     rng = np.random.default_rng(seed)
     csf, gm, wm = (float(m * j) for m, j in zip(profile.tissue_means, rng.uniform(0.96, 1.04, size=3), strict=True))
-    return _Person(seed=seed, means=(csf, gm, wm),
-                   ventricle_mm=profile.ventricle_growth_mm * float(rng.uniform(0.6, 1.4)),
-                   thinning_mm=profile.cortical_thinning_mm * float(rng.uniform(0.6, 1.4)),
-                   rate_scale=float(rng.uniform(0.7, 1.3)))
+    return _Person(
+        seed=seed,
+        means=(csf, gm, wm),
+        ventricle_mm=profile.ventricle_growth_mm * float(rng.uniform(0.6, 1.4)),
+        thinning_mm=profile.cortical_thinning_mm * float(rng.uniform(0.6, 1.4)),
+        rate_scale=float(rng.uniform(0.7, 1.3)),
+    )
 
 
 def _warp(maps: np.ndarray, profile: AgeProfile, seed: int) -> np.ndarray:
@@ -275,12 +352,28 @@ def _warp(maps: np.ndarray, profile: AgeProfile, seed: int) -> np.ndarray:
     from monai.transforms import Compose, RandAffined, RandSmoothDeformd
 
     zoom = 1.0 / profile.brain_scale - 1.0  # MONAI scales the sampling grid: > 0 shrinks the brain
-    warp = Compose([
-        RandAffined(keys="maps", prob=1.0, rotate_range=(0.08, 0.08, 0.08), translate_range=(2.0, 2.0, 2.0),
-                    scale_range=((zoom - 0.04, zoom + 0.04),) * 3, mode="bilinear", padding_mode="zeros"),
-        RandSmoothDeformd(keys="maps", spatial_size=maps.shape[1:], rand_size=(5, 5, 5), prob=1.0, def_range=0.03,
-                          grid_mode="bilinear", grid_padding_mode="zeros"),
-    ])
+    warp = Compose(
+        [
+            RandAffined(
+                keys="maps",
+                prob=1.0,
+                rotate_range=(0.08, 0.08, 0.08),
+                translate_range=(2.0, 2.0, 2.0),
+                scale_range=((zoom - 0.04, zoom + 0.04),) * 3,
+                mode="bilinear",
+                padding_mode="zeros",
+            ),
+            RandSmoothDeformd(
+                keys="maps",
+                spatial_size=maps.shape[1:],
+                rand_size=(5, 5, 5),
+                prob=1.0,
+                def_range=0.03,
+                grid_mode="bilinear",
+                grid_padding_mode="zeros",
+            ),
+        ]
+    )
     warp.set_random_state(seed=seed % 2**32)
     return np.asarray(warp({"maps": maps})["maps"], dtype=np.float32)
 
@@ -298,15 +391,19 @@ def _acquire(clean: np.ndarray, brain: np.ndarray, profile: AgeProfile, seed: in
     return normalise_intensity(image).astype(np.float16).astype(np.float32)
 
 
-def _scan(warped: np.ndarray, anatomy: _Anatomy | None, profile: AgeProfile, person: _Person, years: float,
-          scan_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _scan(
+    warped: np.ndarray, anatomy: _Anatomy | None, profile: AgeProfile, person: _Person, years: float, scan_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Image and labels of a person ``years`` after the first time point."""
     probs = _probabilities(warped[:3])
     if anatomy is not None:
         thinning_rate, ventricle_rate = profile.atrophy_per_year_mm
-        probs = _atrophy(probs, anatomy,
-                         ventricle_growth_mm=person.ventricle_mm + ventricle_rate * person.rate_scale * years,
-                         cortical_thinning_mm=person.thinning_mm + thinning_rate * person.rate_scale * years)
+        probs = _atrophy(
+            probs,
+            anatomy,
+            ventricle_growth_mm=person.ventricle_mm + ventricle_rate * person.rate_scale * years,
+            cortical_thinning_mm=person.thinning_mm + thinning_rate * person.rate_scale * years,
+        )
     labels = probs.argmax(axis=0).astype(np.int64)
     clean = _intensity(probs, warped[3], person.means, profile.texture)
     return _acquire(clean, labels > 0, profile, scan_seed), labels
@@ -321,23 +418,32 @@ def _generate(name: str, seed: int, n_people: int, time_points: int) -> list[dic
         warped = _warp(_template(), profile, person.seed)
         anatomy = _anatomy(_probabilities(warped[:3]), person.seed) if _has_atrophy(profile) else None
         for t in range(time_points):
-            image, labels = _scan(warped, anatomy, profile, person, years=float(t),
-                                  scan_seed=_seed(seed, domain_index, i, t))
+            image, labels = _scan(
+                warped, anatomy, profile, person, years=float(t), scan_seed=_seed(seed, domain_index, i, t)
+            )
             longitudinal = time_points > 1
-            records.append({
-                "subject_id": f"{name}-s{i:02d}" + (f"-t{t}" if longitudinal else ""),
-                "image": image.astype(np.float16),
-                "label": labels.astype(np.uint8),
-                "age_months": profile.age_months + t * _MONTHS_PER_YEAR,
-                "series": f"{name}-s{i:02d}" if longitudinal else "",
-                "time_point": t if longitudinal else -1,
-            })
+            records.append(
+                {
+                    "subject_id": f"{name}-s{i:02d}" + (f"-t{t}" if longitudinal else ""),
+                    "image": image.astype(np.float16),
+                    "label": labels.astype(np.uint8),
+                    "age_months": profile.age_months + t * _MONTHS_PER_YEAR,
+                    "series": f"{name}-s{i:02d}" if longitudinal else "",
+                    "time_point": t if longitudinal else -1,
+                }
+            )
     return records
 
 
 def _settings(name: str, seed: int, n_people: int, time_points: int) -> dict[str, str]:
-    return {"generator": GENERATOR, "domain": name, "seed": str(seed), "people": str(n_people),
-            "time_points": str(time_points), "grid": "x".join(map(str, GRID))}
+    return {
+        "generator": GENERATOR,
+        "domain": name,
+        "seed": str(seed),
+        "people": str(n_people),
+        "time_points": str(time_points),
+        "grid": "x".join(map(str, GRID)),
+    }
 
 
 def _cache_path(cache_dir: Path, settings: dict[str, str]) -> Path:
@@ -369,31 +475,59 @@ def _load(path: Path, settings: dict[str, str]) -> list[dict] | None:
             arrays = {k: data[k] for k in ("subject_id", "image", "label", "age_months", "series", "time_point")}
     except (OSError, KeyError, ValueError):
         return None
-    return [{"subject_id": str(arrays["subject_id"][i]), "image": arrays["image"][i], "label": arrays["label"][i],
-             "age_months": float(arrays["age_months"][i]), "series": str(arrays["series"][i]),
-             "time_point": int(arrays["time_point"][i])} for i in range(len(arrays["subject_id"]))]
+    return [
+        {
+            "subject_id": str(arrays["subject_id"][i]),
+            "image": arrays["image"][i],
+            "label": arrays["label"][i],
+            "age_months": float(arrays["age_months"][i]),
+            "series": str(arrays["series"][i]),
+            "time_point": int(arrays["time_point"][i]),
+        }
+        for i in range(len(arrays["subject_id"]))
+    ]
 
 
 def _domain(name: str, records: list[dict], time_points: int) -> BrainDomain:
     profile = PROFILES[name]
-    subjects = [Subject(subject_id=r["subject_id"], image=r["image"].astype(np.float32),
-                        label=r["label"].astype(np.int64), spacing=SPACING, domain=name,
-                        age_months=r["age_months"], series=r["series"] or None,
-                        time_point=r["time_point"] if r["time_point"] >= 0 else None, source="embedded")
-                for r in records]
+    subjects = [
+        Subject(
+            subject_id=r["subject_id"],
+            image=r["image"].astype(np.float32),
+            label=r["label"].astype(np.int64),
+            spacing=SPACING,
+            domain=name,
+            age_months=r["age_months"],
+            series=r["series"] or None,
+            time_point=r["time_point"] if r["time_point"] >= 0 else None,
+            source="embedded",
+        )
+        for r in records
+    ]
     n_people = len(records) // time_points
     longitudinal = f", {n_people} series x {time_points} time points 12 months apart" if time_points > 1 else ""
-    age = (f"{profile.age_months:g} months" if profile.age_months < 36
-           else f"{profile.age_months / _MONTHS_PER_YEAR:g} years")
-    description = (f"synthetic {profile.like}-like ({name}, {profile.role}): {age}, {profile.contrast}; "
-                   f"{len(subjects)} scans{longitudinal}; MNI152 2009 tissue maps (nilearn), elastic "
-                   f"deformation, bias field, noise")
+    age = (
+        f"{profile.age_months:g} months"
+        if profile.age_months < 36
+        else f"{profile.age_months / _MONTHS_PER_YEAR:g} years"
+    )
+    description = (
+        f"synthetic {profile.like}-like ({name}, {profile.role}): {age}, {profile.contrast}; "
+        f"{len(subjects)} scans{longitudinal}; MNI152 2009 tissue maps (nilearn), elastic "
+        f"deformation, bias field, noise"
+    )
     return BrainDomain(name=name, subjects=subjects, source="embedded", description=description, role=profile.role)
 
 
-def lifespan_domains(*, seed: int = 0, people: int | None = None, time_points: int = 3,
-                     domains: Sequence[str] | None = None, cache: bool = True,
-                     cache_dir: Path | str | None = None) -> dict[str, BrainDomain]:
+def lifespan_domains(
+    *,
+    seed: int = 0,
+    people: int | None = None,
+    time_points: int = 3,
+    domains: Sequence[str] | None = None,
+    cache: bool = True,
+    cache_dir: Path | str | None = None,
+) -> dict[str, BrainDomain]:
     """The embedded synthetic lifespan domains (see the module docstring), by name.
 
     Args:
@@ -412,8 +546,9 @@ def lifespan_domains(*, seed: int = 0, people: int | None = None, time_points: i
     if unknown:
         raise BrainDataError(f"unknown embedded domains {unknown}; expected some of {list(PROFILES)}")
     if (people is not None and people < 1) or time_points < 2:
-        raise BrainDataError(f"expected people >= 1 and time_points >= 2 (a longitudinal series), got {people} "
-                             f"and {time_points}")
+        raise BrainDataError(
+            f"expected people >= 1 and time_points >= 2 (a longitudinal series), got {people} and {time_points}"
+        )
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     result = {}
     for name in names:

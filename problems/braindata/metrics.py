@@ -23,6 +23,7 @@ Longitudinal consistency (Table IV) compares consecutive time points of a series
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import warnings
@@ -53,22 +54,26 @@ def _as_labels(name: str, labels: LabelMap) -> torch.Tensor:
     """``labels`` as an int64 CPU tensor, checked to hold only 0..3."""
     tensor = torch.as_tensor(labels).detach().cpu()
     if tensor.is_floating_point() or tensor.is_complex():
-        raise BrainDataError(f"{name}: expected an integer label map (0 bg, 1 CSF, 2 GM, 3 WM), got {tensor.dtype}; "
-                             f"take the argmax over classes first")
+        raise BrainDataError(
+            f"{name}: expected an integer label map (0 bg, 1 CSF, 2 GM, 3 WM), got {tensor.dtype}; "
+            f"take the argmax over classes first"
+        )
     tensor = tensor.long()
     if tensor.dim() not in (2, 3):
         raise BrainDataError(f"{name}: expected a label map of shape [X, Y] or [X, Y, Z], got {tuple(tensor.shape)}")
     if tensor.numel() and (tensor.min() < 0 or tensor.max() >= NUM_CLASSES):
-        raise BrainDataError(f"{name}: expected label values in 0..{NUM_CLASSES - 1}, got "
-                             f"{sorted(torch.unique(tensor).tolist())}")
+        raise BrainDataError(
+            f"{name}: expected label values in 0..{NUM_CLASSES - 1}, got {sorted(torch.unique(tensor).tolist())}"
+        )
     return tensor
 
 
 def _pair(pred: LabelMap, target: LabelMap) -> tuple[torch.Tensor, torch.Tensor]:
     p, t = _as_labels("prediction", pred), _as_labels("target", target)
     if p.shape != t.shape:
-        raise BrainDataError(f"prediction and target must have the same shape, got {tuple(p.shape)} and "
-                             f"{tuple(t.shape)}")
+        raise BrainDataError(
+            f"prediction and target must have the same shape, got {tuple(p.shape)} and {tuple(t.shape)}"
+        )
     return p, t
 
 
@@ -88,10 +93,11 @@ def dice_per_tissue(pred: LabelMap, target: LabelMap) -> dict[str, float]:
     NaN for a tissue present in neither map; 0 for one present in only one of them.
     """
     p, t = _pair(pred, target)
-    scores = compute_dice(_one_hot_tissues(p), _one_hot_tissues(t), include_background=True,
-                          ignore_empty=False)[0]
-    return {name: (float(scores[k]) if (in_p or in_t) else math.nan)
-            for k, (name, in_p, in_t) in enumerate(zip(TISSUES, _present(p), _present(t), strict=True))}
+    scores = compute_dice(_one_hot_tissues(p), _one_hot_tissues(t), include_background=True, ignore_empty=False)[0]
+    return {
+        name: (float(scores[k]) if (in_p or in_t) else math.nan)
+        for k, (name, in_p, in_t) in enumerate(zip(TISSUES, _present(p), _present(t), strict=True))
+    }
 
 
 def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
@@ -116,8 +122,12 @@ def assd_per_tissue(pred: LabelMap, target: LabelMap, spacing: Sequence[float]) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # MONAI 1.6 internal always_return_as_numpy notice
             distances = compute_average_surface_distance(
-                _one_hot_tissues(p)[:, valid], _one_hot_tissues(t)[:, valid], include_background=True,
-                symmetric=True, spacing=list(spacing))[0]
+                _one_hot_tissues(p)[:, valid],
+                _one_hot_tissues(t)[:, valid],
+                include_background=True,
+                symmetric=True,
+                spacing=list(spacing),
+            )[0]
         for k, value in zip(valid, distances.tolist(), strict=True):
             result[TISSUES[k]] = float(value)
     return result
@@ -155,12 +165,16 @@ def aspc(seg_a: LabelMap, seg_b: LabelMap, spacing: Sequence[float], *, years: f
 
 def _prediction_for(predictions: Mapping[str, LabelMap], subject: Subject) -> LabelMap:
     if subject.subject_id not in predictions:
-        raise BrainDataError(f"no prediction for subject {subject.subject_id!r}; predictions hold "
-                             f"{sorted(predictions)[:8]}{' ...' if len(predictions) > 8 else ''}")
+        raise BrainDataError(
+            f"no prediction for subject {subject.subject_id!r}; predictions hold "
+            f"{sorted(predictions)[:8]}{' ...' if len(predictions) > 8 else ''}"
+        )
     prediction = predictions[subject.subject_id]
     if tuple(prediction.shape) != subject.label.shape:
-        raise BrainDataError(f"prediction for {subject.subject_id!r} has shape {tuple(prediction.shape)}, "
-                             f"expected the subject's label shape {subject.label.shape}")
+        raise BrainDataError(
+            f"prediction for {subject.subject_id!r} has shape {tuple(prediction.shape)}, "
+            f"expected the subject's label shape {subject.label.shape}"
+        )
     return prediction
 
 
@@ -174,10 +188,20 @@ def score_subjects(predictions: Mapping[str, LabelMap], subjects: Iterable[Subje
     rows = []
     for subject in subjects:
         prediction = _prediction_for(predictions, subject)
-        for metric, scores in (("Dice", dice_per_tissue(prediction, subject.label)),
-                               ("ASSD", assd_per_tissue(prediction, subject.label, subject.spacing))):
-            rows += [{"subject": subject.subject_id, "domain": subject.domain, "metric": metric, "tissue": tissue,
-                      "value": value} for tissue, value in scores.items()]
+        for metric, scores in (
+            ("Dice", dice_per_tissue(prediction, subject.label)),
+            ("ASSD", assd_per_tissue(prediction, subject.label, subject.spacing)),
+        ):
+            rows += [
+                {
+                    "subject": subject.subject_id,
+                    "domain": subject.domain,
+                    "metric": metric,
+                    "tissue": tissue,
+                    "value": value,
+                }
+                for tissue, value in scores.items()
+            ]
     return rows
 
 
@@ -195,25 +219,33 @@ def longitudinal_rows(predictions: Mapping[str, LabelMap], subjects: Iterable[Su
     rows = []
     for series, scans in sorted(groups.items()):
         scans = sorted(scans, key=lambda s: s.time_point)
-        for first, second in zip(scans, scans[1:], strict=False):
+        for first, second in itertools.pairwise(scans):
             seg_a, seg_b = _prediction_for(predictions, first), _prediction_for(predictions, second)
             if first.label.shape != second.label.shape:
-                raise BrainDataError(f"series {series!r}: {first.subject_id!r} {first.label.shape} and "
-                                     f"{second.subject_id!r} {second.label.shape} are not in one common space; "
-                                     f"STCS needs the time points registered to one grid")
+                raise BrainDataError(
+                    f"series {series!r}: {first.subject_id!r} {first.label.shape} and "
+                    f"{second.subject_id!r} {second.label.shape} are not in one common space; "
+                    f"STCS needs the time points registered to one grid"
+                )
             years = None
             if first.age_months is not None and second.age_months is not None:
                 years = (second.age_months - first.age_months) / 12.0
                 if years <= 0:
-                    raise BrainDataError(f"series {series!r}: age of {second.subject_id!r} ({second.age_months} "
-                                         f"months) must exceed that of {first.subject_id!r} ({first.age_months})")
+                    raise BrainDataError(
+                        f"series {series!r}: age of {second.subject_id!r} ({second.age_months} "
+                        f"months) must exceed that of {first.subject_id!r} ({first.age_months})"
+                    )
             pair = f"t{first.time_point}-t{second.time_point}"
             base = {"series": series, "pair": pair, "domain": first.domain}
-            rows += [{**base, "metric": "STCS", "tissue": tissue, "value": value, "unit": "Dice"}
-                     for tissue, value in stcs(seg_a, seg_b).items()]
+            rows += [
+                {**base, "metric": "STCS", "tissue": tissue, "value": value, "unit": "Dice"}
+                for tissue, value in stcs(seg_a, seg_b).items()
+            ]
             unit = "%/year" if years is not None else "%"
-            rows += [{**base, "metric": "ASPC", "tissue": tissue, "value": value, "unit": unit}
-                     for tissue, value in aspc(seg_a, seg_b, first.spacing, years=years).items()]
+            rows += [
+                {**base, "metric": "ASPC", "tissue": tissue, "value": value, "unit": unit}
+                for tissue, value in aspc(seg_a, seg_b, first.spacing, years=years).items()
+            ]
     return rows
 
 

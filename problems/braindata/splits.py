@@ -41,15 +41,20 @@ def few_shot_split(domain: BrainDomain, shots: int, *, n_val: int = 0, seed: int
     """``shots`` support scans (one per person), ``n_val`` people for validation, the rest for test."""
     people = _people(domain, seed)
     if shots < 1 or n_val < 0 or shots + n_val >= len(people):
-        raise BrainDataError(f"domain {domain.name!r} has {len(people)} people; cannot take {shots} shot(s) and "
-                             f"{n_val} validation people and still keep one for test")
-    return FewShotSplit(support=[scans[0] for scans in people[:shots]],
-                        val=[s for scans in people[shots:shots + n_val] for s in scans],
-                        test=[s for scans in people[shots + n_val:] for s in scans])
+        raise BrainDataError(
+            f"domain {domain.name!r} has {len(people)} people; cannot take {shots} shot(s) and "
+            f"{n_val} validation people and still keep one for test"
+        )
+    return FewShotSplit(
+        support=[scans[0] for scans in people[:shots]],
+        val=[s for scans in people[shots : shots + n_val] for s in scans],
+        test=[s for scans in people[shots + n_val :] for s in scans],
+    )
 
 
-def train_val_split(domain: BrainDomain, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Subject],
-                                                                                             list[Subject]]:
+def train_val_split(
+    domain: BrainDomain, *, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Subject], list[Subject]]:
     """Meta-training scans and validation scans, ``round(val_fraction * people)`` people held out.
 
     At least one person stays in training; a domain of one person has no validation part.
@@ -57,5 +62,5 @@ def train_val_split(domain: BrainDomain, *, val_fraction: float = 0.2, seed: int
     if not 0.0 <= val_fraction < 1.0:
         raise BrainDataError(f"val_fraction: expected a value in [0, 1), got {val_fraction}")
     people = _people(domain, seed)
-    n_val = min(int(round(val_fraction * len(people))), len(people) - 1)
+    n_val = min(round(val_fraction * len(people)), len(people) - 1)
     return ([s for scans in people[n_val:] for s in scans], [s for scans in people[:n_val] for s in scans])

@@ -96,16 +96,21 @@ class Subject:
     def __post_init__(self) -> None:
         where = f"subject {self.subject_id!r} ({self.source or self.domain})"
         if self.image.ndim != 3 or self.image.shape != self.label.shape:
-            raise BrainDataError(f"{where}: expected image and label of equal 3D shape [X, Y, Z], got "
-                                 f"{self.image.shape} and {self.label.shape}")
+            raise BrainDataError(
+                f"{where}: expected image and label of equal 3D shape [X, Y, Z], got "
+                f"{self.image.shape} and {self.label.shape}"
+            )
         if self.image.dtype != np.float32 or self.label.dtype != np.int64:
-            raise BrainDataError(f"{where}: expected a float32 image and an int64 label, got "
-                                 f"{self.image.dtype} and {self.label.dtype}")
+            raise BrainDataError(
+                f"{where}: expected a float32 image and an int64 label, got {self.image.dtype} and {self.label.dtype}"
+            )
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise BrainDataError(f"{where}: expected three positive voxel sizes in mm, got {self.spacing}")
         if (self.series is None) != (self.time_point is None):
-            raise BrainDataError(f"{where}: series and time_point go together, got series={self.series!r}, "
-                                 f"time_point={self.time_point!r}")
+            raise BrainDataError(
+                f"{where}: series and time_point go together, got series={self.series!r}, "
+                f"time_point={self.time_point!r}"
+            )
 
     @property
     def tissue_volumes_ml(self) -> dict[str, float]:
@@ -150,8 +155,9 @@ class BrainDomain:
         for subject in self.subjects:
             if subject.series is not None:
                 groups[subject.series].append(subject)
-        return {sid: sorted(scans, key=lambda s: s.time_point) for sid, scans in sorted(groups.items())
-                if len(scans) >= 2}
+        return {
+            sid: sorted(scans, key=lambda s: s.time_point) for sid, scans in sorted(groups.items()) if len(scans) >= 2
+        }
 
     def __len__(self) -> int:
         return len(self.subjects)

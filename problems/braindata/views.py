@@ -43,8 +43,9 @@ def _pad_centred(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.pad(volume, pads)
 
 
-def resample_subject(subject: Subject, shape: Sequence[int | None], *, crop_to_brain: bool = True,
-                     margin_mm: float = 4.0) -> Subject:
+def resample_subject(
+    subject: Subject, shape: Sequence[int | None], *, crop_to_brain: bool = True, margin_mm: float = 4.0
+) -> Subject:
     """``subject`` on a grid of ``shape`` voxels (``None`` keeps that axis' voxels and spacing).
 
     The brain (non-zero image or label, plus ``margin_mm``) is cropped, the resized axes are
@@ -61,8 +62,9 @@ def resample_subject(subject: Subject, shape: Sequence[int | None], *, crop_to_b
     if not resized:
         return dataclasses.replace(subject, image=np.ascontiguousarray(image), label=np.ascontiguousarray(label))
     voxel = max(image.shape[i] * subject.spacing[i] / shape[i] for i in resized)
-    padded = [int(np.ceil(voxel * shape[i] / subject.spacing[i] - 1e-6)) if i in resized else image.shape[i]
-              for i in range(3)]
+    padded = [
+        int(np.ceil(voxel * shape[i] / subject.spacing[i] - 1e-6)) if i in resized else image.shape[i] for i in range(3)
+    ]
     padded = [max(p, n) for p, n in zip(padded, image.shape, strict=True)]
     image, label = _pad_centred(image, padded), _pad_centred(label, padded)
     target = [int(shape[i]) if i in resized else padded[i] for i in range(3)]
@@ -73,8 +75,12 @@ def resample_subject(subject: Subject, shape: Sequence[int | None], *, crop_to_b
         image = np.clip(np.asarray(resize(image[None]))[0], 0.0, 1.0).astype(np.float32)
         one_hot = np.stack([label == k for k in range(NUM_CLASSES)]).astype(np.float32)
         label = np.asarray(resize(one_hot)).argmax(axis=0).astype(np.int64)
-    return dataclasses.replace(subject, image=np.ascontiguousarray(image, dtype=np.float32),
-                               label=np.ascontiguousarray(label, dtype=np.int64), spacing=spacing)
+    return dataclasses.replace(
+        subject,
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        label=np.ascontiguousarray(label, dtype=np.int64),
+        spacing=spacing,
+    )
 
 
 def axial_slices(subject: Subject, size: int, *, min_brain_fraction: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +99,9 @@ def axial_slices(subject: Subject, size: int, *, min_brain_fraction: float = 0.0
     return images[keep], labels[keep]
 
 
-def random_patches(subject: Subject, patch_size: Sequence[int], n: int, rng: np.random.Generator, *,
-                   foreground_fraction: float = 1 / 3) -> tuple[np.ndarray, np.ndarray]:
+def random_patches(
+    subject: Subject, patch_size: Sequence[int], n: int, rng: np.random.Generator, *, foreground_fraction: float = 1 / 3
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random 3D patches: images float32 ``[n, *patch_size]``, labels int64 ``[n, *patch_size]``.
 
     A ``foreground_fraction`` of the patches is centred on a random tissue voxel (nnU-Net's

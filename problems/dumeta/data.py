@@ -42,8 +42,10 @@ class SegBatch:
 
     def __post_init__(self) -> None:
         if self.image.dim() != self.label.dim() + 1 or self.image.shape[2:] != self.label.shape[1:]:
-            raise ValueError(f"SegBatch: image [B, 1, *S] and label [B, *S] disagree: {tuple(self.image.shape)} vs "
-                             f"{tuple(self.label.shape)}")
+            raise ValueError(
+                f"SegBatch: image [B, 1, *S] and label [B, *S] disagree: {tuple(self.image.shape)} vs "
+                f"{tuple(self.label.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -67,8 +69,10 @@ class TensorItems:
 
     def __init__(self, name: str, images: Tensor, labels: Tensor):
         if images.shape != labels.shape or images.shape[0] == 0:
-            raise ValueError(f"dataset {name!r}: expected images and labels of equal shape [N, *S] with N >= 1, got "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"dataset {name!r}: expected images and labels of equal shape [N, *S] with N >= 1, got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         self.name = name
         self.images = images.float()
         self.labels = labels.long()

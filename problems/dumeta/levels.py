@@ -1,4 +1,4 @@
-"""DuMeta++ (seed 000): dual meta-learning of an encoder and a head initialisation, as three levels.
+"""DuMeta++ (Sun et al., arXiv:2602.07174): dual meta-learning of an encoder and a head initialisation, as three levels.
 
 Algorithm 1, one meta-iteration t, with E_θ / D_ω the encoder / head of a :class:`DualUNet`:
 
@@ -85,12 +85,12 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "dumeta++": Variant(),                                          # Table V F
-    "dumeta": Variant(anchor="sample"),                             # ICCV DuMeta = Table V E
-    "mfl": Variant(meta_init=False, anchor=None),                   # Table V B
-    "mfl+mil": Variant(anchor=None),                                # Table V C
-    "prototype-sum": Variant(hinge="sum"),                          # Table V D
-    "mil": Variant(meta_features=False, anchor=None),               # MIL only (not a row of Table V)
+    "dumeta++": Variant(),  # Table V F
+    "dumeta": Variant(anchor="sample"),  # ICCV DuMeta = Table V E
+    "mfl": Variant(meta_init=False, anchor=None),  # Table V B
+    "mfl+mil": Variant(anchor=None),  # Table V C
+    "prototype-sum": Variant(hinge="sum"),  # Table V D
+    "mil": Variant(meta_features=False, anchor=None),  # MIL only (not a row of Table V)
 }
 
 
@@ -105,8 +105,9 @@ class ParameterMirror(nn.Module):
         super().__init__()
         self.names = [n for n, _ in template.named_parameters()]
         # an OrderedDict keeps the template's order (a plain dict would be sorted by key)
-        self.copies = nn.ParameterDict(OrderedDict((_key(n), nn.Parameter(p.detach().clone()))
-                                                   for n, p in template.named_parameters()))
+        self.copies = nn.ParameterDict(
+            OrderedDict((_key(n), nn.Parameter(p.detach().clone())) for n, p in template.named_parameters())
+        )
 
     def values(self) -> dict[str, Tensor]:
         return {n: self.copies[_key(n)] for n in self.names}
@@ -123,8 +124,16 @@ class InnerLevel(Level):
     so the encoder runs without graph; a hypergradient recomputation keeps it (∂²L/∂ω∂θ, Eq. 4).
     """
 
-    def __init__(self, name: str, module: nn.Module, *, net: DualUNet, seg_loss: DeepSupervisedDiceCE,
-                 adapts_encoder: bool = False, **options: Any):
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        *,
+        net: DualUNet,
+        seg_loss: DeepSupervisedDiceCE,
+        adapts_encoder: bool = False,
+        **options: Any,
+    ):
         super().__init__(name, module, **options)
         self.net, self.seg_loss, self.adapts_encoder = net, seg_loss, adapts_encoder
 
@@ -136,8 +145,18 @@ class InnerLevel(Level):
 class EncoderLevel(Level):
     """``encoder`` (θ): ``L_outer1 = L_seg + λ2·L_reg`` on datasets B and C through ω* (Eq. 15)."""
 
-    def __init__(self, name: str, module: nn.Module, *, net: DualUNet, seg_loss: DeepSupervisedDiceCE,
-                 regulariser: ClassAwareRegulariser | None, reg_weight: float, reg_features: str, **options: Any):
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        *,
+        net: DualUNet,
+        seg_loss: DeepSupervisedDiceCE,
+        regulariser: ClassAwareRegulariser | None,
+        reg_weight: float,
+        reg_features: str,
+        **options: Any,
+    ):
         super().__init__(name, module, **options)
         if reg_features not in REG_FEATURES:
             raise ValueError(f"reg_features must be one of {REG_FEATURES}, got {reg_features!r}")
@@ -168,8 +187,16 @@ class HeadInitLevel(Level):
     adapted parameters (Eq. 8–9). φ enters only through the inner loop's start, so its whole
     gradient is the hypergradient."""
 
-    def __init__(self, name: str, module: ParameterMirror, *, net: DualUNet, seg_loss: DeepSupervisedDiceCE,
-                 encoder_grad: bool = False, **options: Any):
+    def __init__(
+        self,
+        name: str,
+        module: ParameterMirror,
+        *,
+        net: DualUNet,
+        seg_loss: DeepSupervisedDiceCE,
+        encoder_grad: bool = False,
+        **options: Any,
+    ):
         super().__init__(name, module, **options)
         self.net, self.seg_loss, self.encoder_grad = net, seg_loss, encoder_grad
 
@@ -222,25 +249,48 @@ def dual_meta_graph(
     seg_loss = DeepSupervisedDiceCE(ds_weights)
     g = Graph(f"dumeta[{name}]")
     phi = ParameterMirror(net.decoder) if v.meta_init else None
-    head = InnerLevel("head", net.decoder, net=net, seg_loss=seg_loss, data=sampler,
-                      optimizer=lambda params: torch.optim.SGD(params, lr=inner_lr), scheduler=inner_scheduler,
-                      hypergrad=encoder_hypergrad if v.meta_features else head_init_hypergrad,
-                      start=(lambda level: phi.values()) if phi is not None else None)
+    head = InnerLevel(
+        "head",
+        net.decoder,
+        net=net,
+        seg_loss=seg_loss,
+        data=sampler,
+        optimizer=lambda params: torch.optim.SGD(params, lr=inner_lr),
+        scheduler=inner_scheduler,
+        hypergrad=encoder_hypergrad if v.meta_features else head_init_hypergrad,
+        start=(lambda level: phi.values()) if phi is not None else None,
+    )
     regulariser = None
     if v.anchor is not None:
         dims = net.decoder_channels() if reg_features == "decoder" else net.decoder_channels() * 2
         regulariser = ClassAwareRegulariser(dims, anchor=v.anchor, hinge=v.hinge, margin=margin, capacity=capacity)
-    encoder = EncoderLevel("encoder", net.encoder, net=net, seg_loss=seg_loss, regulariser=regulariser,
-                           reg_weight=reg_weight, reg_features=reg_features, optimizer=outer_optimizer,
-                           scheduler=outer_scheduler, data=lambda level: sampler.outer("encoder"))
+    encoder = EncoderLevel(
+        "encoder",
+        net.encoder,
+        net=net,
+        seg_loss=seg_loss,
+        regulariser=regulariser,
+        reg_weight=reg_weight,
+        reg_features=reg_features,
+        optimizer=outer_optimizer,
+        scheduler=outer_scheduler,
+        data=lambda level: sampler.outer("encoder"),
+    )
     g.add(head, encoder)
     if v.meta_features:
         g.bilevel(lower=head, upper=encoder, hypergrad=encoder_hypergrad)  # Eq. 3-5: direct + indirect
     else:
         g.nest(lower=head, upper=encoder)  # θ steps after the inner step on its direct gradient only
     if phi is not None:
-        head_init = HeadInitLevel("head_init", phi, net=net, seg_loss=seg_loss, optimizer=outer_optimizer,
-                                  scheduler=outer_scheduler, data=lambda level: sampler.outer("head_init"))
+        head_init = HeadInitLevel(
+            "head_init",
+            phi,
+            net=net,
+            seg_loss=seg_loss,
+            optimizer=outer_optimizer,
+            scheduler=outer_scheduler,
+            data=lambda level: sampler.outer("head_init"),
+        )
         g.add(head_init)
         g.bilevel(lower=head, upper=head_init, hypergrad=head_init_hypergrad)  # Eq. 9-11 without the Hessian
     return g
@@ -265,14 +315,31 @@ def init_learning_graph(
         raise ValueError(f"kind must be 'maml' or 'reptile', got {kind!r}")
     seg_loss = DeepSupervisedDiceCE(ds_weights)
     phi = ParameterMirror(net)
-    adapted = InnerLevel("adapted", net, net=net, seg_loss=seg_loss, adapts_encoder=True, data=sampler,
-                         optimizer=lambda params: torch.optim.SGD(params, lr=inner_lr), scheduler=inner_scheduler,
-                         hypergrad="first_order", unroll=inner_steps, start=lambda level: phi.values())
+    adapted = InnerLevel(
+        "adapted",
+        net,
+        net=net,
+        seg_loss=seg_loss,
+        adapts_encoder=True,
+        data=sampler,
+        optimizer=lambda params: torch.optim.SGD(params, lr=inner_lr),
+        scheduler=inner_scheduler,
+        hypergrad="first_order",
+        unroll=inner_steps,
+        start=lambda level: phi.values(),
+    )
     g = Graph(f"dumeta[{kind}]")
     if kind == "maml":
-        init: Level = HeadInitLevel("init", phi, net=net, seg_loss=seg_loss, encoder_grad=True,
-                                    optimizer=outer_optimizer, scheduler=outer_scheduler,
-                                    data=lambda level: sampler.outer("init"))
+        init: Level = HeadInitLevel(
+            "init",
+            phi,
+            net=net,
+            seg_loss=seg_loss,
+            encoder_grad=True,
+            optimizer=outer_optimizer,
+            scheduler=outer_scheduler,
+            data=lambda level: sampler.outer("init"),
+        )
         g.add(adapted, init)
         g.bilevel(lower=adapted, upper=init)
     else:
@@ -293,8 +360,18 @@ def joint_training_graph(
     """Table V A: the network trained on the pooled datasets with Dice + CE, no meta-learning."""
     seg_loss = DeepSupervisedDiceCE(ds_weights)
     g = Graph("dumeta[joint]")
-    g.add(InnerLevel("network", net, net=net, seg_loss=seg_loss, adapts_encoder=True, data=sampler,
-                     optimizer=optimizer, scheduler=scheduler))
+    g.add(
+        InnerLevel(
+            "network",
+            net,
+            net=net,
+            seg_loss=seg_loss,
+            adapts_encoder=True,
+            data=sampler,
+            optimizer=optimizer,
+            scheduler=scheduler,
+        )
+    )
     return g
 
 

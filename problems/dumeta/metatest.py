@@ -36,7 +36,7 @@ __all__ = ["decoder_class_means", "fine_tuning_graph", "network_from", "segment_
 def network_from(template: DualUNet, values: Mapping[str, Tensor]) -> DualUNet:
     """A copy of ``template`` holding ``values`` (every parameter, by name): the start of fine-tuning."""
     net = copy.deepcopy(template)
-    missing = sorted(set(n for n, _ in net.named_parameters()) - set(values))
+    missing = sorted({n for n, _ in net.named_parameters()} - set(values))
     if missing:
         raise KeyError(f"no starting value for parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     with torch.no_grad():
@@ -45,9 +45,15 @@ def network_from(template: DualUNet, values: Mapping[str, Tensor]) -> DualUNet:
     return net
 
 
-def fine_tuning_graph(net: DualUNet, support: JointSampler, *, depth: int | str,
-                      optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
-                      scheduler: Callable | None = None, ds_weights: Sequence[float] = PAPER_DS_WEIGHTS) -> Graph:
+def fine_tuning_graph(
+    net: DualUNet,
+    support: JointSampler,
+    *,
+    depth: int | str,
+    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    scheduler: Callable | None = None,
+    ds_weights: Sequence[float] = PAPER_DS_WEIGHTS,
+) -> Graph:
     """One level, ``head``, training :func:`~problems.dumeta.net.head_parameters` of ``net`` at
     ``depth`` (1..5 or ``"all"``) on mini-batches of the support subjects; the rest stays frozen."""
     if depth == 0:
@@ -57,33 +63,44 @@ def fine_tuning_graph(net: DualUNet, support: JointSampler, *, depth: int | str,
     for p in net.parameters():
         p.requires_grad_(id(p) in chosen)
     graph = Graph(f"dumeta-finetune[depth={depth}]")
-    graph.add(InnerLevel("head", net, net=net, seg_loss=DeepSupervisedDiceCE(ds_weights), adapts_encoder=True,
-                         data=support, optimizer=optimizer, scheduler=scheduler,
-                         trainable=lambda module: head_parameters(module, depth)))
+    graph.add(
+        InnerLevel(
+            "head",
+            net,
+            net=net,
+            seg_loss=DeepSupervisedDiceCE(ds_weights),
+            adapts_encoder=True,
+            data=support,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable=lambda module: head_parameters(module, depth),
+        )
+    )
     return graph
 
 
 @torch.no_grad()
-def segment_subject(net: DualUNet, subject: Subject, *, roi: Sequence[int], batch: int = 4,
-                    device: torch.device | str = "cpu") -> np.ndarray:
+def segment_subject(
+    net: DualUNet, subject: Subject, *, roi: Sequence[int], batch: int = 4, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """The label map ``[X, Y, Z]`` (int64) predicted for ``subject`` on its own grid.
 
     ``roi``: the sliding window, 3 sizes for the 3D network, 2 for the 2D one (applied to every
     axial slice); windows overlap by half and are blended with Gaussian weights.
     """
     if len(roi) != net.spatial_dims:
-        raise ValueError(f"roi must have {net.spatial_dims} sizes for the {net.spatial_dims}D network, "
-                         f"got {tuple(roi)}")
+        raise ValueError(
+            f"roi must have {net.spatial_dims} sizes for the {net.spatial_dims}D network, got {tuple(roi)}"
+        )
     was_training = net.training
     net.eval()
     dtype = next(net.parameters()).dtype
     image = torch.as_tensor(subject.image, dtype=dtype, device=device)
-    if net.spatial_dims == 3:
-        inputs = image[None, None]
-    else:
-        inputs = image.permute(2, 0, 1)[:, None]  # axial slices [Z, 1, X, Y]
-    logits = sliding_window_inference(inputs, roi_size=tuple(roi), sw_batch_size=batch, predictor=net.predict,
-                                      overlap=0.5, mode="gaussian")
+    # one volume [1, 1, X, Y, Z] in 3D, axial slices [Z, 1, X, Y] in 2D
+    inputs = image[None, None] if net.spatial_dims == 3 else image.permute(2, 0, 1)[:, None]
+    logits = sliding_window_inference(
+        inputs, roi_size=tuple(roi), sw_batch_size=batch, predictor=net.predict, overlap=0.5, mode="gaussian"
+    )
     labels = logits.argmax(1)
     labels = labels[0] if net.spatial_dims == 3 else labels.permute(1, 2, 0)
     net.train(was_training)
@@ -91,8 +108,9 @@ def segment_subject(net: DualUNet, subject: Subject, *, roi: Sequence[int], batc
 
 
 @torch.no_grad()
-def decoder_class_means(net: DualUNet, image: Tensor, label: Tensor, *, tissues: Sequence[int] = (1, 2, 3),
-                        chunk: int = 8) -> list[dict[str, Any]]:
+def decoder_class_means(
+    net: DualUNet, image: Tensor, label: Tensor, *, tissues: Sequence[int] = (1, 2, 3), chunk: int = 8
+) -> list[dict[str, Any]]:
     """Per-sample class-mean decoder features for the feature embedding of Fig. 6.
 
     ``image [N, 1, *S]``, ``label [N, *S]`` -> one entry per scale (fine to coarse) with ``means``
@@ -103,10 +121,15 @@ def decoder_class_means(net: DualUNet, image: Tensor, label: Tensor, *, tissues:
     dtype, device = next(net.parameters()).dtype, next(net.parameters()).device
     per_scale: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(net.num_scales)]
     for start in range(0, len(image), chunk):
-        x = image[start:start + chunk].to(device, dtype)
-        y = label[start:start + chunk].to(device)
+        x = image[start : start + chunk].to(device, dtype)
+        y = label[start : start + chunk].to(device)
         for k, features in enumerate(net(x, encoder_grad=False).decoder_features):
             per_scale[k].append(class_means(features, y, tissues))
     net.train(was_training)
-    return [{"means": torch.cat([m for m, _ in parts]).cpu().numpy(),
-             "present": torch.cat([p for _, p in parts]).cpu().numpy()} for parts in per_scale]
+    return [
+        {
+            "means": torch.cat([m for m, _ in parts]).cpu().numpy(),
+            "present": torch.cat([p for _, p in parts]).cpu().numpy(),
+        }
+        for parts in per_scale
+    ]

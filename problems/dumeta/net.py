@@ -70,8 +70,9 @@ class UNetEncoder(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, widths: tuple[int, ...]):
         super().__init__()
         self.stages = nn.ModuleList(
-            UnetBasicBlock(spatial_dims, in_channels if i == 0 else widths[i - 1], widths[i], 3, 1 if i == 0 else 2,
-                           _NORM, _ACT)
+            UnetBasicBlock(
+                spatial_dims, in_channels if i == 0 else widths[i - 1], widths[i], 3, 1 if i == 0 else 2, _NORM, _ACT
+            )
             for i in range(len(widths))
         )
 
@@ -154,8 +155,10 @@ class DualUNet(nn.Module):
         """
         bad = [s for s in x.shape[2:] if s % self.divisor]
         if x.dim() != self.spatial_dims + 2 or bad:
-            raise ValueError(f"DualUNet({self.spatial_dims}D) expects [B, C, *S] with {self.spatial_dims} spatial "
-                             f"sizes divisible by {self.divisor}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"DualUNet({self.spatial_dims}D) expects [B, C, *S] with {self.spatial_dims} spatial "
+                f"sizes divisible by {self.divisor}, got {tuple(x.shape)}"
+            )
         with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
             skips = self.encoder(x)
         logits, features = self.decoder(skips)
@@ -180,7 +183,7 @@ def fine_tuned_modules(net: DualUNet, depth: int | str) -> list[nn.Module]:
         raise ValueError(f"head depth must be an integer in 0..{stages} or 'all', got {depth!r}")
     if depth == 0:
         return []
-    return [*net.decoder.stages[stages - depth:], *net.decoder.heads[stages - depth:]]
+    return [*net.decoder.stages[stages - depth :], *net.decoder.heads[stages - depth :]]
 
 
 def head_parameters(net: DualUNet, depth: int | str) -> list[nn.Parameter]:

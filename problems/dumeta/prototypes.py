@@ -72,8 +72,9 @@ def class_means(features: Tensor, label: Tensor, classes: Sequence[int]) -> tupl
     return sums / counts.clamp(min=1)[..., None], counts > 0
 
 
-def regulariser_terms(anchors: Tensor, anchor_valid: Tensor, means: Tensor, present: Tensor, *, margin: float,
-                      hinge: str = "triplet") -> Tensor:
+def regulariser_terms(
+    anchors: Tensor, anchor_valid: Tensor, means: Tensor, present: Tensor, *, margin: float, hinge: str = "triplet"
+) -> Tensor:
     """Eq. 13 for every tissue: ``L^c`` averaged over the samples where it is defined.
 
     Args:
@@ -141,7 +142,7 @@ class MemoryBank:
         if store.device != means.device or store.dtype != means.dtype:
             store = self.entries[scale] = store.to(means.device, means.dtype)
         for c in range(self.n_classes):
-            rows = means[present[:, c], c].detach()[-self.capacity:]
+            rows = means[present[:, c], c].detach()[-self.capacity :]
             if len(rows) == 0:
                 continue
             start = int(self.cursor[scale, c])
@@ -159,13 +160,20 @@ class MemoryBank:
         return protos, filled > 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "dims": list(self.dims), "entries": [e.clone() for e in self.entries],
-                "filled": self.filled.clone(), "cursor": self.cursor.clone()}
+        return {
+            "capacity": self.capacity,
+            "dims": list(self.dims),
+            "entries": [e.clone() for e in self.entries],
+            "filled": self.filled.clone(),
+            "cursor": self.cursor.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["capacity"]) != self.capacity or list(state["dims"]) != self.dims:
-            raise ValueError(f"memory bank state has capacity {state['capacity']} and dims {state['dims']}; this bank "
-                             f"has capacity {self.capacity} and dims {self.dims}")
+            raise ValueError(
+                f"memory bank state has capacity {state['capacity']} and dims {state['dims']}; this bank "
+                f"has capacity {self.capacity} and dims {self.dims}"
+            )
         self.entries = [e.clone() for e in state["entries"]]
         self.filled, self.cursor = state["filled"].clone().cpu(), state["cursor"].clone().cpu()
 
@@ -183,8 +191,16 @@ class ClassAwareRegulariser:
         tissues: the label values regularised (1, 2, 3 = CSF, GM, WM).
     """
 
-    def __init__(self, dims: Sequence[int], *, anchor: str = "prototype", hinge: str = "triplet",
-                 margin: float = 1.5, capacity: int = 100, tissues: Sequence[int] = (1, 2, 3)):
+    def __init__(
+        self,
+        dims: Sequence[int],
+        *,
+        anchor: str = "prototype",
+        hinge: str = "triplet",
+        margin: float = 1.5,
+        capacity: int = 100,
+        tissues: Sequence[int] = (1, 2, 3),
+    ):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
         if hinge not in HINGES:
@@ -212,8 +228,10 @@ class ClassAwareRegulariser:
             for d in datasets:
                 rows = domain == d
                 a, v = (anchors, anchor_valid) if anchors.dim() == 2 else (anchors[rows], anchor_valid[rows])
-                total = total + regulariser_terms(a, v, means[rows], present[rows], margin=self.margin,
-                                                  hinge=self.hinge).sum()
+                total = (
+                    total
+                    + regulariser_terms(a, v, means[rows], present[rows], margin=self.margin, hinge=self.hinge).sum()
+                )
         return total / (len(self.tissues) * len(datasets) * len(features))  # 1/(6K) for two datasets
 
     def state_dict(self) -> dict[str, Any]:

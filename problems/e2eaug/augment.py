@@ -22,7 +22,10 @@ MASK_OPERATIONS = ("rotate", "flip", "translate")
 """The basic operations E2EAug applies to masks (§4.1), in the paper's order."""
 
 BASELINE_AUGMENTATIONS: dict[str, tuple[str, ...]] = {
-    "rotate": ("rotate",), "flip": ("flip",), "translate": ("translate",), "combine": MASK_OPERATIONS,
+    "rotate": ("rotate",),
+    "flip": ("flip",),
+    "translate": ("translate",),
+    "combine": MASK_OPERATIONS,
 }
 """The simple baselines of Tables 2/3 and the operations each applies."""
 

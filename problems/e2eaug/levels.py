@@ -106,13 +106,23 @@ class Pix2PixLevel(Level):
         lambda_l1: weight of Pix2Pix's L1 reconstruction term (100 in Pix2Pix).
     """
 
-    def __init__(self, name: str, pix2pix: Pix2Pix, architecture: GeneratorArchitecture | None, *,
-                 optimizer: Callable, discriminator_optimizer: Callable, data: Any, lambda_l1: float = 100.0,
-                 **level_options: Any):
+    def __init__(
+        self,
+        name: str,
+        pix2pix: Pix2Pix,
+        architecture: GeneratorArchitecture | None,
+        *,
+        optimizer: Callable,
+        discriminator_optimizer: Callable,
+        data: Any,
+        lambda_l1: float = 100.0,
+        **level_options: Any,
+    ):
         if (architecture is None) == pix2pix.generator.searchable:
             raise ValueError("a searchable generator needs its architecture A, a one-candidate generator none")
-        super().__init__(name, pix2pix, optimizer, data=data, trainable=lambda m: m.generator.parameters(),
-                         **level_options)
+        super().__init__(
+            name, pix2pix, optimizer, data=data, trainable=lambda m: m.generator.parameters(), **level_options
+        )
         self.architecture = architecture
         self.discriminator_optimizer = discriminator_optimizer(pix2pix.discriminator.parameters())
         self.lambda_l1 = lambda_l1
@@ -129,8 +139,10 @@ class Pix2PixLevel(Level):
         with torch.no_grad():
             fake = self.generate(mask)
         d = self.module
-        loss = 0.5 * (self.adversarial(d.critic(mask, real), target_is_real=True, for_discriminator=True)
-                      + self.adversarial(d.critic(mask, fake), target_is_real=False, for_discriminator=True))
+        loss = 0.5 * (
+            self.adversarial(d.critic(mask, real), target_is_real=True, for_discriminator=True)
+            + self.adversarial(d.critic(mask, fake), target_is_real=False, for_discriminator=True)
+        )
         params = list(d.discriminator.parameters())
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
@@ -144,8 +156,12 @@ class Pix2PixLevel(Level):
         fake = self.generate(mask)
         adversarial = self.adversarial(self.module.critic(mask, fake), target_is_real=True, for_discriminator=False)
         l1 = (fake - real).abs().mean()
-        return {"loss": adversarial + self.lambda_l1 * l1, "adversarial": adversarial, "l1": l1,
-                "discriminator": self._last_d_loss}
+        return {
+            "loss": adversarial + self.lambda_l1 * l1,
+            "adversarial": adversarial,
+            "l1": l1,
+            "discriminator": self._last_d_loss,
+        }
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"discriminator_optimizer": self.discriminator_optimizer.state_dict()}
@@ -168,8 +184,17 @@ class SegmentationLevel(Level):
             pairs only.
     """
 
-    def __init__(self, name: str, model: nn.Module, *, optimizer: Callable, data: Any,
-                 synthesize: Callable[[Tensor], Tensor] | None = None, lam: float = 1.0, **level_options: Any):
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        *,
+        optimizer: Callable,
+        data: Any,
+        synthesize: Callable[[Tensor], Tensor] | None = None,
+        lam: float = 1.0,
+        **level_options: Any,
+    ):
         super().__init__(name, model, optimizer, data=data, **level_options)
         self.synthesize = synthesize
         self.lam = lam
@@ -183,7 +208,6 @@ class SegmentationLevel(Level):
         augmented = _bce(self.module(aug_image), aug_mask)  # L_seg(D_aug(D_tr; G*(A), A); W)
         return {"loss": real + self.lam * augmented, "real": real, "augmented": augmented}
 
-
     def _synthesized(self, mask: Tensor) -> Tensor:
         # a real step differentiates W only; the generator's graph is needed when an upper level recomputes the loss
         with torch.no_grad() if self.in_real_step else contextlib.nullcontext():
@@ -193,10 +217,24 @@ class SegmentationLevel(Level):
 class ArchitectureLevel(Level):
     """``arch`` — Eq. (3): the generator architecture A, scored by the segmenter's validation loss."""
 
-    def __init__(self, name: str, architecture: GeneratorArchitecture, *, segmenter: Level, optimizer: Callable,
-                 data: Any, **level_options: Any):
-        super().__init__(name, architecture, optimizer, data=data,
-                         probe=lambda lv: torch.cat(lv.module.weights()).flatten(), **level_options)
+    def __init__(
+        self,
+        name: str,
+        architecture: GeneratorArchitecture,
+        *,
+        segmenter: Level,
+        optimizer: Callable,
+        data: Any,
+        **level_options: Any,
+    ):
+        super().__init__(
+            name,
+            architecture,
+            optimizer,
+            data=data,
+            probe=lambda lv: torch.cat(lv.module.weights()).flatten(),
+            **level_options,
+        )
         self.segmenter = segmenter
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -207,8 +245,8 @@ def e2eaug_graph(gan: Pix2PixLevel, seg: SegmentationLevel, arch: ArchitectureLe
     """Eq. (4): the three levels nested end to end."""
     graph = Graph(name)
     graph.add(gan, seg, arch)
-    graph.nest(lower=gan, upper=seg)    # G*(A) enters Eq. 2
-    graph.nest(lower=seg, upper=arch)   # W* enters Eq. 3
+    graph.nest(lower=gan, upper=seg)  # G*(A) enters Eq. 2
+    graph.nest(lower=seg, upper=arch)  # W* enters Eq. 3
     graph.feeds(arch, into=[gan, seg])  # A enters Eq. 1 (generator cells) and Eq. 2 (generated images)
     return graph
 
@@ -225,15 +263,16 @@ def frozen_architecture_graph(gan: Pix2PixLevel, seg: SegmentationLevel, name: s
     return graph
 
 
-def segmentation_model(backbone: str, *, encoder: str, in_channels: int, image_size: int,
-                       encoder_weights: str | None = None) -> nn.Module:
+def segmentation_model(
+    backbone: str, *, encoder: str, in_channels: int, image_size: int, encoder_weights: str | None = None
+) -> nn.Module:
     """U-Net or DeepLabV3 from segmentation-models-pytorch with one output logit map.
 
     ``encoder_weights=None`` (default) trains from scratch; "imagenet" needs the weights to be
     downloadable or cached. Below 64 pixels the U-Net uses a 3-stage encoder so that its
     deepest features keep a spatial extent.
     """
-    kwargs = dict(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=in_channels, classes=1)
+    kwargs = {"encoder_name": encoder, "encoder_weights": encoder_weights, "in_channels": in_channels, "classes": 1}
     if backbone == "unet":
         if image_size < 64:
             kwargs.update(encoder_depth=3, decoder_channels=(64, 32, 16))
@@ -244,8 +283,9 @@ def segmentation_model(backbone: str, *, encoder: str, in_channels: int, image_s
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: SegmentationDataset, metric: str, device: torch.device,
-             batch_size: int = 16) -> tuple[Tensor, list[str]]:
+def evaluate(
+    model: nn.Module, dataset: SegmentationDataset, metric: str, device: torch.device, batch_size: int = 16
+) -> tuple[Tensor, list[str]]:
     """Per-image scores [N] of ``model`` (in eval mode) on ``dataset``, and the case ids."""
     was_training = model.training
     model.eval()

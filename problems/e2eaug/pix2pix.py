@@ -25,8 +25,15 @@ import torch
 from monai.networks.nets import PatchDiscriminator
 from torch import Tensor, nn
 
-__all__ = ["CANDIDATES", "PIX2PIX_CANDIDATE", "GeneratorArchitecture", "MixedConv", "Pix2Pix", "UNetGenerator",
-           "patch_discriminator"]
+__all__ = [
+    "CANDIDATES",
+    "PIX2PIX_CANDIDATE",
+    "GeneratorArchitecture",
+    "MixedConv",
+    "Pix2Pix",
+    "UNetGenerator",
+    "patch_discriminator",
+]
 
 Candidate = tuple[int, int, int]
 
@@ -65,8 +72,9 @@ class MixedConv(nn.Module):
     """``Σ_k w_k · conv_k(x)`` over the K candidate (transposed) convolutions of one cell; with a
     single candidate, that plain convolution (no weights)."""
 
-    def __init__(self, c_in: int, c_out: int, *, transposed: bool, bias: bool,
-                 candidates: tuple[Candidate, ...] = CANDIDATES):
+    def __init__(
+        self, c_in: int, c_out: int, *, transposed: bool, bias: bool, candidates: tuple[Candidate, ...] = CANDIDATES
+    ):
         super().__init__()
         conv = nn.ConvTranspose2d if transposed else nn.Conv2d
         self.ops = nn.ModuleList(conv(c_in, c_out, k, s, p, bias=bias) for k, s, p in candidates)
@@ -126,8 +134,15 @@ class UNetGenerator(nn.Module):
     Input masks in [0, 1] are mapped to [-1, 1]; the output image is in [-1, 1] (tanh).
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 3, n_down: int = 8, ngf: int = 64,
-                 dropout: float = 0.5, candidates: tuple[Candidate, ...] = CANDIDATES):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 3,
+        n_down: int = 8,
+        ngf: int = 64,
+        dropout: float = 0.5,
+        candidates: tuple[Candidate, ...] = CANDIDATES,
+    ):
         super().__init__()
         if n_down < 2:
             raise ValueError(f"n_down must be >= 2, got {n_down}")
@@ -137,15 +152,25 @@ class UNetGenerator(nn.Module):
         self.candidates = tuple(candidates)
         widths = [ngf * min(2**i, 8) for i in range(n_down)]
         self.down = nn.ModuleList(
-            _DownCell(in_channels if i == 0 else widths[i - 1], widths[i], outermost=i == 0, innermost=i == n_down - 1,
-                      candidates=self.candidates)
+            _DownCell(
+                in_channels if i == 0 else widths[i - 1],
+                widths[i],
+                outermost=i == 0,
+                innermost=i == n_down - 1,
+                candidates=self.candidates,
+            )
             for i in range(n_down)
         )
         # Pix2Pix drops out in the intermediate 8*ngf up cells next to the innermost one (3 of them at n_down = 8)
         dropped = {i for i in range(1, n_down - 1) if widths[i] == 8 * ngf and i >= n_down - 4}
         self.up = nn.ModuleList(
-            _UpCell(widths[i] * (1 if i == n_down - 1 else 2), out_channels if i == 0 else widths[i - 1],
-                    outermost=i == 0, dropout=dropout if i in dropped else 0.0, candidates=self.candidates)
+            _UpCell(
+                widths[i] * (1 if i == n_down - 1 else 2),
+                out_channels if i == 0 else widths[i - 1],
+                outermost=i == 0,
+                dropout=dropout if i in dropped else 0.0,
+                candidates=self.candidates,
+            )
             for i in range(n_down)
         )
 
@@ -163,8 +188,10 @@ class UNetGenerator(nn.Module):
                 f"generator with n_down={self.n_down} needs sides divisible by {2**self.n_down}, got {tuple(mask.shape[-2:])}"
             )
         if arch is None and self.searchable:
-            raise ValueError(f"this generator's cells mix {len(self.candidates)} candidates; pass the architecture "
-                             "weights (GeneratorArchitecture.weights())")
+            raise ValueError(
+                f"this generator's cells mix {len(self.candidates)} candidates; pass the architecture "
+                "weights (GeneratorArchitecture.weights())"
+            )
         w_down, w_up = arch if arch is not None else ([None] * self.n_down, [None] * self.n_down)
         skips = []
         h = mask * 2 - 1
@@ -181,8 +208,14 @@ def patch_discriminator(mask_channels: int, image_channels: int, image_size: int
     """PatchGAN on ``cat(mask, image)`` (MONAI's implementation). Three strided layers give the
     classic 70x70 receptive field at 256 pixels; smaller images get fewer layers."""
     layers = max(1, min(3, int(math.log2(image_size)) - 3))
-    return PatchDiscriminator(spatial_dims=2, channels=ndf, in_channels=mask_channels + image_channels,
-                              out_channels=1, num_layers_d=layers, norm="BATCH")
+    return PatchDiscriminator(
+        spatial_dims=2,
+        channels=ndf,
+        in_channels=mask_channels + image_channels,
+        out_channels=1,
+        num_layers_d=layers,
+        norm="BATCH",
+    )
 
 
 class Pix2Pix(nn.Module):

@@ -35,6 +35,7 @@ def load_fewshot(name: str, root: Path | str | None = None) -> FewShotDataset:
     if name == "digits":
         return load_digits_fewshot()
     if root is None:
-        raise FewShotDataError(f"{name} is read from its distributed files: pass the folder holding them as root. "
-                               f"{BENCHMARKS[name].hint}")
+        raise FewShotDataError(
+            f"{name} is read from its distributed files: pass the folder holding them as root. {BENCHMARKS[name].hint}"
+        )
     return read_benchmark(name, Path(root))

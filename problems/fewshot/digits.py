@@ -46,9 +46,9 @@ DIGIT_SPLITS: dict[str, tuple[int, ...]] = {"train": (0, 1, 2, 6, 8, 9), "val": 
 ROTATIONS: tuple[int, ...] = (0, 90, 180, 270)  # degrees, counter-clockwise
 IMAGE_SIZE = 32
 SEED = 2014
-DIGIT_SCALE = (0.7, 0.9)      # side of the class digit, as a fraction of the canvas side
-MAX_OFFSET = 0.15             # its centre offset, as a fraction of the canvas half-side
-CLUTTER = 2                   # distractor digits per image
+DIGIT_SCALE = (0.7, 0.9)  # side of the class digit, as a fraction of the canvas side
+MAX_OFFSET = 0.15  # its centre offset, as a fraction of the canvas half-side
+CLUTTER = 2  # distractor digits per image
 CLUTTER_SCALE = (0.25, 0.45)  # their side, as a fraction of the canvas side
 _MAX_VALUE = 16.0  # optdigits pixels count set bits in 4x4 blocks: 0..16
 
@@ -69,8 +69,9 @@ def _place(images: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, centr
     return F.grid_sample(images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def render_digits(images: torch.Tensor, clutter_pool: torch.Tensor, generator: torch.Generator, *,
-                  clutter: int = CLUTTER) -> torch.Tensor:
+def render_digits(
+    images: torch.Tensor, clutter_pool: torch.Tensor, generator: torch.Generator, *, clutter: int = CLUTTER
+) -> torch.Tensor:
     """Cluttered renderings [N, 3, 32, 32] uint8 of ``images`` [N, 8, 8] (float64 in [0, 1]).
 
     Each image: the digit upright as given, at a random size in DIGIT_SCALE and offset up to
@@ -93,8 +94,9 @@ def render_digits(images: torch.Tensor, clutter_pool: torch.Tensor, generator: t
     return grey.expand(-1, 3, -1, -1).contiguous()
 
 
-def _digit_split(images: torch.Tensor, targets: torch.Tensor, digits: tuple[int, ...], split: str,
-                 generator: torch.Generator) -> ClassSplit:
+def _digit_split(
+    images: torch.Tensor, targets: torch.Tensor, digits: tuple[int, ...], split: str, generator: torch.Generator
+) -> ClassSplit:
     """All (digit, rotation) classes of ``digits``; label = position in ``class_names``; distractors
     come from the same digits, so no split sees another split's handwriting."""
     pool = images[torch.isin(targets, torch.tensor(digits))]

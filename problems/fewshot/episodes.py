@@ -44,8 +44,7 @@ class Episodes:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Episodes:
         """A copy with every tensor on ``device``."""
-        return Episodes(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                           for f in fields(self)})
+        return Episodes(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
 
 class _ClassTable:
@@ -88,18 +87,25 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0)
 
 
-def _sample(split: ClassSplit, table: _ClassTable, n_way: int, k_shot: int, k_query: int, n_tasks: int,
-            generator: torch.Generator) -> Episodes:
+def _sample(
+    split: ClassSplit,
+    table: _ClassTable,
+    n_way: int,
+    k_shot: int,
+    k_query: int,
+    n_tasks: int,
+    generator: torch.Generator,
+) -> Episodes:
     per_class = k_shot + k_query
     # Random classes in random order: the first n_way of a random permutation per task.
     classes = torch.rand((n_tasks, split.n_classes), generator=generator, dtype=torch.float64)
-    classes = classes.argsort(dim=1, stable=True)[:, :n_way]                             # [T, n_way]
+    classes = classes.argsort(dim=1, stable=True)[:, :n_way]  # [T, n_way]
     # Random images without replacement: the per_class smallest random keys among each class's images.
-    counts = table.counts[classes]                                                        # [T, n_way]
+    counts = table.counts[classes]  # [T, n_way]
     keys = torch.rand((n_tasks, n_way, table.table.shape[1]), generator=generator, dtype=torch.float64)
-    keys.masked_fill_(torch.arange(table.table.shape[1]) >= counts[..., None], 2.0)      # padding never wins
-    slots = keys.argsort(dim=2, stable=True)[..., :per_class]                             # [T, n_way, per_class]
-    index = table.table[classes[..., None], slots]                                       # image indices
+    keys.masked_fill_(torch.arange(table.table.shape[1]) >= counts[..., None], 2.0)  # padding never wins
+    slots = keys.argsort(dim=2, stable=True)[..., :per_class]  # [T, n_way, per_class]
+    index = table.table[classes[..., None], slots]  # image indices
     shape = split.images.shape[1:]
 
     def gather(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +119,9 @@ def _sample(split: ClassSplit, table: _ClassTable, n_way: int, k_shot: int, k_qu
     return Episodes(support_x, support_y, query_x, query_y)
 
 
-def sample_episodes(split: ClassSplit, *, n_way: int, k_shot: int, k_query: int, n_tasks: int,
-                    generator: torch.Generator) -> Episodes:
+def sample_episodes(
+    split: ClassSplit, *, n_way: int, k_shot: int, k_query: int, n_tasks: int, generator: torch.Generator
+) -> Episodes:
     """Draw ``n_tasks`` independent ``n_way``-way tasks with ``k_shot`` support and ``k_query`` query images per class.
 
     Returns :class:`Episodes` (support ``[T, n_way*k_shot, C, H, W]``, query ``[T, n_way*k_query, C, H, W]``,
@@ -139,8 +146,15 @@ class EpisodeStream:
     def __init__(self, split: ClassSplit, n_way: int, k_shot: int, k_query: int, n_tasks: int, seed: int):
         _check_positive(n_way=n_way, k_shot=k_shot, k_query=k_query, n_tasks=n_tasks)
         self.split = split
-        self.config = {"n_way": n_way, "k_shot": k_shot, "k_query": k_query, "n_tasks": n_tasks, "seed": int(seed),
-                       "n_images": int(split.labels.numel()), "n_classes": split.n_classes}
+        self.config = {
+            "n_way": n_way,
+            "k_shot": k_shot,
+            "k_query": k_query,
+            "n_tasks": n_tasks,
+            "seed": int(seed),
+            "n_images": int(split.labels.numel()),
+            "n_classes": split.n_classes,
+        }
         self._table = _ClassTable(split)
         self._table.check(split, n_way, k_shot + k_query)
         self._generator = torch.Generator().manual_seed(int(seed))
@@ -149,8 +163,7 @@ class EpisodeStream:
     def next(self) -> Episodes:
         """The next meta-batch."""
         c = self.config
-        batch = _sample(self.split, self._table, c["n_way"], c["k_shot"], c["k_query"], c["n_tasks"],
-                        self._generator)
+        batch = _sample(self.split, self._table, c["n_way"], c["k_shot"], c["k_query"], c["n_tasks"], self._generator)
         self.batches_drawn += 1
         return batch
 
@@ -162,17 +175,22 @@ class EpisodeStream:
 
     def state_dict(self) -> dict[str, Any]:
         """``{'generator_state': uint8 tensor, 'batches_drawn': int, 'config': dict}``."""
-        return {"generator_state": self._generator.get_state(), "batches_drawn": self.batches_drawn,
-                "config": dict(self.config)}
+        return {
+            "generator_state": self._generator.get_state(),
+            "batches_drawn": self.batches_drawn,
+            "config": dict(self.config),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the stream saved in ``state``; it must come from a stream with the same configuration."""
         if not isinstance(state, dict) or set(state) != {"generator_state", "batches_drawn", "config"}:
             found = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise FewShotDataError(f"episode-stream state must have keys batches_drawn, config, generator_state; "
-                                   f"found {found}")
+            raise FewShotDataError(
+                f"episode-stream state must have keys batches_drawn, config, generator_state; found {found}"
+            )
         if state["config"] != self.config:
-            raise FewShotDataError(f"episode-stream state was saved with {state['config']}, "
-                                   f"but this stream has {self.config}")
+            raise FewShotDataError(
+                f"episode-stream state was saved with {state['config']}, but this stream has {self.config}"
+            )
         self._generator.set_state(state["generator_state"])
         self.batches_drawn = int(state["batches_drawn"])

@@ -122,7 +122,7 @@ class FewShotDataset:
                     f"found {list(split.images.shape)}"
                 )
         for i, first in enumerate(SPLITS):
-            for second in SPLITS[i + 1:]:
+            for second in SPLITS[i + 1 :]:
                 shared = sorted(set(self.splits[first].class_names) & set(self.splits[second].class_names))
                 if shared:
                     raise FewShotDataError(
@@ -198,8 +198,10 @@ def _unpickle(path: Path) -> Any:
         with path.open("rb") as f:
             return pickle.load(f, encoding="latin1")
     except Exception as exc:  # any failure means the file is not the expected pickle
-        raise FewShotDataError(f"{path}: cannot be unpickled ({type(exc).__name__}: {exc}); "
-                               "the file is truncated or not the distributed pickle") from exc
+        raise FewShotDataError(
+            f"{path}: cannot be unpickled ({type(exc).__name__}: {exc}); "
+            "the file is truncated or not the distributed pickle"
+        ) from exc
 
 
 def _expect_dict(obj: Any, keys: Sequence[str], path: Path) -> dict:
@@ -210,8 +212,13 @@ def _expect_dict(obj: Any, keys: Sequence[str], path: Path) -> dict:
 
 def _expect_hwc_images(arr: Any, size: int, path: Path, key: str) -> np.ndarray:
     """Check that ``arr`` is a non-empty uint8 ``[N, size, size, 3]`` array."""
-    if not (isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and arr.ndim == 4
-            and arr.shape[0] > 0 and arr.shape[1:] == (size, size, 3)):
+    if not (
+        isinstance(arr, np.ndarray)
+        and arr.dtype == np.uint8
+        and arr.ndim == 4
+        and arr.shape[0] > 0
+        and arr.shape[1:] == (size, size, 3)
+    ):
         raise FewShotDataError(
             f"{path}: '{key}' must be a uint8 ndarray of shape [N, {size}, {size}, 3] with N >= 1; "
             f"found {_describe(arr)}"
@@ -229,9 +236,7 @@ def _expect_int_vector(obj: Any, length: int, path: Path, key: str) -> np.ndarra
         raise FewShotDataError(f"{path}: holds no images")
     arr = np.asarray(obj)
     if arr.shape != (length,) or not np.issubdtype(arr.dtype, np.integer):
-        raise FewShotDataError(
-            f"{path}: '{key}' must hold {length} integers (one per image); found {_describe(arr)}"
-        )
+        raise FewShotDataError(f"{path}: '{key}' must hold {length} integers (one per image); found {_describe(arr)}")
     return arr.astype(np.int64)
 
 
@@ -307,8 +312,12 @@ def _read_split_list(path: Path) -> list[str]:
 def _read_cifar_fs(base: Path) -> dict[str, ClassSplit]:
     processed = base / "cifarfs" / "processed"
     if all((processed / s).is_dir() for s in SPLITS):
-        return {s: _read_class_folders(sorted(p for p in (processed / s).iterdir() if p.is_dir()),
-                                       f"cifar-fs {s} ({processed / s})") for s in SPLITS}
+        return {
+            s: _read_class_folders(
+                sorted(p for p in (processed / s).iterdir() if p.is_dir()), f"cifar-fs {s} ({processed / s})"
+            )
+            for s in SPLITS
+        }
     raw = base / "cifarfs" / "cifar100"
     data = _require(raw / "data", "cifar-fs")
     splits = {}
@@ -317,8 +326,10 @@ def _read_cifar_fs(base: Path) -> dict[str, ClassSplit]:
         folders = []
         for name in _read_split_list(split_file):
             if not (data / name).is_dir():
-                raise FewShotDataError(f"{split_file}: lists class '{name}' but {data / name} is not a folder. "
-                                       f"{BENCHMARKS['cifar-fs'].hint}")
+                raise FewShotDataError(
+                    f"{split_file}: lists class '{name}' but {data / name} is not a folder. "
+                    f"{BENCHMARKS['cifar-fs'].hint}"
+                )
             folders.append(data / name)
         splits[s] = _read_class_folders(folders, f"cifar-fs {s} ({split_file})")
     return splits
@@ -344,17 +355,24 @@ def _read_fc100(base: Path) -> dict[str, ClassSplit]:
 def _class_dict_ids(class_dict: Any, n_images: int, path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``{name: [indices]}`` -> (image indices, class id of each, class names sorted; id k = names[k])."""
     if not isinstance(class_dict, dict) or not class_dict:
-        raise FewShotDataError(f"{path}: 'class_dict' must be a non-empty dict {{wnid: [image indices]}}; "
-                               f"found {_describe(class_dict)}")
+        raise FewShotDataError(
+            f"{path}: 'class_dict' must be a non-empty dict {{wnid: [image indices]}}; found {_describe(class_dict)}"
+        )
     names = sorted(map(str, class_dict))
     by_name = {str(k): v for k, v in class_dict.items()}
     index_parts, id_parts = [], []
     for k, name in enumerate(names):
         idx = np.asarray(by_name[name])
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) \
-                or idx.min() < 0 or idx.max() >= n_images:
-            raise FewShotDataError(f"{path}: class_dict['{name}'] must list image indices in 0..{n_images - 1}; "
-                                   f"found {_describe(idx)}")
+        if (
+            idx.ndim != 1
+            or idx.size == 0
+            or not np.issubdtype(idx.dtype, np.integer)
+            or idx.min() < 0
+            or idx.max() >= n_images
+        ):
+            raise FewShotDataError(
+                f"{path}: class_dict['{name}'] must list image indices in 0..{n_images - 1}; found {_describe(idx)}"
+            )
         index_parts.append(idx.astype(np.int64))
         id_parts.append(np.full(idx.size, k, dtype=np.int64))
     indices = np.concatenate(index_parts)
@@ -387,8 +405,9 @@ def _tiered_names(labels: dict, ids: np.ndarray, split: str, path: Path) -> Call
         return lambda i: f"{split}-{i}"
     names = labels["label_specific_str"]
     if not isinstance(names, (list, tuple, np.ndarray)) or len(names) <= int(ids.max()) or int(ids.min()) < 0:
-        raise FewShotDataError(f"{path}: 'label_specific_str' must name every class id 0..{int(ids.max())}; "
-                               f"found {_describe(names)}")
+        raise FewShotDataError(
+            f"{path}: 'label_specific_str' must name every class id 0..{int(ids.max())}; found {_describe(names)}"
+        )
     return lambda i: str(names[i])
 
 
@@ -406,8 +425,9 @@ def _read_tieredimagenet(base: Path) -> dict[str, ClassSplit]:
         ids = _expect_int_vector(labels["label_specific"], len(blobs), label_path, "label_specific")
         images = _decode_all(blobs, 84, f"tieredImageNet {s}", lambda i, path=image_path: f"{path} item {i}")
         del blobs
-        splits[s] = _split_from_ids(images, ids, _tiered_names(labels, ids, s, label_path),
-                                    f"tieredimagenet {s} ({image_path})")
+        splits[s] = _split_from_ids(
+            images, ids, _tiered_names(labels, ids, s, label_path), f"tieredimagenet {s} ({image_path})"
+        )
     return splits
 
 
@@ -416,26 +436,34 @@ def _read_tieredimagenet(base: Path) -> dict[str, ClassSplit]:
 BENCHMARKS: dict[str, Benchmark] = {
     "cifar-fs": Benchmark(
         "CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 regrouped into 64/16/20 classes, 32x32 RGB",
-        32, "cifarfs", _read_cifar_fs,
+        32,
+        "cifarfs",
+        _read_cifar_fs,
         "Get cifar100.zip from zenodo record 7978538 and extract it into ROOT/cifarfs/ "
         "(giving ROOT/cifarfs/cifar100/data and ROOT/cifarfs/cifar100/splits/bertinetto), or run "
         "learn2learn.vision.datasets.CIFARFS(root=ROOT, download=True) once.",
     ),
     "fc100": Benchmark(
         "FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass into 60/20/20 classes, 32x32 RGB",
-        32, "FC100_train.pickle", _read_fc100,
+        32,
+        "FC100_train.pickle",
+        _read_fc100,
         "Expected ROOT/FC100_{train,val,test}.pickle as downloaded by "
         "learn2learn.vision.datasets.FC100(root=ROOT, download=True).",
     ),
     "miniimagenet": Benchmark(
         "miniImageNet (Ravi & Larochelle split): 64/16/20 ImageNet classes, 84x84 RGB",
-        84, "mini-imagenet-cache-train.pkl", _read_miniimagenet,
+        84,
+        "mini-imagenet-cache-train.pkl",
+        _read_miniimagenet,
         "Expected ROOT/mini-imagenet-cache-{train,validation,test}.pkl as downloaded by "
         "learn2learn.vision.datasets.MiniImagenet(root=ROOT, mode=..., download=True).",
     ),
     "tieredimagenet": Benchmark(
         "tieredImageNet (Ren et al. 2018): 351/97/160 ImageNet classes, 84x84 RGB",
-        84, "tiered-imagenet", _read_tieredimagenet,
+        84,
+        "tiered-imagenet",
+        _read_tieredimagenet,
         "Expected ROOT/tiered-imagenet/{train,val,test}_{images_png,labels}.pkl, i.e. tiered-imagenet.tar "
         "extracted into ROOT, as downloaded by learn2learn.vision.datasets.TieredImagenet(root=ROOT, download=True).",
     ),

@@ -1,4 +1,4 @@
-"""Meta-learned LOA reconstruction (Bian et al., seed 001) as levels: task-invariant θ below, task weights ω above.
+"""Meta-learned LOA reconstruction (Bian et al., Journal of Imaging 2021) as levels: task-invariant θ below, task weights ω above.
 
 Tasks are sampling patterns at sampling ratios (:class:`~problems.mri.masks.SamplingTask`); each
 task ``τ_i`` has its own mask and a scalar ``ω_i`` whose ``σ(ω_i)`` weighs the learned
@@ -99,8 +99,10 @@ class CrossTaskSlices(Dataset):
 
     def __init__(self, images: Tensor, masks: Tensor, *, seed: int = 0, task_ids: Sequence[int] | None = None):
         if images.dim() != 3 or masks.dim() != 3 or images.shape[-2:] != masks.shape[-2:]:
-            raise ValueError(f"CrossTaskSlices needs images [N, H, W] and masks [T, H, W] of one size, got "
-                             f"{tuple(images.shape)} and {tuple(masks.shape)}")
+            raise ValueError(
+                f"CrossTaskSlices needs images [N, H, W] and masks [T, H, W] of one size, got "
+                f"{tuple(images.shape)} and {tuple(masks.shape)}"
+            )
         self.images = images
         self.masks = masks
         self.task_ids = torch.as_tensor(list(task_ids) if task_ids is not None else range(len(masks)))
@@ -139,15 +141,17 @@ def simulate_kspace(target: Tensor, mask: Tensor) -> Tensor:
     return mask * fft2c(target.to(complex_dtype))
 
 
-def task_losses(network: LOANetwork, batch: dict[str, Tensor], weight: Tensor, *, phases: int
-                ) -> tuple[Tensor, LOATrace]:
+def task_losses(
+    network: LOANetwork, batch: dict[str, Tensor], weight: Tensor, *, phases: int
+) -> tuple[Tensor, LOATrace]:
     """``ℓ_τi`` of every task ``[T]`` (Eq. 12-13) on a cross-task batch ``[J, T, H, W]``, with the
     regulariser weight ``weight`` ``[J, T]`` of each sample, and the network's trace."""
     target, mask = batch["target"], batch["mask"]
     j, t = target.shape[:2]
     target, mask = target.flatten(0, 1), mask.flatten(0, 1)
-    recon, trace = network(simulate_kspace(target, mask), SingleCoil(mask), weight.reshape(-1), phases=phases,
-                           trace=True)
+    recon, trace = network(
+        simulate_kspace(target, mask), SingleCoil(mask), weight.reshape(-1), phases=phases, trace=True
+    )
     per_slice = 0.5 * (recon - target).abs().pow(2).flatten(1).mean(1)  # ℓ = ½ |F(y) − x̂|² / N_pixels (Eq. 13)
     return per_slice.view(j, t).mean(0), trace
 
@@ -159,8 +163,15 @@ class ThetaLevel(Level):
     :class:`TaskWeights`); None fixes the regulariser weight to 1 (conventional training).
     """
 
-    def __init__(self, name: str, network: LOANetwork, *, schedule: StairSchedule, weights_from: str | None = "omega",
-                 **options: Any):
+    def __init__(
+        self,
+        name: str,
+        network: LOANetwork,
+        *,
+        schedule: StairSchedule,
+        weights_from: str | None = "omega",
+        **options: Any,
+    ):
         super().__init__(name, network, **options)
         self.schedule = schedule
         self.weights_from = weights_from
@@ -183,15 +194,17 @@ class OmegaLevel(Level):
     bilevel program, a frozen copy when adapting ω to an unseen task.
     """
 
-    def __init__(self, name: str, weights: TaskWeights, *, network: LOANetwork, schedule: StairSchedule,
-                 **options: Any):
+    def __init__(
+        self, name: str, weights: TaskWeights, *, network: LOANetwork, schedule: StairSchedule, **options: Any
+    ):
         super().__init__(name, weights, **options)
         self.network = network
         self.schedule = schedule
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        losses, trace = task_losses(self.network, batch, self.module(batch["task"]),
-                                    phases=self.schedule(self.global_step))
+        losses, trace = task_losses(
+            self.network, batch, self.module(batch["task"]), phases=self.schedule(self.global_step)
+        )
         return {"loss": losses.sum(), **trace.summary()}  # Eq. 14a
 
 
@@ -199,10 +212,22 @@ def _probe_sigma(level: Level) -> Tensor:
     return level.module.sigma()
 
 
-def meta_graph(*, train: CrossTaskSlices, val: CrossTaskSlices, settings: LOASettings, schedule: StairSchedule,
-               batch_per_task: int, val_batch_per_task: int, unroll: int, hypergrad: str,
-               hypergrad_options: dict[str, Any] | None = None, theta_lr: float = 1e-3, omega_lr: float = 1e-3,
-               seed: int = 0, workers: int = 0) -> Graph:
+def meta_graph(
+    *,
+    train: CrossTaskSlices,
+    val: CrossTaskSlices,
+    settings: LOASettings,
+    schedule: StairSchedule,
+    batch_per_task: int,
+    val_batch_per_task: int,
+    unroll: int,
+    hypergrad: str,
+    hypergrad_options: dict[str, Any] | None = None,
+    theta_lr: float = 1e-3,
+    omega_lr: float = 1e-3,
+    seed: int = 0,
+    workers: int = 0,
+) -> Graph:
     """The bilevel program of Eq. 14: ``theta`` (K = ``unroll`` steps per ω step) below ``omega``.
 
     Both levels use Adam (β = 0.9, 0.999; the paper's learning rate 1e-3). The network and ω are
@@ -211,59 +236,98 @@ def meta_graph(*, train: CrossTaskSlices, val: CrossTaskSlices, settings: LOASet
     torch.manual_seed(seed)
     network = LOANetwork(settings)
     weights = TaskWeights(len(train.masks))
-    theta = ThetaLevel("theta", network, schedule=schedule, weights_from="omega",
-                       optimizer=functools.partial(torch.optim.Adam, lr=theta_lr, betas=(0.9, 0.999)),
-                       data=DataStream(train, batch_per_task, seed=seed, num_workers=workers),
-                       hypergrad=hypergrad, unroll=unroll, options=hypergrad_options)
-    omega = OmegaLevel("omega", weights, network=network, schedule=schedule,
-                       optimizer=functools.partial(torch.optim.Adam, lr=omega_lr, betas=(0.9, 0.999)),
-                       data=DataStream(val, val_batch_per_task, seed=seed + 1, num_workers=workers),
-                       probe=_probe_sigma)
+    theta = ThetaLevel(
+        "theta",
+        network,
+        schedule=schedule,
+        weights_from="omega",
+        optimizer=functools.partial(torch.optim.Adam, lr=theta_lr, betas=(0.9, 0.999)),
+        data=DataStream(train, batch_per_task, seed=seed, num_workers=workers),
+        hypergrad=hypergrad,
+        unroll=unroll,
+        options=hypergrad_options,
+    )
+    omega = OmegaLevel(
+        "omega",
+        weights,
+        network=network,
+        schedule=schedule,
+        optimizer=functools.partial(torch.optim.Adam, lr=omega_lr, betas=(0.9, 0.999)),
+        data=DataStream(val, val_batch_per_task, seed=seed + 1, num_workers=workers),
+        probe=_probe_sigma,
+    )
     graph = Graph("metarecon")
     graph.add(theta, omega)
     graph.bilevel(lower=theta, upper=omega)
     return graph
 
 
-def conventional_graph(*, train: CrossTaskSlices, settings: LOASettings, schedule: StairSchedule, batch_size: int,
-                       lr: float = 1e-3, seed: int = 0, workers: int = 0) -> Graph:
+def conventional_graph(
+    *,
+    train: CrossTaskSlices,
+    settings: LOASettings,
+    schedule: StairSchedule,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    workers: int = 0,
+) -> Graph:
     """Conventional supervised training of the same network on one task (regulariser weight 1, no ω)."""
     if len(train.masks) != 1:
         raise ValueError(f"conventional training is per task: give one mask, got {len(train.masks)}")
     torch.manual_seed(seed)
-    theta = ThetaLevel("theta", LOANetwork(settings), schedule=schedule, weights_from=None,
-                       optimizer=functools.partial(torch.optim.Adam, lr=lr, betas=(0.9, 0.999)),
-                       data=DataStream(train, batch_size, seed=seed, num_workers=workers))
+    theta = ThetaLevel(
+        "theta",
+        LOANetwork(settings),
+        schedule=schedule,
+        weights_from=None,
+        optimizer=functools.partial(torch.optim.Adam, lr=lr, betas=(0.9, 0.999)),
+        data=DataStream(train, batch_size, seed=seed, num_workers=workers),
+    )
     graph = Graph("conventional")
     graph.add(theta)
     return graph
 
 
-def adaptation_graph(*, network: LOANetwork, train: CrossTaskSlices, batch_size: int, lr: float = 1e-3,
-                     seed: int = 0, workers: int = 0) -> Graph:
+def adaptation_graph(
+    *, network: LOANetwork, train: CrossTaskSlices, batch_size: int, lr: float = 1e-3, seed: int = 0, workers: int = 0
+) -> Graph:
     """Quick adaptation to an unseen task: only a new ω is trained, with a frozen copy of θ."""
     if len(train.masks) != 1:
         raise ValueError(f"adaptation is per task: give one mask, got {len(train.masks)}")
     frozen = copy.deepcopy(network).requires_grad_(False)
     torch.manual_seed(seed)
-    omega = OmegaLevel("omega", TaskWeights(1), network=frozen, schedule=StairSchedule(network.phases),
-                       optimizer=functools.partial(torch.optim.Adam, lr=lr, betas=(0.9, 0.999)),
-                       data=DataStream(train, batch_size, seed=seed, num_workers=workers), probe=_probe_sigma)
+    omega = OmegaLevel(
+        "omega",
+        TaskWeights(1),
+        network=frozen,
+        schedule=StairSchedule(network.phases),
+        optimizer=functools.partial(torch.optim.Adam, lr=lr, betas=(0.9, 0.999)),
+        data=DataStream(train, batch_size, seed=seed, num_workers=workers),
+        probe=_probe_sigma,
+    )
     graph = Graph("adaptation")
     graph.add(omega)
     return graph
 
 
 @torch.no_grad()
-def reconstruct(network: LOANetwork, images: Tensor, mask: Tensor, weight: float | Tensor, *, phases: int | None = None,
-                batch_size: int = 16) -> tuple[Tensor, dict[str, float]]:
+def reconstruct(
+    network: LOANetwork,
+    images: Tensor,
+    mask: Tensor,
+    weight: float | Tensor,
+    *,
+    phases: int | None = None,
+    batch_size: int = 16,
+) -> tuple[Tensor, dict[str, float]]:
     """LOA reconstructions ``[N, H, W]`` (complex) of reference slices ``[N, H, W]`` sampled with
     ``mask`` ``[H, W]`` at regulariser weight ``weight``, and the safeguard statistics."""
     device = next(network.parameters()).device
     dtype = network.eps0.dtype
     out, summaries = [], []
     for start in range(0, len(images), batch_size):
-        target = images[start:start + batch_size].to(device, dtype)
+        target = images[start : start + batch_size].to(device, dtype)
         m = mask.to(device, dtype).expand_as(target)
         kappa = torch.as_tensor(weight, dtype=dtype, device=device).expand(len(target))
         recon, trace = network(simulate_kspace(target, m), SingleCoil(m), kappa, phases=phases, trace=True)

@@ -1,4 +1,4 @@
-"""The LOA-induced reconstruction network of Bian et al. (seed 001, Algorithm 1): one phase = one iteration.
+"""The LOA-induced reconstruction network of Bian et al. (Journal of Imaging 2021, Algorithm 1): one phase = one iteration.
 
 The network solves ``min_x φ(x) = f(x) + κ·r(x)`` approximately by unrolling Algorithm 1 for T
 phases from the zero-filled image ``x_0 = A^H y``, with
@@ -88,8 +88,10 @@ class FeatureCNN(nn.Module):
     def __init__(self, channels: int = 4, layers: int = 3, kernel_size: int = 3, delta: float = 1e-3):
         super().__init__()
         if layers < 1 or channels < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"FeatureCNN needs layers >= 1, channels >= 1 and an odd kernel size, got "
-                             f"{layers}, {channels}, {kernel_size}")
+            raise ValueError(
+                f"FeatureCNN needs layers >= 1, channels >= 1 and an odd kernel size, got "
+                f"{layers}, {channels}, {kernel_size}"
+            )
         self.delta = delta
         self.padding = kernel_size // 2
         shapes = [(channels, 1 if i == 0 else channels, kernel_size, kernel_size) for i in range(layers)]
@@ -259,8 +261,9 @@ class LOANetwork(nn.Module):
         data = 0.5 * (operator(x) - kspace).abs().pow(2).flatten(1).sum(1)
         return data + weight * self.regularizer(x, eps)
 
-    def objective_and_gradient(self, x: Tensor, kspace: Tensor, operator, weight: Tensor,
-                               eps: Tensor) -> tuple[Tensor, Tensor]:
+    def objective_and_gradient(
+        self, x: Tensor, kspace: Tensor, operator, weight: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """``φ_ε(x)`` ``[B]`` and ``∇φ_ε(x) = A^H(Ax − y) + κ ∇r_ε(x)`` ``[B, H, W]``."""
         residual = operator(x) - kspace
         r, grad_r = self.regularizer_and_gradient(x, eps)
@@ -268,8 +271,9 @@ class LOANetwork(nn.Module):
         return value, operator.adjoint(residual) + _per_sample(weight, x) * grad_r
 
     # ------------------------------------------------------------------ the phases
-    def forward(self, kspace: Tensor, operator, weight: Tensor, *, phases: int | None = None,
-                trace: bool = False) -> Tensor | tuple[Tensor, LOATrace]:
+    def forward(
+        self, kspace: Tensor, operator, weight: Tensor, *, phases: int | None = None, trace: bool = False
+    ) -> Tensor | tuple[Tensor, LOATrace]:
         phases = self.active_phases if phases is None else int(phases)
         if not 1 <= phases <= self.phases:
             raise ValueError(f"phases must lie in 1..{self.phases}, got {phases}")
@@ -281,34 +285,47 @@ class LOANetwork(nn.Module):
         with torch.no_grad():  # φ_ε(x_t) and ∇φ_ε(x_t) for the tests; carried from phase to phase
             phi_x, grad_phi_x = self.objective_and_gradient(x, kspace, operator, weight, eps)
         for t in range(phases):
-            x, eps, phi_x, grad_phi_x, active = self._phase(t, x, kspace, operator, weight, eps, phi_x, grad_phi_x,
-                                                            active, record)
+            x, eps, phi_x, grad_phi_x, active = self._phase(
+                t, x, kspace, operator, weight, eps, phi_x, grad_phi_x, active, record
+            )
             if not bool(active.any()):
                 break
         return (x, record) if trace else x
 
-    def _phase(self, t: int, x: Tensor, kspace: Tensor, operator, weight: Tensor, eps: Tensor, phi_x: Tensor,
-               grad_phi_x: Tensor, active: Tensor, record: LOATrace):
+    def _phase(
+        self,
+        t: int,
+        x: Tensor,
+        kspace: Tensor,
+        operator,
+        weight: Tensor,
+        eps: Tensor,
+        phi_x: Tensor,
+        grad_phi_x: Tensor,
+        active: Tensor,
+        record: LOATrace,
+    ):
         s = self.settings
         alpha, tau = self.alpha[t], self.tau[t]  # positive step sizes of this phase
-        z = x - alpha * operator.data_gradient(x, kspace)                       # line 3
+        z = x - alpha * operator.data_gradient(x, kspace)  # line 3
         _, grad_r_z = self.regularizer_and_gradient(z, eps)
-        u = z - tau * _per_sample(weight, z) * grad_r_z                          # line 4
-        with torch.no_grad():                                                   # line 5
+        u = z - tau * _per_sample(weight, z) * grad_r_z  # line 4
+        with torch.no_grad():  # line 5
             phi_u, grad_phi_u = self.objective_and_gradient(u, kspace, operator, weight, eps)
             step_u = _sample_norm(u - x)
             accept = (_sample_norm(grad_phi_x) <= s.a * step_u) & (phi_u - phi_x <= -step_u.pow(2) / s.a)
         x_next, phi_next, grad_next = u, phi_u, grad_phi_u
         backtracks = torch.full_like(eps, -1, dtype=torch.long)
         fallback = active & ~accept
-        if bool(fallback.any()):                                               # lines 8-12
+        if bool(fallback.any()):  # lines 8-12
             x_next, phi_next, grad_next, backtracks = self._safeguard(
-                x, u, phi_u, grad_phi_u, accept, fallback, alpha, kspace, operator, weight, eps, phi_x)
-        x_next = torch.where(_per_sample(active, x), x_next, x)                 # terminated samples stay
+                x, u, phi_u, grad_phi_u, accept, fallback, alpha, kspace, operator, weight, eps, phi_x
+            )
+        x_next = torch.where(_per_sample(active, x), x_next, x)  # terminated samples stay
         with torch.no_grad():
             phi_next = torch.where(active, phi_next, phi_x)
             grad_next = torch.where(_per_sample(active, x), grad_next, grad_phi_x)
-            reduce = active & (_sample_norm(grad_next) < s.sigma * s.gamma * eps)   # line 15
+            reduce = active & (_sample_norm(grad_next) < s.sigma * s.gamma * eps)  # line 15
         eps_next = torch.where(reduce, s.gamma * eps, eps)
         if bool(reduce.any()):  # ∇φ and φ change with ε: recompute them at x_{t+1} for the next phase
             with torch.no_grad():
@@ -319,11 +336,24 @@ class LOANetwork(nn.Module):
         record.objective.append(phi_next)
         record.eps.append(eps_next.detach())
         record.active.append(active)
-        active_next = active & (s.sigma * eps.detach() >= s.eps_tol)                 # line 16
+        active_next = active & (s.sigma * eps.detach() >= s.eps_tol)  # line 16
         return x_next, eps_next, phi_next, grad_next, active_next
 
-    def _safeguard(self, x: Tensor, u: Tensor, phi_u: Tensor, grad_phi_u: Tensor, accept: Tensor, fallback: Tensor,
-                   alpha: Tensor, kspace: Tensor, operator, weight: Tensor, eps: Tensor, phi_x: Tensor):
+    def _safeguard(
+        self,
+        x: Tensor,
+        u: Tensor,
+        phi_u: Tensor,
+        grad_phi_u: Tensor,
+        accept: Tensor,
+        fallback: Tensor,
+        alpha: Tensor,
+        kspace: Tensor,
+        operator,
+        weight: Tensor,
+        eps: Tensor,
+        phi_x: Tensor,
+    ):
         """``v = x − α ∇φ_ε(x)`` with α ← ρα until descent (lines 8-12), for the samples in ``fallback``."""
         s = self.settings
         _, grad_phi = self.objective_and_gradient(x, kspace, operator, weight, eps)  # with graph: v is trained
@@ -354,6 +384,9 @@ class LOANetwork(nn.Module):
         x_next = torch.where(chosen, u, v)
         phi_next = torch.where(accept, phi_u, phi_v_found)
         grad_next = torch.where(chosen, grad_phi_u, grad_v_found)
-        backtracks = torch.where(fallback, torch.where(found, taken, torch.full_like(taken, s.max_backtracks + 1)),
-                                 torch.full_like(taken, -1))
+        backtracks = torch.where(
+            fallback,
+            torch.where(found, taken, torch.full_like(taken, s.max_backtracks + 1)),
+            torch.full_like(taken, -1),
+        )
         return x_next, phi_next, grad_next, backtracks

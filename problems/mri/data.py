@@ -169,8 +169,9 @@ def read_volume(path: Path) -> np.ndarray:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
-        raise MRIDataError(f"{path}: expected a 3D volume [X, Y, Z] (axial slices along the last axis), "
-                           f"got shape {tuple(image.shape)}")
+        raise MRIDataError(
+            f"{path}: expected a 3D volume [X, Y, Z] (axial slices along the last axis), got shape {tuple(image.shape)}"
+        )
     return np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
 
 
@@ -178,11 +179,11 @@ def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Centre crop of the last two axes to ``shape``, zero-padded where the image is smaller."""
     h, w = image.shape[-2:]
     th, tw = shape
-    out = np.zeros(image.shape[:-2] + (th, tw), dtype=image.dtype)
+    out = np.zeros((*image.shape[:-2], th, tw), dtype=image.dtype)
     sy, sx = max(0, (h - th) // 2), max(0, (w - tw) // 2)
     dy, dx = max(0, (th - h) // 2), max(0, (tw - w) // 2)
     ch, cw = min(h, th), min(w, tw)
-    out[..., dy:dy + ch, dx:dx + cw] = image[..., sy:sy + ch, sx:sx + cw]
+    out[..., dy : dy + ch, dx : dx + cw] = image[..., sy : sy + ch, sx : sx + cw]
     return out
 
 
@@ -200,8 +201,9 @@ def axial_slices(volume: np.ndarray, spec: SliceSpec, indices: list[int] | None 
     stack = center_crop(np.moveaxis(volume[..., indices], -1, 0), spec.crop)
     images = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     if spec.size is not None and tuple(spec.size) != tuple(spec.crop):
-        images = torch.nn.functional.interpolate(images[:, None], size=tuple(spec.size), mode="bilinear",
-                                                 antialias=True, align_corners=False)[:, 0].clamp_min(0)
+        images = torch.nn.functional.interpolate(
+            images[:, None], size=tuple(spec.size), mode="bilinear", antialias=True, align_corners=False
+        )[:, 0].clamp_min(0)
     peak = images.flatten(1).amax(1)
     keep = peak > 0
     images = images[keep] / peak[keep, None, None]
@@ -241,15 +243,24 @@ def _embedded(contrast: str, spec: SliceSpec) -> tuple[dict[str, SliceSet], str]
     volume = embedded_volume(contrast)
     splits: dict[str, SliceSet] = {}
     for split in SPLITS:
-        indices = [first + b * _EMBEDDED_BLOCK + i for b in range(n_blocks)
-                   if _EMBEDDED_PATTERN[b % len(_EMBEDDED_PATTERN)] == split for i in range(_EMBEDDED_BLOCK)]
+        indices = [
+            first + b * _EMBEDDED_BLOCK + i
+            for b in range(n_blocks)
+            if _EMBEDDED_PATTERN[b % len(_EMBEDDED_PATTERN)] == split
+            for i in range(_EMBEDDED_BLOCK)
+        ]
         images, kept = axial_slices(volume, spec, indices)
         splits[split] = SliceSet(torch.from_numpy(images), ["mni152"] * len(kept), kept)
-    what = ("the real MNI152 2009 T1 template" if contrast == "t1" else
-            "a T2-like contrast synthesised from the MNI152 2009 GM/WM/brain-mask maps")
-    description = (f"Stand-in: axial slices {first}-{first + n_blocks * _EMBEDDED_BLOCK - 1} of {what} "
-                   f"(one brain, shipped with nilearn), blocks of {_EMBEDDED_BLOCK} adjacent slices dealt to "
-                   "train/val/test; not BraTS 2018 patients.")
+    what = (
+        "the real MNI152 2009 T1 template"
+        if contrast == "t1"
+        else "a T2-like contrast synthesised from the MNI152 2009 GM/WM/brain-mask maps"
+    )
+    description = (
+        f"Stand-in: axial slices {first}-{first + n_blocks * _EMBEDDED_BLOCK - 1} of {what} "
+        f"(one brain, shipped with nilearn), blocks of {_EMBEDDED_BLOCK} adjacent slices dealt to "
+        "train/val/test; not BraTS 2018 patients."
+    )
     return splits, description
 
 
@@ -292,7 +303,7 @@ def _split_cases(cases: list, counts: SplitCounts, seed: int) -> dict[str, list]
     order = np.random.default_rng(seed).permutation(n).tolist()
     out, start = {}, 0
     for split in SPLITS:
-        out[split] = [cases[i] for i in order[start:start + sizes[split]]]
+        out[split] = [cases[i] for i in order[start : start + sizes[split]]]
         start += sizes[split]
     return out
 
@@ -307,40 +318,56 @@ def _slices_of(files: list[tuple[str, Path]], spec: SliceSpec) -> SliceSet:
     return SliceSet(torch.cat(images), cases, indices)
 
 
-def _brats(root: Path, contrast: str, spec: SliceSpec, counts: SplitCounts, seed: int,
-           grades: tuple[str, ...]) -> tuple[dict[str, SliceSet], str]:
+def _brats(
+    root: Path, contrast: str, spec: SliceSpec, counts: SplitCounts, seed: int, grades: tuple[str, ...]
+) -> tuple[dict[str, SliceSet], str]:
     if contrast not in CONTRASTS:
         raise MRIDataError(f"BraTS 2018 contrast must be one of {list(CONTRASTS)}, got {contrast!r}")
     files = []
     for case in brats_cases(root, grades):
         path = case / f"{case.name}_{contrast}.nii.gz"
         if not path.is_file():
-            raise MRIDataError(f"BraTS case {case.name}: missing modality file {path} "
-                               f"(expected <case>/<case>_{{{','.join(CONTRASTS)}}}.nii.gz)")
+            raise MRIDataError(
+                f"BraTS case {case.name}: missing modality file {path} "
+                f"(expected <case>/<case>_{{{','.join(CONTRASTS)}}}.nii.gz)"
+            )
         files.append((case.name, path))
     split = _split_cases(files, counts, seed)
     splits = {k: _slices_of(v, spec) for k, v in split.items()}
     sizes = "/".join(str(len(split[k])) for k in SPLITS)
-    return splits, (f"BraTS 2018 {'+'.join(grades)} {contrast.upper()} from {root}: {sizes} patients "
-                    f"(train/val/test), {spec.slices_per_volume} central axial slices each")
+    return splits, (
+        f"BraTS 2018 {'+'.join(grades)} {contrast.upper()} from {root}: {sizes} patients "
+        f"(train/val/test), {spec.slices_per_volume} central axial slices each"
+    )
 
 
 def _nifti_folder(root: Path, spec: SliceSpec, counts: SplitCounts, seed: int) -> tuple[dict[str, SliceSet], str]:
     paths = sorted(p for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file())
     if not paths:
-        raise MRIDataError(f"{root}: neither the BraTS 2018 layout ({BRATS_FOLDER}/{{HGG,LGG}}/<case>/) nor a folder "
-                           "of NIfTI volumes (*.nii, *.nii.gz)")
+        raise MRIDataError(
+            f"{root}: neither the BraTS 2018 layout ({BRATS_FOLDER}/{{HGG,LGG}}/<case>/) nor a folder "
+            "of NIfTI volumes (*.nii, *.nii.gz)"
+        )
     files = [(str(p.relative_to(root)), p) for p in paths]
     split = _split_cases(files, counts, seed)
     splits = {k: _slices_of(v, spec) for k, v in split.items()}
     sizes = "/".join(str(len(split[k])) for k in SPLITS)
-    return splits, (f"NIfTI volumes from {root}: {sizes} volumes (train/val/test), "
-                    f"{spec.slices_per_volume} central axial slices each")
+    return splits, (
+        f"NIfTI volumes from {root}: {sizes} volumes (train/val/test), "
+        f"{spec.slices_per_volume} central axial slices each"
+    )
 
 
-def load_slices(root: Path | str | None = None, *, contrast: str = "t1", spec: SliceSpec = SliceSpec(),
-                counts: SplitCounts = PAPER_COUNTS, seed: int = 0, grades: tuple[str, ...] = ("HGG",),
-                limit: dict[str, int] | None = None) -> MRISlices:
+def load_slices(
+    root: Path | str | None = None,
+    *,
+    contrast: str = "t1",
+    spec: SliceSpec = SliceSpec(),
+    counts: SplitCounts = PAPER_COUNTS,
+    seed: int = 0,
+    grades: tuple[str, ...] = ("HGG",),
+    limit: dict[str, int] | None = None,
+) -> MRISlices:
     """Slices of ``contrast`` from ``root`` (BraTS 2018 layout or a NIfTI folder) or the embedded MNI152.
 
     Args:

@@ -77,8 +77,9 @@ def check_ratio(ratio: float, what: str = "ratio") -> float:
     except (TypeError, ValueError):
         raise ValueError(f"sampling {what} must be a number in (0, 1], got {ratio!r}") from None
     if not (0.0 < value <= 1.0) or not math.isfinite(value):
-        raise ValueError(f"sampling {what} must lie in (0, 1] (a fraction of k-space, e.g. 0.2 for 20 %), "
-                         f"got {ratio!r}")
+        raise ValueError(
+            f"sampling {what} must lie in (0, 1] (a fraction of k-space, e.g. 0.2 for 20 %), got {ratio!r}"
+        )
     return value
 
 
@@ -163,8 +164,9 @@ def radial_mask(ratio: float, shape: tuple[int, int], *, seed: int = 0) -> Tenso
 
 
 # ---------------------------------------------------------------------------------------- Cartesian
-def cartesian_mask(ratio: float, shape: tuple[int, int], *, seed: int = 0,
-                   center_fraction: float | None = None) -> Tensor:
+def cartesian_mask(
+    ratio: float, shape: tuple[int, int], *, seed: int = 0, center_fraction: float | None = None
+) -> Tensor:
     """Random Cartesian lines (whole columns) with a fully sampled centre and 1D variable density."""
     ratio, shape = check_ratio(ratio), _check_shape(shape)
     h, w = shape
@@ -173,7 +175,7 @@ def cartesian_mask(ratio: float, shape: tuple[int, int], *, seed: int = 0,
     n_center = min(n_columns, max(1, round(fraction * w)))
     start = w // 2 - n_center // 2
     chosen = np.zeros(w, dtype=bool)
-    chosen[start:start + n_center] = True
+    chosen[start : start + n_center] = True
     rest = n_columns - n_center
     if rest:
         k = np.abs(np.arange(w) - w // 2)
@@ -201,14 +203,17 @@ def poisson_mask(ratio: float, shape: tuple[int, int], *, seed: int = 0) -> Tens
     # ratio within a fraction of RATIO_TOLERANCE, loosened step by step if sigpy cannot meet it
     for share in (0.3, 0.6, 0.95):
         try:
-            mask = sigpy.mri.poisson(shape, 1.0 / ratio, calib=calib, dtype=np.float32, seed=seed,
-                                     tol=share * RATIO_TOLERANCE / ratio**2)
+            mask = sigpy.mri.poisson(
+                shape, 1.0 / ratio, calib=calib, dtype=np.float32, seed=seed, tol=share * RATIO_TOLERANCE / ratio**2
+            )
             break
         except ValueError as err:
             error = err
     else:
-        raise ValueError(f"poisson mask of shape {shape}: sigpy cannot reach sampling ratio {ratio:.4f} "
-                         f"within {RATIO_TOLERANCE:.2f} ({error})") from None
+        raise ValueError(
+            f"poisson mask of shape {shape}: sigpy cannot reach sampling ratio {ratio:.4f} "
+            f"within {RATIO_TOLERANCE:.2f} ({error})"
+        ) from None
     return torch.from_numpy(_verify(np.ascontiguousarray(mask.real, dtype=np.float32), "poisson", ratio))
 
 
@@ -238,8 +243,7 @@ def _cached(pattern: str, ratio: float, shape: tuple[int, int], seed: int, folde
     return mask
 
 
-def sampling_mask(pattern: str, ratio: float, shape: tuple[int, int], *, seed: int = 0,
-                  cache: bool = True) -> Tensor:
+def sampling_mask(pattern: str, ratio: float, shape: tuple[int, int], *, seed: int = 0, cache: bool = True) -> Tensor:
     """The ``{0, 1}`` mask ``[H, W]`` (float32) of ``pattern`` at sampling ``ratio``; see the module doc.
 
     Raises:
@@ -295,8 +299,10 @@ class SamplingTask:
             pattern, sep, value = text.rpartition("-")
             percent = True
         if not sep or not pattern:
-            raise ValueError(f"task {text!r} must read pattern:fraction (radial:0.2), pattern:percent% (radial:20%) "
-                             "or pattern-percent (radial-20)")
+            raise ValueError(
+                f"task {text!r} must read pattern:fraction (radial:0.2), pattern:percent% (radial:20%) "
+                "or pattern-percent (radial-20)"
+            )
         try:
             number = float(value.rstrip("%"))
         except ValueError:

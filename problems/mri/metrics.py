@@ -40,16 +40,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["METRIC_NAMES", "nmse", "per_slice_rows", "psnr", "reconstruction_metrics", "ssim", "summarize_rows",
-           "write_per_slice_csv"]
+__all__ = [
+    "METRIC_NAMES",
+    "nmse",
+    "per_slice_rows",
+    "psnr",
+    "reconstruction_metrics",
+    "ssim",
+    "summarize_rows",
+    "write_per_slice_csv",
+]
 
 METRIC_NAMES = ("psnr", "ssim", "nmse")
 
 
 def _magnitudes(recon: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     if recon.shape != reference.shape:
-        raise ValueError(f"reconstruction and reference must have the same shape, got {tuple(recon.shape)} "
-                         f"and {tuple(reference.shape)}")
+        raise ValueError(
+            f"reconstruction and reference must have the same shape, got {tuple(recon.shape)} "
+            f"and {tuple(reference.shape)}"
+        )
     if recon.dim() == 2:
         recon, reference = recon[None], reference[None]
     if recon.dim() != 3:
@@ -76,8 +86,7 @@ def ssim(recon: Tensor, reference: Tensor) -> Tensor:
     from skimage.metrics import structural_similarity
 
     x, ref = _magnitudes(recon, reference)
-    values = [structural_similarity(r.numpy(), xi.numpy(), data_range=float(r.max()) or 1.0)
-              for xi, r in zip(x, ref)]
+    values = [structural_similarity(r.numpy(), xi.numpy(), data_range=float(r.max()) or 1.0) for xi, r in zip(x, ref)]
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -92,8 +101,9 @@ def per_slice_rows(metrics: Mapping[str, Tensor], **identity: Any) -> list[dict[
     return [{**identity, "slice": i, **{k: float(v[i]) for k, v in metrics.items()}} for i in range(n)]
 
 
-def summarize_rows(rows: Sequence[Mapping[str, Any]],
-                   names: Iterable[str] = METRIC_NAMES) -> dict[str, dict[str, float]]:
+def summarize_rows(
+    rows: Sequence[Mapping[str, Any]], names: Iterable[str] = METRIC_NAMES
+) -> dict[str, dict[str, float]]:
     """Mean ± sample std (and count) of each metric over the rows; infinite PSNRs are left out."""
     out = {}
     for name in names:

@@ -142,8 +142,9 @@ class MultiCoil:
         return type(self)(self.mask.to(device), self.sensitivities.to(device))
 
 
-def simulate_coil_maps(shape: tuple[int, int], n_coils: int, *, seed: int = 0,
-                       dtype: torch.dtype = torch.complex64) -> Tensor:
+def simulate_coil_maps(
+    shape: tuple[int, int], n_coils: int, *, seed: int = 0, dtype: torch.dtype = torch.complex64
+) -> Tensor:
     """Smooth complex coil sensitivities ``[C, H, W]`` with ``Σ_c |S_c|² = 1`` at every pixel.
 
     Coil ``c`` is a 2D Gaussian bump centred on a circle around the image (the usual birdcage
@@ -162,7 +163,9 @@ def simulate_coil_maps(shape: tuple[int, int], n_coils: int, *, seed: int = 0,
         cy, cx = 1.2 * math.sin(angle), 1.2 * math.cos(angle)
         width = 0.9 + 0.3 * float(torch.rand((), generator=gen))
         magnitude = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
-        phase = math.pi * (0.5 * float(torch.randn((), generator=gen)) * yy + 0.5 * float(torch.randn((), generator=gen)) * xx)
+        phase = math.pi * (
+            0.5 * float(torch.randn((), generator=gen)) * yy + 0.5 * float(torch.randn((), generator=gen)) * xx
+        )
         maps.append(magnitude * torch.exp(1j * (phase + angle)))
     stack = torch.stack(maps)
     stack = stack / root_sum_of_squares(stack, dim=0).clamp_min(1e-12)

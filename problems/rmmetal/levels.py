@@ -1,4 +1,4 @@
-"""Meta-learning levels of RM-MetaL (seed 003) and its baselines, as one graph with two levels.
+"""Meta-learning levels of RM-MetaL (Yang, Ma, Yu, AAAI 2025) and its baselines, as one graph with two levels.
 
 Problem (Eq. 1-2): ``min_θ F(θ) = 1/|B| Σ_i f_i(θ, φ_i*(θ))`` with ``φ_i*(θ) = argmin_φ g_i(θ, φ)``;
 ``f_i`` = cross-entropy on task i's query set, ``g_i`` = cross-entropy on its support set plus a
@@ -60,8 +60,12 @@ class Conv4(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1),
-                       nn.BatchNorm2d(width, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1),
+                nn.BatchNorm2d(width, track_running_stats=False),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.width = width
 
@@ -127,10 +131,12 @@ class TaskNetworks(nn.Module):
         super().__init__()
         self._template = (template,)  # not a submodule: its parameters belong to the upper level
         self.names = [n for n, _ in template.named_parameters()]
-        self.copies = nn.ParameterDict({
-            n.replace(".", "__"): nn.Parameter(p.detach().unsqueeze(0).repeat(n_tasks, *[1] * p.dim()))
-            for n, p in template.named_parameters()
-        })
+        self.copies = nn.ParameterDict(
+            {
+                n.replace(".", "__"): nn.Parameter(p.detach().unsqueeze(0).repeat(n_tasks, *[1] * p.dim()))
+                for n, p in template.named_parameters()
+            }
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: [B, N, C, H, W] -> logits [B, N, n_way], task i through its own network."""
@@ -219,8 +225,9 @@ def _per_task_ce(logits: Tensor, labels: Tensor) -> Tensor:
 class HeadsLevel(Level):
     """``heads``: g = Σ_i [CE(φ_i; support_i) + μ/2 ||φ_i||²] (Eq. 1, lower problem)."""
 
-    def __init__(self, name: str, module: nn.Module, *, algorithm: Algorithm, meta: MetaModel, mu: float,
-                 **options: Any):
+    def __init__(
+        self, name: str, module: nn.Module, *, algorithm: Algorithm, meta: MetaModel, mu: float, **options: Any
+    ):
         super().__init__(name, module, **options)
         self.algorithm = algorithm
         self.meta = meta
@@ -284,9 +291,14 @@ def _start_map(algorithm: Algorithm, heads: nn.Module, meta: MetaModel) -> Calla
     if algorithm.start == "fixed":
         return lambda lv: {"weight": heads.initial_weight, "bias": heads.initial_bias}
     if algorithm.adapt == "head":
-        return lambda lv: {"weight": meta.head.weight.expand_as(heads.weight), "bias": meta.head.bias.expand_as(heads.bias)}
-    return lambda lv: {f"copies.{n.replace('.', '__')}": p.expand_as(heads.copies[n.replace(".", "__")])
-                       for n, p in meta.named_parameters()}
+        return lambda lv: {
+            "weight": meta.head.weight.expand_as(heads.weight),
+            "bias": meta.head.bias.expand_as(heads.bias),
+        }
+    return lambda lv: {
+        f"copies.{n.replace('.', '__')}": p.expand_as(heads.copies[n.replace(".", "__")])
+        for n, p in meta.named_parameters()
+    }
 
 
 def meta_learning_graph(
@@ -322,14 +334,30 @@ def meta_learning_graph(
     options = {}
     if algo.hypergrad in ("cg", "cg_warm"):
         # Subroutine 1: plain CG on each task's exact Hessian ∇²_φφ g_i (Eq. 8), N iterations, no damping
-        options = {"maxiter": cg_iterations, "tol": cg_tol, "blockwise": True, "curvature": "hessian",
-                   "damping": 0.0, "adaptive_damping": False}
-    heads = HeadsLevel("heads", lower_module, algorithm=algo, meta=meta, mu=mu,
-                       optimizer=functools.partial(torch.optim.SGD, lr=inner_lr), data=data,
-                       hypergrad=algo.hypergrad, unroll=inner_steps, options=options,
-                       start=_start_map(algo, lower_module, meta))
-    upper = BackboneLevel("backbone", meta, algorithm=algo, heads=heads, optimizer=outer_optimizer,
-                          data=lambda lv: data.current)
+        options = {
+            "maxiter": cg_iterations,
+            "tol": cg_tol,
+            "blockwise": True,
+            "curvature": "hessian",
+            "damping": 0.0,
+            "adaptive_damping": False,
+        }
+    heads = HeadsLevel(
+        "heads",
+        lower_module,
+        algorithm=algo,
+        meta=meta,
+        mu=mu,
+        optimizer=functools.partial(torch.optim.SGD, lr=inner_lr),
+        data=data,
+        hypergrad=algo.hypergrad,
+        unroll=inner_steps,
+        options=options,
+        start=_start_map(algo, lower_module, meta),
+    )
+    upper = BackboneLevel(
+        "backbone", meta, algorithm=algo, heads=heads, optimizer=outer_optimizer, data=lambda lv: data.current
+    )
     graph = Graph(f"meta-learning[{algorithm if isinstance(algorithm, str) else 'custom'}]")
     graph.add(heads, upper)
     graph.bilevel(lower=heads, upper=upper)
@@ -338,7 +366,7 @@ def meta_learning_graph(
 
 @torch.no_grad()
 def _features(meta: MetaModel, x: Tensor, chunk: int) -> Tensor:
-    return torch.cat([meta.features(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    return torch.cat([meta.features(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def meta_test(meta: MetaModel, episodes: Episodes, *, steps: int, lr: float, chunk: int = 50) -> Tensor:
@@ -395,13 +423,16 @@ def dense_implicit_hypergradient(graph: Graph) -> Tensor:
     v = [torch.zeros_like(p) for p in phi]
     for i in range(phi[0].shape[0]):
         basis = torch.eye(sum(sizes), dtype=phi[0].dtype, device=phi[0].device)
-        hessian = torch.stack([
-            task_slice(torch.autograd.grad(g_phi, phi, grad_outputs=embed(e, i), retain_graph=True), i)
-            for e in basis
-        ])
+        hessian = torch.stack(
+            [task_slice(torch.autograd.grad(g_phi, phi, grad_outputs=embed(e, i), retain_graph=True), i) for e in basis]
+        )
         for acc, part in zip(v, embed(torch.linalg.solve(hessian, task_slice(f_phi, i)), i)):
             acc += part
     mixed = torch.autograd.grad(g_phi, theta, grad_outputs=v, allow_unused=True)
     zero = lambda t: torch.zeros_like(t)  # noqa: E731
-    return torch.cat([((a if a is not None else zero(t)) - (b if b is not None else zero(t))).reshape(-1)
-                      for a, b, t in zip(f_theta, mixed, theta)])
+    return torch.cat(
+        [
+            ((a if a is not None else zero(t)) - (b if b is not None else zero(t))).reshape(-1)
+            for a, b, t in zip(f_theta, mixed, theta)
+        ]
+    )

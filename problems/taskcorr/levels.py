@@ -1,6 +1,7 @@
-"""Task-correlation meta-learning for multi-coil MRI reconstruction (seed 002), as two levels.
+"""Task-correlation meta-learning for multi-coil MRI reconstruction (Bian et al., Preprints.org 2025), as two levels.
 
-The seed's equations were lost in extraction; this is our reading of its text (shared/RECIPES.md §4):
+The preprint's equations were lost in the text we had; this is our reading of its prose
+(docs/recipes/taskcorr.md):
 training data come in N groups B_1..B_N (tasks: sampling pattern × ratio, or contrasts),
 validation data in M groups V_1..V_M. A matrix W ∈ R^{N×M} is normalised column by column,
 σ(w_j) = softmax(w_j), and σ(w_j)_i is read as the correlation between training group i and
@@ -85,14 +86,20 @@ class ReconGroup:
     def __post_init__(self) -> None:
         n = self.kspace.shape[0]
         if self.kspace.dim() != 4 or not torch.is_complex(self.kspace):
-            raise ValueError(f"group '{self.name}': kspace must be complex [n, C, H, W], got {self.kspace.dtype} "
-                             f"{tuple(self.kspace.shape)}")
+            raise ValueError(
+                f"group '{self.name}': kspace must be complex [n, C, H, W], got {self.kspace.dtype} "
+                f"{tuple(self.kspace.shape)}"
+            )
         if self.coils.shape != self.kspace.shape:
-            raise ValueError(f"group '{self.name}': coils {tuple(self.coils.shape)} and kspace "
-                             f"{tuple(self.kspace.shape)} must have the same shape")
+            raise ValueError(
+                f"group '{self.name}': coils {tuple(self.coils.shape)} and kspace "
+                f"{tuple(self.kspace.shape)} must have the same shape"
+            )
         if self.masks.shape != (n, 1, *self.kspace.shape[-2:]):
-            raise ValueError(f"group '{self.name}': masks must be [n, 1, H, W] = {(n, 1, *self.kspace.shape[-2:])}, "
-                             f"got {tuple(self.masks.shape)}")
+            raise ValueError(
+                f"group '{self.name}': masks must be [n, 1, H, W] = {(n, 1, *self.kspace.shape[-2:])}, "
+                f"got {tuple(self.masks.shape)}"
+            )
         if n == 0:
             raise ValueError(f"group '{self.name}' is empty")
 
@@ -116,26 +123,31 @@ class ReconGroup:
         return ReconBatch(self.kspace[index], self.masks[index], self.coils[index])
 
 
-def simulate_group(name: str, images: Tensor, mask: Tensor, coil_maps: Tensor, *, noise_std: float = 0.0,
-                   seed: int = 0) -> ReconGroup:
+def simulate_group(
+    name: str, images: Tensor, mask: Tensor, coil_maps: Tensor, *, noise_std: float = 0.0, seed: int = 0
+) -> ReconGroup:
     """Multi-coil data from single-channel images ``[n, H, W]``: coil images ``x_c = S_c x`` with
     maps ``[C, H, W]``, k-space ``y_c = P (F x_c + ε)`` with complex Gaussian ``ε`` of std ``noise_std``
     and the mask ``P`` ``[H, W]`` (one sampling pattern per group)."""
     if images.dim() != 3:
         raise ValueError(f"group '{name}': images must be [n, H, W], got {tuple(images.shape)}")
     if coil_maps.dim() != 3 or coil_maps.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"group '{name}': coil maps must be [C, H, W] with H, W = {tuple(images.shape[-2:])}, "
-                         f"got {tuple(coil_maps.shape)}")
+        raise ValueError(
+            f"group '{name}': coil maps must be [C, H, W] with H, W = {tuple(images.shape[-2:])}, "
+            f"got {tuple(coil_maps.shape)}"
+        )
     if mask.shape != images.shape[-2:]:
-        raise ValueError(f"group '{name}': mask {tuple(mask.shape)} does not match the images "
-                         f"{tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"group '{name}': mask {tuple(mask.shape)} does not match the images {tuple(images.shape[-2:])}"
+        )
     complex_dtype = torch.complex128 if images.dtype == torch.float64 else torch.complex64
     coils = coil_maps.to(complex_dtype) * images.to(complex_dtype)[:, None]
     kspace = fft2c(coils)
     if noise_std > 0:
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(kspace.shape, generator=gen, dtype=images.dtype) + 1j * torch.randn(
-            kspace.shape, generator=gen, dtype=images.dtype)
+            kspace.shape, generator=gen, dtype=images.dtype
+        )
         kspace = kspace + noise_std / 2**0.5 * noise
     mask = mask.to(images.dtype)
     masks = mask.expand(len(images), 1, *mask.shape)
@@ -145,8 +157,12 @@ def simulate_group(name: str, images: Tensor, mask: Tensor, coil_maps: Tensor, *
 def pool_groups(name: str, groups: Sequence[ReconGroup]) -> ReconGroup:
     """One group holding the samples of several (e.g. all validation tasks for M = 1)."""
     _check_compatible(groups, "pooled")
-    return ReconGroup(name, torch.cat([g.kspace for g in groups]), torch.cat([g.masks for g in groups]),
-                      torch.cat([g.coils for g in groups]))
+    return ReconGroup(
+        name,
+        torch.cat([g.kspace for g in groups]),
+        torch.cat([g.masks for g in groups]),
+        torch.cat([g.coils for g in groups]),
+    )
 
 
 @dataclass(frozen=True)
@@ -173,15 +189,23 @@ class ReconTask:
         return cls(contrast.strip().lower(), SamplingTask.parse(rest))
 
 
-def task_groups(tasks: Sequence[ReconTask], slices: Mapping[str, MRISlices], split: str, coil_maps: Tensor, *,
-                limit: int | None = None, mask_seed: int = 0) -> list[ReconGroup]:
+def task_groups(
+    tasks: Sequence[ReconTask],
+    slices: Mapping[str, MRISlices],
+    split: str,
+    coil_maps: Tensor,
+    *,
+    limit: int | None = None,
+    mask_seed: int = 0,
+) -> list[ReconGroup]:
     """One group per task: the ``split`` slices of the task's contrast (at most ``limit``, evenly
     spaced), multi-coil data simulated with ``coil_maps`` ``[C, H, W]`` and the task's mask."""
     groups = []
     for task in tasks:
         if task.contrast not in slices:
-            raise ValueError(f"task {task.label}: no slices of contrast '{task.contrast}' were loaded "
-                             f"(loaded: {sorted(slices)})")
+            raise ValueError(
+                f"task {task.label}: no slices of contrast '{task.contrast}' were loaded (loaded: {sorted(slices)})"
+            )
         images = slices[task.contrast].splits[split].subset(limit).images
         mask = task.sampling.mask(tuple(images.shape[-2:]), seed=mask_seed)
         groups.append(simulate_group(f"{task.label} ({split})", images, mask, coil_maps))
@@ -256,13 +280,16 @@ class TaskCorrelation(nn.Module):
     def __init__(self, n_train: int, n_val: int, initial: Tensor | None = None):
         super().__init__()
         if n_train < 1 or n_val < 1:
-            raise ValueError(f"TaskCorrelation needs N >= 1 training and M >= 1 validation groups, got "
-                             f"{n_train}, {n_val}")
+            raise ValueError(
+                f"TaskCorrelation needs N >= 1 training and M >= 1 validation groups, got {n_train}, {n_val}"
+            )
         logits = torch.zeros(n_train, n_val)
         if initial is not None:
             if tuple(initial.shape) != (n_train, n_val):
-                raise ValueError(f"initial W has shape {tuple(initial.shape)}, expected (N, M) = {(n_train, n_val)} "
-                                 "(training groups x validation groups)")
+                raise ValueError(
+                    f"initial W has shape {tuple(initial.shape)}, expected (N, M) = {(n_train, n_val)} "
+                    "(training groups x validation groups)"
+                )
             logits = initial.detach().to(logits.dtype).clone()
         self.logits = nn.Parameter(logits)
 
@@ -291,8 +318,16 @@ class ColumnNetworks(nn.Module):
 class ThetaLevel(Level):
     """``theta`` (lower): ``Σ_j Σ_i σ(w_j)_i ℓ(θ_j; B_i)`` (Eq. 3b, our reading)."""
 
-    def __init__(self, name: str, module: ColumnNetworks, *, correlation: TaskCorrelation, n_groups: int,
-                 loss_weights: LossWeights, **options: Any):
+    def __init__(
+        self,
+        name: str,
+        module: ColumnNetworks,
+        *,
+        correlation: TaskCorrelation,
+        n_groups: int,
+        loss_weights: LossWeights,
+        **options: Any,
+    ):
         super().__init__(name, module, **options)
         self.task_correlation = correlation  # not `self.correlation`: Betty binds the upper level to that name
         self.n_groups = n_groups
@@ -360,27 +395,53 @@ def _check_compatible(groups: Sequence[ReconGroup], what: str, coils: int | None
     first = groups[0]
     for g in groups:
         if g.image_shape != first.image_shape or g.coil_count != first.coil_count:
-            raise ValueError(f"{what} group '{g.name}' has {g.coil_count} coils of {g.image_shape}, but group "
-                             f"'{first.name}' has {first.coil_count} coils of {first.image_shape}; all groups "
-                             "must agree")
+            raise ValueError(
+                f"{what} group '{g.name}' has {g.coil_count} coils of {g.image_shape}, but group "
+                f"'{first.name}' has {first.coil_count} coils of {first.image_shape}; all groups "
+                "must agree"
+            )
         if coils is not None and g.coil_count != coils:
-            raise ValueError(f"{what} group '{g.name}' has {g.coil_count} coils; the network was built for {coils} "
-                             "(ControlNetConfig.coils)")
+            raise ValueError(
+                f"{what} group '{g.name}' has {g.coil_count} coils; the network was built for {coils} "
+                "(ControlNetConfig.coils)"
+            )
 
 
-def _theta_level(config: ControlNetConfig, train_groups: Sequence[ReconGroup], columns: int,
-                 correlation: TaskCorrelation, settings: TaskCorrSettings, seed: int) -> ThetaLevel:
+def _theta_level(
+    config: ControlNetConfig,
+    train_groups: Sequence[ReconGroup],
+    columns: int,
+    correlation: TaskCorrelation,
+    settings: TaskCorrSettings,
+    seed: int,
+) -> ThetaLevel:
     torch.manual_seed(seed)
     nets = ColumnNetworks(config, columns, gradient=settings.gradient)
-    return ThetaLevel("theta", nets, correlation=correlation, n_groups=len(train_groups), loss_weights=settings.loss,
-                      optimizer=functools.partial(torch.optim.Adam, lr=settings.theta_lr),
-                      data=GroupStream(train_groups, settings.train_batch, seed=seed),
-                      hypergrad=settings.hypergrad, unroll=settings.inner_steps, options=settings.options)
+    return ThetaLevel(
+        "theta",
+        nets,
+        correlation=correlation,
+        n_groups=len(train_groups),
+        loss_weights=settings.loss,
+        optimizer=functools.partial(torch.optim.Adam, lr=settings.theta_lr),
+        data=GroupStream(train_groups, settings.train_batch, seed=seed),
+        hypergrad=settings.hypergrad,
+        unroll=settings.inner_steps,
+        options=settings.options,
+    )
 
 
-def taskcorr_graph(config: ControlNetConfig, train_groups: Sequence[ReconGroup], val_groups: Sequence[ReconGroup],
-                   settings: TaskCorrSettings = TaskCorrSettings(), *, n_train: int | None = None,
-                   n_val: int | None = None, initial_logits: Tensor | None = None, seed: int = 0) -> Graph:
+def taskcorr_graph(
+    config: ControlNetConfig,
+    train_groups: Sequence[ReconGroup],
+    val_groups: Sequence[ReconGroup],
+    settings: TaskCorrSettings = TaskCorrSettings(),
+    *,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    initial_logits: Tensor | None = None,
+    seed: int = 0,
+) -> Graph:
     """The bilevel graph: ``theta`` (M networks θ_j) below ``correlation`` (W, N×M).
 
     ``n_train`` / ``n_val`` (optional) state N and M; they must match the numbers of groups, as must
@@ -389,32 +450,48 @@ def taskcorr_graph(config: ControlNetConfig, train_groups: Sequence[ReconGroup],
     _check_compatible(train_groups, "training", config.coils)
     _check_compatible(val_groups, "validation", config.coils)
     if train_groups[0].image_shape != val_groups[0].image_shape:
-        raise ValueError(f"training images are {train_groups[0].image_shape}, validation images "
-                         f"{val_groups[0].image_shape}; they must agree")
+        raise ValueError(
+            f"training images are {train_groups[0].image_shape}, validation images "
+            f"{val_groups[0].image_shape}; they must agree"
+        )
     N, M = len(train_groups), len(val_groups)
     if n_train is not None and n_train != N:
-        raise ValueError(f"N = {n_train} training groups were asked for, but {N} training groups were given "
-                         f"({[g.name for g in train_groups]})")
+        raise ValueError(
+            f"N = {n_train} training groups were asked for, but {N} training groups were given "
+            f"({[g.name for g in train_groups]})"
+        )
     if n_val is not None and n_val != M:
-        raise ValueError(f"M = {n_val} validation groups were asked for, but {M} validation groups were given "
-                         f"({[g.name for g in val_groups]})")
+        raise ValueError(
+            f"M = {n_val} validation groups were asked for, but {M} validation groups were given "
+            f"({[g.name for g in val_groups]})"
+        )
     if N < 2:
-        raise ValueError(f"learning task correlations needs N >= 2 training groups (softmax over one group is "
-                         f"constant), got {N}")
+        raise ValueError(
+            f"learning task correlations needs N >= 2 training groups (softmax over one group is constant), got {N}"
+        )
     correlation = TaskCorrelation(N, M, initial_logits)
     theta = _theta_level(config, train_groups, M, correlation, settings, seed)
-    upper = CorrelationLevel("correlation", correlation, theta=theta,
-                             optimizer=functools.partial(torch.optim.Adam, lr=settings.correlation_lr),
-                             data=GroupStream(val_groups, settings.val_batch, seed=mix_seed(seed, 1)),
-                             probe=lambda level: level.module.weights())
+    upper = CorrelationLevel(
+        "correlation",
+        correlation,
+        theta=theta,
+        optimizer=functools.partial(torch.optim.Adam, lr=settings.correlation_lr),
+        data=GroupStream(val_groups, settings.val_batch, seed=mix_seed(seed, 1)),
+        probe=lambda level: level.module.weights(),
+    )
     graph = Graph(f"taskcorr[N={N},M={M}]")
     graph.add(theta, upper)
     graph.bilevel(lower=theta, upper=upper)
     return graph
 
 
-def uniform_graph(config: ControlNetConfig, train_groups: Sequence[ReconGroup],
-                  settings: TaskCorrSettings = TaskCorrSettings(), *, seed: int = 0) -> Graph:
+def uniform_graph(
+    config: ControlNetConfig,
+    train_groups: Sequence[ReconGroup],
+    settings: TaskCorrSettings = TaskCorrSettings(),
+    *,
+    seed: int = 0,
+) -> Graph:
     """The baseline without correlation learning: one θ on ``(1/N) Σ_i ℓ(θ; B_i)`` (W fixed uniform)."""
     _check_compatible(train_groups, "training", config.coils)
     fixed = TaskCorrelation(len(train_groups), 1).requires_grad_(False)
@@ -426,8 +503,9 @@ def uniform_graph(config: ControlNetConfig, train_groups: Sequence[ReconGroup],
 
 # ------------------------------------------------------------------------------------------- inference
 @torch.no_grad()
-def reconstruct(net: OptimalControlNet, group: ReconGroup, *, batch_size: int = 8,
-                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+def reconstruct(
+    net: OptimalControlNet, group: ReconGroup, *, batch_size: int = 8, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
     """Magnitude reconstructions and references ``[n, H, W]`` (on the CPU) of every sample of ``group``."""
     device = device or next(net.parameters()).device
     dtype = next(net.parameters()).dtype

@@ -3,7 +3,7 @@ gradient paths: autograd, the adjoint (Lagrange-multiplier) recursion, and a che
 
 The system (Bian, Chen & Ye, "An optimal control framework for joint-channel parallel MRI
 reconstruction without coil sensitivities", 2022; the network of the task-correlation paper,
-seed 002). States are per-coil images ``x_t`` ``[B, C, H, W]`` (complex); controls ``u_t`` are
+Bian et al., Preprints.org 2025). States are per-coil images ``x_t`` ``[B, C, H, W]`` (complex); controls ``u_t`` are
 the weights of one block each:
 
     x_0 = G(y; u_0)                     k-space pre-block: complex CNN on the measured k-space, residual,
@@ -42,6 +42,7 @@ graph, like autograd, so the memory saving applies to first-order backward passe
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -120,7 +121,7 @@ def _complex_cnn(channels: list[int], kernel: int, last_activation: bool = False
     """Complex convs ``channels[0] -> ... -> channels[-1]`` with ReLU on real and imaginary parts
     (CReLU) between them (and after the last if ``last_activation``)."""
     layers: list[nn.Module] = []
-    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+    for i, (cin, cout) in enumerate(itertools.pairwise(channels)):
         layers.append(ComplexConv2d(cin, cout, kernel))
         if i < len(channels) - 2 or last_activation:
             layers.append(nn.ReLU())
@@ -182,10 +183,10 @@ class ProximalPhase(nn.Module):
         w, f, k = config.width, config.features, config.kernel
         self.step = nn.Parameter(torch.tensor(float(config.step)))
         self.threshold = nn.Parameter(torch.full((2,), float(config.threshold)))
-        self.combine = _complex_cnn([config.coils, w, w, w, 1], 3)                 # J
+        self.combine = _complex_cnn([config.coils, w, w, w, 1], 3)  # J
         self.transform = nn.Sequential(ComplexConv2d(1, f, k), _complex_cnn([f, f, f], k))  # g
-        self.inverse = nn.Sequential(_complex_cnn([f, f, f], k), ComplexConv2d(f, 1, k))     # g̃
-        self.spread = _damp_last(_complex_cnn([1, w, w, w, config.coils], 3))      # J̃
+        self.inverse = nn.Sequential(_complex_cnn([f, f, f], k), ComplexConv2d(f, 1, k))  # g̃
+        self.spread = _damp_last(_complex_cnn([1, w, w, w, config.coils], 3))  # J̃
         self.features = f
 
     def shrink(self, v: Tensor) -> Tensor:
@@ -271,26 +272,35 @@ class OptimalControlNet(nn.Module):
                 x = phase(x, kspace, mask)
             return Reconstruction(x0, x)
         if kspace.requires_grad or mask.requires_grad:
-            raise ValueError(f"gradient='{self.gradient}' differentiates the controls u_t only; the k-space and "
-                             "mask must not require grad (use gradient='autograd' to differentiate the data)")
+            raise ValueError(
+                f"gradient='{self.gradient}' differentiates the controls u_t only; the k-space and "
+                "mask must not require grad (use gradient='autograd' to differentiate the data)"
+            )
         keep_every = 1 if self.gradient == "adjoint" else self.checkpoint_every
         x0, xT = _AdjointUnroll.apply(self, kspace, mask, keep_every, [len(ps) for ps in controls], *flat)
         return Reconstruction(x0, xT)
 
     def _check_inputs(self, kspace: Tensor, mask: Tensor) -> None:
         if not torch.is_complex(kspace) or kspace.dim() != 4:
-            raise ValueError(f"OptimalControlNet: k-space must be complex [B, C, H, W], got {kspace.dtype} "
-                             f"{tuple(kspace.shape)}")
+            raise ValueError(
+                f"OptimalControlNet: k-space must be complex [B, C, H, W], got {kspace.dtype} {tuple(kspace.shape)}"
+            )
         if kspace.shape[1] != self.config.coils:
-            raise ValueError(f"OptimalControlNet: k-space has {kspace.shape[1]} coils, the network was built for "
-                             f"{self.config.coils} (ControlNetConfig.coils)")
+            raise ValueError(
+                f"OptimalControlNet: k-space has {kspace.shape[1]} coils, the network was built for "
+                f"{self.config.coils} (ControlNetConfig.coils)"
+            )
         weight = self.initial.net[0].weight_real
         if kspace.dtype.to_real() != weight.dtype:
-            raise ValueError(f"OptimalControlNet: k-space is {kspace.dtype} but the network's parameters are "
-                             f"{weight.dtype}; cast the data or the network to one precision")
+            raise ValueError(
+                f"OptimalControlNet: k-space is {kspace.dtype} but the network's parameters are "
+                f"{weight.dtype}; cast the data or the network to one precision"
+            )
         if mask.shape[-2:] != kspace.shape[-2:]:
-            raise ValueError(f"OptimalControlNet: mask {tuple(mask.shape)} does not match the k-space's spatial size "
-                             f"{tuple(kspace.shape[-2:])}")
+            raise ValueError(
+                f"OptimalControlNet: mask {tuple(mask.shape)} does not match the k-space's spatial size "
+                f"{tuple(kspace.shape[-2:])}"
+            )
 
 
 def _run_block(block: nn.Module, values: list[Tensor], *args: Tensor) -> Tensor:
@@ -304,8 +314,9 @@ class _AdjointUnroll(torch.autograd.Function):
     the costate recursion of Theorem 1 with one vector-Jacobian product per phase."""
 
     @staticmethod
-    def forward(ctx: Any, net: OptimalControlNet, kspace: Tensor, mask: Tensor, keep_every: int,
-                sizes: list[int], *flat: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, net: OptimalControlNet, kspace: Tensor, mask: Tensor, keep_every: int, sizes: list[int], *flat: Tensor
+    ) -> tuple[Tensor, Tensor]:
         controls = _split(flat, sizes)
         blocks = net.blocks()
         x = _run_block(blocks[0], controls[0], kspace)
@@ -338,7 +349,7 @@ class _AdjointUnroll(torch.autograd.Function):
 def _split(flat: tuple[Tensor, ...] | list[Tensor], sizes: list[int]) -> list[list[Tensor]]:
     out, start = [], 0
     for n in sizes:
-        out.append(list(flat[start:start + n]))
+        out.append(list(flat[start : start + n]))
         start += n
     return out
 
@@ -347,9 +358,16 @@ def _zeros_for_none(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> lis
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like)]
 
 
-def _costates(blocks: list[nn.Module], controls: list[list[Tensor]], kspace: Tensor, mask: Tensor,
-              kept: dict[int, Tensor], keep_every: int, grad_x0: Tensor | None,
-              grad_xT: Tensor | None) -> list[list[Tensor]]:
+def _costates(
+    blocks: list[nn.Module],
+    controls: list[list[Tensor]],
+    kspace: Tensor,
+    mask: Tensor,
+    kept: dict[int, Tensor],
+    keep_every: int,
+    grad_x0: Tensor | None,
+    grad_xT: Tensor | None,
+) -> list[list[Tensor]]:
     """First-order backward: λ_T = grad_xT, λ_{t-1} = (∂F/∂x)ᵀ λ_t, ∇u_t = (∂F/∂u)ᵀ λ_t, per phase."""
     T = len(blocks) - 1
     grads: list[list[Tensor]] = [[] for _ in blocks]
@@ -378,8 +396,14 @@ def _costates(blocks: list[nn.Module], controls: list[list[Tensor]], kspace: Ten
     return grads
 
 
-def _costates_with_graph(blocks: list[nn.Module], controls: list[list[Tensor]], kspace: Tensor, mask: Tensor,
-                         grad_x0: Tensor | None, grad_xT: Tensor | None) -> list[list[Tensor]]:
+def _costates_with_graph(
+    blocks: list[nn.Module],
+    controls: list[list[Tensor]],
+    kspace: Tensor,
+    mask: Tensor,
+    grad_x0: Tensor | None,
+    grad_xT: Tensor | None,
+) -> list[list[Tensor]]:
     """The same recursion with ``create_graph=True`` on a trajectory re-run from the live controls,
     so that the result is differentiable in the controls and in the incoming gradients."""
     states = [_run_block(blocks[0], controls[0], kspace)]
@@ -388,10 +412,12 @@ def _costates_with_graph(blocks: list[nn.Module], controls: list[list[Tensor]], 
     grads: list[list[Tensor]] = [[] for _ in blocks]
     lam = grad_xT if grad_xT is not None else torch.zeros_like(states[-1])
     for t in range(len(blocks) - 1, 0, -1):
-        lam, *gu = torch.autograd.grad(states[t], [states[t - 1], *controls[t]], lam, create_graph=True,
-                                       allow_unused=True)
+        lam, *gu = torch.autograd.grad(
+            states[t], [states[t - 1], *controls[t]], lam, create_graph=True, allow_unused=True
+        )
         grads[t] = _zeros_for_none(tuple(gu), controls[t])
     lam0 = lam if grad_x0 is None else lam + grad_x0
-    grads[0] = _zeros_for_none(torch.autograd.grad(states[0], controls[0], lam0, create_graph=True,
-                                                   allow_unused=True), controls[0])
+    grads[0] = _zeros_for_none(
+        torch.autograd.grad(states[0], controls[0], lam0, create_graph=True, allow_unused=True), controls[0]
+    )
     return grads

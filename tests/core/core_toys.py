@@ -31,8 +31,9 @@ def classifier() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
 
 
-def reweighting_graph(method: str = "cg_warm", unroll: int = 2, seed: int = 0, options: dict | None = None,
-                      lower_loss=None) -> Graph:
+def reweighting_graph(
+    method: str = "cg_warm", unroll: int = 2, seed: int = 0, options: dict | None = None, lower_loss=None
+) -> Graph:
     """A classifier (lower) trained with learnable per-feature input gates (upper) on validation CE."""
     torch.manual_seed(seed)
     data = NoisyPoints(seed=seed)
@@ -49,9 +50,17 @@ def reweighting_graph(method: str = "cg_warm", unroll: int = 2, seed: int = 0, o
 
     if options is None and method in ("cg", "cg_warm"):
         options = {"maxiter": 5, "damping": 1.0}  # the MLP is non-convex: damp the Hessian
-    net = Level("net", classifier(), functools.partial(torch.optim.Adam, lr=0.05), lower_loss or train_ce,
-                DataStream(data, batch_size=16, seed=seed), hypergrad=method, unroll=unroll, options=options,
-                scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=7, gamma=0.5))
+    net = Level(
+        "net",
+        classifier(),
+        functools.partial(torch.optim.Adam, lr=0.05),
+        lower_loss or train_ce,
+        DataStream(data, batch_size=16, seed=seed),
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=7, gamma=0.5),
+    )
     gates = Level("gates", nn.Linear(1, 4, bias=False), functools.partial(torch.optim.Adam, lr=0.05), val_ce)
     g = Graph("toy")
     g.add(net, gates)
@@ -60,4 +69,8 @@ def reweighting_graph(method: str = "cg_warm", unroll: int = 2, seed: int = 0, o
 
 
 def parameters(graph: Graph) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.detach().clone() for name, lv in graph.levels.items() for k, v in lv.module.state_dict().items()}
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name, lv in graph.levels.items()
+        for k, v in lv.module.state_dict().items()
+    }

@@ -21,8 +21,17 @@ def main() -> None:
     out, method, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     graph = reweighting_graph(method)
     resume = (out / "checkpoint_latest.pt").exists() or (out / "checkpoint_previous.pt").exists()
-    runner = Runner(graph, steps, out=out, device="cpu", progress=False, checkpoint_every=3, resume=resume,
-                    validate=lambda g: {"score": float(g["gates"].module.weight.sum())}, valid_every=4)
+    runner = Runner(
+        graph,
+        steps,
+        out=out,
+        device="cpu",
+        progress=False,
+        checkpoint_every=3,
+        resume=resume,
+        validate=lambda g: {"score": float(g["gates"].module.weight.sum())},
+        valid_every=4,
+    )
     runner.start()
     while runner.step_count < steps:
         runner.step()

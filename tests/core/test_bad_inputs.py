@@ -20,8 +20,7 @@ SGD = functools.partial(torch.optim.SGD, lr=0.1)
 def two_levels(lower_loss, upper_loss=None, *, data=None, hypergrad="darts", **level_options):
     g = Graph("bad")
     g.add(Level("low", Vector(torch.zeros(3)), SGD, lower_loss, data, hypergrad=hypergrad, **level_options))
-    g.add(Level("up", Vector(torch.ones(3)), SGD,
-                upper_loss or (lambda lv, _: (lv.low.module() - 1).pow(2).sum())))
+    g.add(Level("up", Vector(torch.ones(3)), SGD, upper_loss or (lambda lv, _: (lv.low.module() - 1).pow(2).sum())))
     g.bilevel("low", "up")
     return g
 
@@ -55,12 +54,15 @@ def test_recipe_step_and_method_options_are_checked_at_start_up():
     assert common.parse_hypergrad("gan=one_step,seg=cg", ["gan", "seg"]) == {"gan": "one_step", "seg": "cg"}
 
 
-@pytest.mark.parametrize("loss,message", [
-    (lambda lv, _: lv.module() * 2, r"scalar tensor.*got a tensor of shape \(3,\)"),
-    (lambda lv, _: 1.5, "scalar tensor.*got float"),
-    (lambda lv, _: {"value": lv.module().sum()}, "without a 'loss' key"),
-    (lambda lv, _: torch.tensor(2.0), "does not depend on the level's own parameters"),
-])
+@pytest.mark.parametrize(
+    "loss,message",
+    [
+        (lambda lv, _: lv.module() * 2, r"scalar tensor.*got a tensor of shape \(3,\)"),
+        (lambda lv, _: 1.5, "scalar tensor.*got float"),
+        (lambda lv, _: {"value": lv.module().sum()}, "without a 'loss' key"),
+        (lambda lv, _: torch.tensor(2.0), "does not depend on the level's own parameters"),
+    ],
+)
 def test_malformed_losses_are_refused_before_any_step(loss, message):
     g = Graph("g")
     g.add(Level("only", Vector(torch.zeros(3)), SGD, loss))
@@ -99,11 +101,14 @@ def test_hypergrad_must_be_a_name_and_options_a_dict():
         Level("low", Vector(torch.zeros(2)), SGD, coupled, unroll=0)
 
 
-@pytest.mark.parametrize("start,message", [
-    (lambda lv: {"valeu": lv.up.module()}, r"unknown name\(s\) \['valeu'\], missing \['value'\]"),
-    (lambda lv: {"value": torch.zeros(4)}, r"start value for 'value' must be a tensor of shape \(3,\), got \(4,\)"),
-    (lambda lv: [lv.up.module()], "start must return a dict"),
-])
+@pytest.mark.parametrize(
+    "start,message",
+    [
+        (lambda lv: {"valeu": lv.up.module()}, r"unknown name\(s\) \['valeu'\], missing \['value'\]"),
+        (lambda lv: {"value": torch.zeros(4)}, r"start value for 'value' must be a tensor of shape \(3,\), got \(4,\)"),
+        (lambda lv: [lv.up.module()], "start must return a dict"),
+    ],
+)
 def test_start_maps_are_checked_when_the_graph_is_built(start, message):
     g = two_levels(coupled, hypergrad="exact", start=start)
     with pytest.raises(GraphError, match=f"level 'low': .*{message}"):
@@ -120,12 +125,23 @@ def test_validation_must_return_numbers_and_resume_needs_a_folder():
 
 
 def test_first_order_without_a_start_map_is_warned_about():
-    with pytest.warns(UserWarning, match="level 'low': hypergrad 'first_order' without a start= map gives up no hypergradient"):
+    with pytest.warns(
+        UserWarning, match="level 'low': hypergrad 'first_order' without a start= map gives up no hypergradient"
+    ):
         two_levels(coupled, hypergrad="first_order").validate()
 
 
-@pytest.mark.parametrize("method,options", [("cg", {}), ("cg_warm", {}), ("neumann", {"iterations": 3, "alpha": 0.1}),
-                                            ("darts", {}), ("exact", {}), ("one_step", {})])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("cg", {}),
+        ("cg_warm", {}),
+        ("neumann", {"iterations": 3, "alpha": 0.1}),
+        ("darts", {}),
+        ("exact", {}),
+        ("one_step", {}),
+    ],
+)
 def test_methods_work_when_a_lower_parameter_is_unused_in_its_own_loss(method, options):
     class TwoParts(torch.nn.Module):
         def __init__(self):

@@ -43,19 +43,26 @@ def plain_betty(config: Config) -> tuple[Outer, torch.Tensor]:
     outer.optimizer = torch.optim.SGD(outer.module.parameters(), lr=0.0)
     inner.H, inner.C, outer.t, outer.first = H, C, t, None
     steps = config.warmup_steps + config.unroll_steps
-    engine = Engine([inner, outer], config=EngineConfig(train_iters=steps),
-                    dependencies={"u2l": {outer: [inner]}, "l2u": {inner: [outer]}})
+    engine = Engine(
+        [inner, outer],
+        config=EngineConfig(train_iters=steps),
+        dependencies={"u2l": {outer: [inner]}, "l2u": {inner: [outer]}},
+    )
     engine.run()
     w = torch.linalg.solve(H, C @ lam)
     exact = C.T @ torch.linalg.solve(H, w - t)
     return outer, exact
 
 
-@pytest.mark.parametrize("config", [
-    Config(type="cg", cg_iterations=30, warmup_steps=400),
-    Config(type="cg_warm", cg_iterations=30, warmup_steps=400),
-    Config(type="neumann", neumann_iterations=200, neumann_alpha=0.3, warmup_steps=400),
-], ids=["cg", "cg_warm", "neumann"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(type="cg", cg_iterations=30, warmup_steps=400),
+        Config(type="cg_warm", cg_iterations=30, warmup_steps=400),
+        Config(type="neumann", neumann_iterations=200, neumann_alpha=0.3, warmup_steps=400),
+    ],
+    ids=["cg", "cg_warm", "neumann"],
+)
 def test_implicit_methods_read_betty_config_and_are_exact(config):
     outer, exact = plain_betty(config)
     assert outer.first is not None

@@ -15,7 +15,9 @@ class Seeded(torch.utils.data.Dataset):
         return 10
 
     def sample(self, index, seed):
-        return torch.tensor([index, torch.randint(0, 10**6, (1,), generator=torch.Generator().manual_seed(seed)).item()])
+        return torch.tensor(
+            [index, torch.randint(0, 10**6, (1,), generator=torch.Generator().manual_seed(seed)).item()]
+        )
 
 
 def take(stream, n):

@@ -1,6 +1,7 @@
 """Per-edge methods, order-independent uppers, the one-step method and the penalty method, against closed form."""
 
 import functools
+import itertools
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from engines.closed_form import Vector
 def test_each_edge_uses_its_own_method_and_matches_its_own_analytic_value():
     result = closed_form.measure(closed_form.dual_meta(encoder_method="exact", init_method="first_order"))
     assert result["encoder"]["relative_error"] < 1e-12  # exact through the K inner steps (Eq. 3-5)
-    assert result["init"]["relative_error"] < 1e-12     # first-order: FOMAML's M^T(M phi_K - t2) (Eq. 11 w/o Hessian)
+    assert result["init"]["relative_error"] < 1e-12  # first-order: FOMAML's M^T(M phi_K - t2) (Eq. 11 w/o Hessian)
 
 
 def test_the_order_in_which_uppers_step_changes_neither_hypergradient():
@@ -36,7 +37,7 @@ def test_the_exact_replay_for_a_shared_lower_level_lands_on_the_real_iterate(tmp
     for ln in encoder:
         hop = ln["hypergradient"]["encoder<-phi"]["phi->encoder"]
         assert hop["method"] == "exact" and hop["replay_gap"] < 1e-12
-    init = [ln for ln in lines if ln["level"] == "init"][0]["hypergradient"]["init<-phi"]
+    init = next(ln for ln in lines if ln["level"] == "init")["hypergradient"]["init<-phi"]
     assert init["phi->init"]["method"] == "first_order" and init["norm"] > 0
 
 
@@ -49,10 +50,22 @@ def test_describe_draw_signature_and_validation_know_the_edge_methods(tmp_path):
 
     def graph(**edge):
         g = Graph("g")
-        g.add(Level("low", Vector(torch.zeros(2)), functools.partial(torch.optim.SGD, lr=0.1),
-                    lambda lv, _: (lv.module() * lv.up.module()).sum() ** 2))
-        g.add(Level("up", Vector(torch.ones(2)), functools.partial(torch.optim.SGD, lr=0.1),
-                    lambda lv, _: lv.low.module().sum()))
+        g.add(
+            Level(
+                "low",
+                Vector(torch.zeros(2)),
+                functools.partial(torch.optim.SGD, lr=0.1),
+                lambda lv, _: (lv.module() * lv.up.module()).sum() ** 2,
+            )
+        )
+        g.add(
+            Level(
+                "up",
+                Vector(torch.ones(2)),
+                functools.partial(torch.optim.SGD, lr=0.1),
+                lambda lv, _: lv.low.module().sum(),
+            )
+        )
         g.bilevel("low", "up", **edge)
         return g
 
@@ -70,17 +83,22 @@ def test_describe_draw_signature_and_validation_know_the_edge_methods(tmp_path):
         g2.validate()
 
 
-@pytest.mark.parametrize("optimizer", [
-    None,
-    functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True),
-    functools.partial(torch.optim.Adam, lr=0.01),
-    functools.partial(torch.optim.RMSprop, lr=0.01, momentum=0.5),
-], ids=["sgd", "nesterov", "adam", "rmsprop"])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        None,
+        functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True),
+        functools.partial(torch.optim.Adam, lr=0.01),
+        functools.partial(torch.optim.RMSprop, lr=0.01, momentum=0.5),
+    ],
+    ids=["sgd", "nesterov", "adam", "rmsprop"],
+)
 @pytest.mark.parametrize("unroll", [1, 3])
 def test_one_step_equals_exact_through_the_last_step(optimizer, unroll):
     one = closed_form.capture(closed_form.build("quadratic", "one_step", unroll=unroll, lower_optimizer=optimizer))
-    exact = closed_form.capture(closed_form.build("quadratic", "exact", {"truncate": 1}, unroll=unroll,
-                                                  lower_optimizer=optimizer))
+    exact = closed_form.capture(
+        closed_form.build("quadratic", "exact", {"truncate": 1}, unroll=unroll, lower_optimizer=optimizer)
+    )
     assert torch.allclose(one["hyper"], exact["hyper"], rtol=1e-10, atol=1e-12)
 
 
@@ -106,14 +124,22 @@ def test_penalty_minimiser_tends_to_the_bilevel_solution_as_lambda_grows():
     data = closed_form.quadratic_data(n=6, p=3, cond=2.0)
     _, lam_star = closed_form.bilevel_minimiser(data)
     gaps = [float((closed_form.penalty_minimiser(data, lam)[1] - lam_star).norm()) for lam in (1e-2, 1.0, 1e2, 1e4)]
-    assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 1e-3 * gaps[0]
+    assert all(a > b for a, b in itertools.pairwise(gaps)) and gaps[-1] < 1e-3 * gaps[0]
 
 
 @pytest.mark.parametrize("lam", [0.3, 3.0])
 def test_penalty_method_converges_to_the_penalised_minimiser(lam):
-    cf = closed_form.build("quadratic", "penalty", {"lam": lam, "lam_growth": 1.0, "delta": 0.0, "max_rounds": 10**9},
-                           unroll=2, n=6, p=3, cond=2.0, upper_lr=0.1,
-                           lower_optimizer=functools.partial(torch.optim.SGD, lr=0.5 / (1 + lam * 2.0)))
+    cf = closed_form.build(
+        "quadratic",
+        "penalty",
+        {"lam": lam, "lam_growth": 1.0, "delta": 0.0, "max_rounds": 10**9},
+        unroll=2,
+        n=6,
+        p=3,
+        cond=2.0,
+        upper_lr=0.1,
+        lower_optimizer=functools.partial(torch.optim.SGD, lr=0.5 / (1 + lam * 2.0)),
+    )
     runner = Runner(cf.graph, 6000, device="cpu", progress=False)
     runner.run()
     data = closed_form.quadratic_data(n=6, p=3, cond=2.0)
@@ -140,8 +166,18 @@ def test_penalty_holds_batches_until_the_round_limit_and_grows_lambda():
     batches = iter(torch.arange(100, dtype=torch.float64).view(-1, 1).repeat(1, 2))
     val = iter(1000 + torch.arange(100, dtype=torch.float64).view(-1, 1).repeat(1, 2))
     g = Graph("p")
-    g.add(Level("low", Vector(torch.zeros(2)), functools.partial(torch.optim.SGD, lr=0.1), low_loss, batches,
-                hypergrad="penalty", unroll=2, options={"lam": 0.5, "lam_growth": 2.0, "delta": 0.0, "max_rounds": 2}))
+    g.add(
+        Level(
+            "low",
+            Vector(torch.zeros(2)),
+            functools.partial(torch.optim.SGD, lr=0.1),
+            low_loss,
+            batches,
+            hypergrad="penalty",
+            unroll=2,
+            options={"lam": 0.5, "lam_growth": 2.0, "delta": 0.0, "max_rounds": 2},
+        )
+    )
     g.add(Level("up", Vector(torch.zeros(2)), functools.partial(torch.optim.SGD, lr=0.1), up_loss, val))
     g.bilevel("low", "up")
     Runner(g, 8, device="cpu", progress=False).run()
@@ -152,8 +188,15 @@ def test_penalty_holds_batches_until_the_round_limit_and_grows_lambda():
 
 
 def test_penalty_stops_the_run_when_delta_falls_below_its_tolerance():
-    cf = closed_form.build("quadratic", "penalty", {"lam": 1.0, "delta": 1.0, "delta_decay": 0.5, "delta_tol": 0.2,
-                                                    "max_rounds": 1}, unroll=1, n=4, p=2, cond=2.0)
+    cf = closed_form.build(
+        "quadratic",
+        "penalty",
+        {"lam": 1.0, "delta": 1.0, "delta_decay": 0.5, "delta_tol": 0.2, "max_rounds": 1},
+        unroll=1,
+        n=4,
+        p=2,
+        cond=2.0,
+    )
     result = Runner(cf.graph, 10_000, device="cpu", progress=False).run()
     assert "penalty method converged" in result.stop_reason and result.steps < 10_000
 
@@ -175,14 +218,32 @@ def test_penalty_runs_resume_identically_with_held_batches_and_step_dependent_lo
         def up_loss(level, batch):
             scale = 1.0 + 0.1 * (level.global_step // 3)  # a schedule on the global step
             noise = 0.01 * torch.randn(3, dtype=torch.float64)
-            return scale * ((level.low.module() - batch[0].mean(0) + noise) ** 2).sum() + 0.1 * level.module().pow(2).sum()
+            return (
+                scale * ((level.low.module() - batch[0].mean(0) + noise) ** 2).sum() + 0.1 * level.module().pow(2).sum()
+            )
 
         g = Graph("p")
-        g.add(Level("low", Vector(torch.zeros(3)), functools.partial(torch.optim.Adam, lr=0.05), low_loss,
-                    DataStream(train, 4, seed=1), hypergrad="penalty", unroll=2,
-                    options={"lam": 0.5, "delta": 1e-3, "max_rounds": 2}))
-        g.add(Level("up", Vector(torch.zeros(3)), functools.partial(torch.optim.Adam, lr=0.05), up_loss,
-                    DataStream(val, 4, seed=2)))
+        g.add(
+            Level(
+                "low",
+                Vector(torch.zeros(3)),
+                functools.partial(torch.optim.Adam, lr=0.05),
+                low_loss,
+                DataStream(train, 4, seed=1),
+                hypergrad="penalty",
+                unroll=2,
+                options={"lam": 0.5, "delta": 1e-3, "max_rounds": 2},
+            )
+        )
+        g.add(
+            Level(
+                "up",
+                Vector(torch.zeros(3)),
+                functools.partial(torch.optim.Adam, lr=0.05),
+                up_loss,
+                DataStream(val, 4, seed=2),
+            )
+        )
         g.bilevel("low", "up")
         return g
 
@@ -190,8 +251,9 @@ def test_penalty_runs_resume_identically_with_held_batches_and_step_dependent_lo
     full = Runner(whole, 12, device="cpu", progress=False, seed=4).run()
     Runner(graph(), 6, out=tmp_path, device="cpu", progress=False, seed=4, checkpoint_every=2).run()
     resumed = graph()
-    again = Runner(resumed, 12, out=tmp_path, device="cpu", progress=False, seed=4, checkpoint_every=2,
-                   resume=True).run()
+    again = Runner(
+        resumed, 12, out=tmp_path, device="cpu", progress=False, seed=4, checkpoint_every=2, resume=True
+    ).run()
     assert again.losses == full.losses
     for name in ("low", "up"):
         assert torch.equal(whole[name].module.value, resumed[name].module.value), name

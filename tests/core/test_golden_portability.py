@@ -17,9 +17,17 @@ def test_goldens_pass_with_other_cpu_kernels_and_thread_counts(capability, threa
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEDMLO_ONEDNN": onednn}
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "golden", "-q", "-p", "no:cacheprovider",
-                           "-W", "ignore"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "golden", "-q", "-p", "no:cacheprovider", "-W", "ignore"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
-    assert proc.returncode == 0, f"goldens fail with ATEN_CPU_CAPABILITY={capability}, {threads} thread(s), oneDNN {onednn}:\n" \
-                                 f"{proc.stdout[-4000:]}"
+    assert proc.returncode == 0, (
+        f"goldens fail with ATEN_CPU_CAPABILITY={capability}, {threads} thread(s), oneDNN {onednn}:\n"
+        f"{proc.stdout[-4000:]}"
+    )
     assert "passed" in summary and "failed" not in summary

@@ -75,8 +75,10 @@ def test_optimizer_over_the_wrong_parameters():
 def test_a_parameter_trained_by_two_levels():
     shared = nn.Linear(2, 1)
     g = Graph("g")
-    g.add(Level("a", shared, SGD, lambda lv, _: lv.module.weight.sum()),
-          Level("b", shared, SGD, lambda lv, _: lv.module.weight.sum()))
+    g.add(
+        Level("a", shared, SGD, lambda lv, _: lv.module.weight.sum()),
+        Level("b", shared, SGD, lambda lv, _: lv.module.weight.sum()),
+    )
     with pytest.raises(GraphError, match="levels 'a' and 'b' both train the same parameter"):
         g.validate()
 
@@ -104,7 +106,7 @@ def test_leaf_only_methods_refuse_a_level_that_owns_paths(method):
     g = Graph("g")
     g.add(level("bottom"), level("middle", hypergrad=method), level("top"))
     g.bilevel("bottom", "middle")  # middle receives hypergradients through bottom...
-    g.bilevel("middle", "top")     # ...and top differentiates through middle
+    g.bilevel("middle", "top")  # ...and top differentiates through middle
     with pytest.raises(GraphError, match=f"level 'middle': hypergrad '{method}' only supports"):
         g.validate()
 
@@ -136,8 +138,16 @@ def three_levels():
 
 def test_describe_lists_levels_edges_methods_and_paths():
     text = three_levels().describe()
-    for piece in ["3 level(s)", "arch", "top level", "hypergrad=cg unroll=1 maxiter=5", "gan -> seg",
-                  "arch => gan", "arch <- seg[cg, K=1] <- gan[darts, K=1]", "arch <- seg[cg, K=1]"]:
+    for piece in [
+        "3 level(s)",
+        "arch",
+        "top level",
+        "hypergrad=cg unroll=1 maxiter=5",
+        "gan -> seg",
+        "arch => gan",
+        "arch <- seg[cg, K=1] <- gan[darts, K=1]",
+        "arch <- seg[cg, K=1]",
+    ]:
         assert piece in text, piece
     assert text.index("arch ") < text.index("seg ") < text.index("gan ")  # top level first
 

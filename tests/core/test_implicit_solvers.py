@@ -44,8 +44,17 @@ def mlp_graph(method="cg", options=None, mark=True, upper_sign_flips=False):
 
     net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
     g = Graph("mlp")
-    g.add(Level("net", net, functools.partial(torch.optim.SGD, lr=0.2), lower, DataStream(data, 16),
-                hypergrad=method, options=options))
+    g.add(
+        Level(
+            "net",
+            net,
+            functools.partial(torch.optim.SGD, lr=0.2),
+            lower,
+            DataStream(data, 16),
+            hypergrad=method,
+            options=options,
+        )
+    )
     g.add(Level("weights", nn.Embedding(64, 1).double(), functools.partial(torch.optim.Adam, lr=0.05), upper))
     g.bilevel("net", "weights")
     return g
@@ -78,7 +87,8 @@ def test_gauss_newton_product_equals_the_dense_generalised_gauss_newton_matrix()
     J = torch.autograd.functional.jacobian(logits_of, flat).reshape(-1, flat.numel())
     z = logits_of(flat).detach()
     Hz = torch.autograd.functional.hessian(
-        lambda zz: (weights * nn.functional.cross_entropy(zz.view_as(z), y, reduction="none")).mean(), z.flatten())
+        lambda zz: (weights * nn.functional.cross_entropy(zz.view_as(z), y, reduction="none")).mean(), z.flatten()
+    )
     dense = J.T @ Hz @ J + 2e-3 * torch.eye(flat.numel(), dtype=flat.dtype)  # + the regulariser's exact Hessian
     v = torch.randn_like(flat)
     got = torch.cat([t.flatten() for t in product(split(v))])
@@ -98,36 +108,57 @@ def test_gauss_newton_needs_marked_outputs_and_auto_falls_back_to_the_hessian():
 def test_gauss_newton_cg_converges_on_a_non_convex_level_where_hessian_cg_does_not(tmp_path):
     options = {"maxiter": 15, "tol": 1e-3, "adaptive_damping": False}
     run(mlp_graph("cg", {**options, "curvature": "hessian"}), 6, out=tmp_path / "h", device="cpu", progress=False)
-    run(mlp_graph("cg", {**options, "curvature": "gauss_newton", "damping": 1e-2}), 6, out=tmp_path / "gn",
-        device="cpu", progress=False)
+    run(
+        mlp_graph("cg", {**options, "curvature": "gauss_newton", "damping": 1e-2}),
+        6,
+        out=tmp_path / "gn",
+        device="cpu",
+        progress=False,
+    )
     hessian, gn = hops(tmp_path / "h"), hops(tmp_path / "gn")
     assert all(h["curvature"] == "gauss_newton" and h["residual"] <= 1e-3 for h in gn)
     assert max(h["residual"] for h in hessian) > 1e-3  # negative curvature stops plain CG short
 
 
 def test_minres_solves_the_closed_form_problem_like_cg():
-    result = closed_form.measure(closed_form.build("quadratic", "cg", {"solver": "minres", "maxiter": 60,
-                                                                      "tol": 1e-11}))["hyper"]
+    result = closed_form.measure(
+        closed_form.build("quadratic", "cg", {"solver": "minres", "maxiter": 60, "tol": 1e-11})
+    )["hyper"]
     assert result["relative_error"] < 1e-8
 
 
 def test_minres_on_the_indefinite_hessian_never_ends_worse_than_zero(tmp_path):
-    run(mlp_graph("cg", {"solver": "minres", "curvature": "hessian", "maxiter": 10, "adaptive_damping": False}), 6,
-        out=tmp_path, device="cpu", progress=False)
+    run(
+        mlp_graph("cg", {"solver": "minres", "curvature": "hessian", "maxiter": 10, "adaptive_damping": False}),
+        6,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+    )
     assert all(h["residual"] <= 1.0 for h in hops(tmp_path))  # MINRES' residual never grows
 
 
 def test_damping_adapts_until_the_solve_converges_within_its_budget(tmp_path):
-    run(mlp_graph("cg", {"maxiter": 6, "tol": 1e-4, "target_residual": 1e-4, "curvature": "gauss_newton"}), 12,
-        out=tmp_path, device="cpu", progress=False)
+    run(
+        mlp_graph("cg", {"maxiter": 6, "tol": 1e-4, "target_residual": 1e-4, "curvature": "gauss_newton"}),
+        12,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+    )
     reports = hops(tmp_path)
     assert reports[0]["damping"] == 0.0 and reports[0]["residual"] > 1e-4  # too few products without damping
     assert reports[-1]["residual"] <= 1e-4 and reports[-1]["damping"] > 0  # raised until it converges
 
 
 def test_negative_curvature_raises_the_damping_within_the_same_solve(tmp_path):
-    run(mlp_graph("cg", {"maxiter": 30, "tol": 1e-6, "curvature": "hessian"}), 6, out=tmp_path, device="cpu",
-        progress=False)
+    run(
+        mlp_graph("cg", {"maxiter": 30, "tol": 1e-6, "curvature": "hessian"}),
+        6,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+    )
     reports = hops(tmp_path)
     met = [h for h in reports if h["negative_curvature"] > 0]
     assert met, "the MLP's Hessian should be indefinite somewhere"
@@ -135,8 +166,15 @@ def test_negative_curvature_raises_the_damping_within_the_same_solve(tmp_path):
 
 
 def test_a_warm_start_worse_than_zero_restarts_cold_and_is_counted(tmp_path):
-    run(mlp_graph("cg_warm", {"maxiter": 10, "tol": 1e-8, "curvature": "gauss_newton", "damping": 1e-2},
-                  upper_sign_flips=True), 12, out=tmp_path, device="cpu", progress=False)
+    run(
+        mlp_graph(
+            "cg_warm", {"maxiter": 10, "tol": 1e-8, "curvature": "gauss_newton", "damping": 1e-2}, upper_sign_flips=True
+        ),
+        12,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+    )
     reports = hops(tmp_path)
     restarted = [i for i, h in enumerate(reports) if h["cold_restart"]]
     assert restarted and reports[-1]["cold_restarts_total"] == len(restarted)

@@ -1,5 +1,7 @@
 """The Krylov solvers on their own: tolerance, warm start (and its fallback to zero), damping, blocks, MINRES."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -75,7 +77,7 @@ def test_minres_solves_indefinite_systems_where_cg_breaks_down():
 def test_minres_residual_never_increases_with_more_iterations():
     A, b = _indefinite(40, 2), torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     residuals = [minres(lambda v: [A @ v[0]], [b], tol=0.0, maxiter=k).relative_residual for k in range(1, 25)]
-    assert all(later <= earlier * (1 + 1e-9) for earlier, later in zip(residuals, residuals[1:]))
+    assert all(later <= earlier * (1 + 1e-9) for earlier, later in itertools.pairwise(residuals))
 
 
 def test_minres_blockwise_equals_separate_solves():
@@ -92,7 +94,14 @@ def test_a_warm_start_worse_than_zero_falls_back_to_zero_per_block(solver):
     b = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     exact = torch.stack([torch.linalg.solve(blocks[i], b[i]) for i in range(2)])
     x0 = torch.stack([exact[0] + 1e-3, -50 * exact[1]])  # block 0: a good start; block 1: far worse than zero
-    res = solver(lambda v: [torch.einsum("bij,bj->bi", blocks, v[0])], [b], x0=[x0], tol=1e-10, maxiter=40,
-                 blockwise=True, cold_if_worse=True)
+    res = solver(
+        lambda v: [torch.einsum("bij,bj->bi", blocks, v[0])],
+        [b],
+        x0=[x0],
+        tol=1e-10,
+        maxiter=40,
+        blockwise=True,
+        cold_if_worse=True,
+    )
     assert res.restarted == 1 and res.initial_relative_residual > 1 and res.converged
     assert torch.allclose(res.x[0], exact, atol=1e-8)

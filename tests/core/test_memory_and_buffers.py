@@ -68,8 +68,15 @@ def _bn_graph(unroll):
         return (level.net.module(x_val) - y_val).pow(2).mean()
 
     batches = iter([(x, y) for x, y in zip(xs, ys)] * 1000)
-    net = Level("net", BNNet(), functools.partial(torch.optim.SGD, lr=0.1, momentum=0.5), lower_loss,
-                lambda lv: next(batches), hypergrad="exact", unroll=unroll)
+    net = Level(
+        "net",
+        BNNet(),
+        functools.partial(torch.optim.SGD, lr=0.1, momentum=0.5),
+        lower_loss,
+        lambda lv: next(batches),
+        hypergrad="exact",
+        unroll=unroll,
+    )
     up = Level("scale", scale, functools.partial(torch.optim.SGD, lr=0.0), upper_loss)
     g = Graph("bn")
     g.add(net, up)

@@ -31,8 +31,9 @@ def test_example_runs_and_down_weights_the_flipped_labels(tmp_path, monkeypatch,
 @pytest.mark.golden
 def test_example_level_outputs_match_golden(update_goldens):
     trace = golden_trace(lambda: runpy.run_path(str(EXAMPLE), run_name="example")["g"], 8)
-    check_golden(trace, ROOT / "assets" / "goldens" / "readme_reweighting.json", rtol=1e-9, atol=1e-12,
-                 update=update_goldens)
+    check_golden(
+        trace, ROOT / "assets" / "goldens" / "readme_reweighting.json", rtol=1e-9, atol=1e-12, update=update_goldens
+    )
 
 
 def test_golden_check_catches_a_change_and_explains_how_to_update(tmp_path):

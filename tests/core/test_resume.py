@@ -23,8 +23,12 @@ def metric_lines(folder: Path) -> list[dict]:
 
 def worker(out: Path, method: str, steps: int, kill_after: int | None = None) -> int:
     """Run the worker; with ``kill_after``, SIGKILL it once it has printed that global step."""
-    proc = subprocess.Popen([sys.executable, str(WORKER), str(out), method, str(steps)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), method, str(steps)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     if kill_after is not None:
         for line in proc.stdout:
             if int(line) >= kill_after:
@@ -58,8 +62,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     data = latest.read_bytes()
     latest.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 50}[damage])
     with pytest.warns(RuntimeWarning, match=r"checkpoint_latest.pt is damaged .*resuming from checkpoint_previous.pt"):
-        resumed = run(reweighting_graph(), 12, out=tmp_path / "cut", device="cpu", progress=False, checkpoint_every=3,
-                      resume=True)
+        resumed = run(
+            reweighting_graph(), 12, out=tmp_path / "cut", device="cpu", progress=False, checkpoint_every=3, resume=True
+        )
     assert resumed.losses == whole.losses
     assert metric_lines(tmp_path / "cut") == metric_lines(tmp_path / "whole")
 
@@ -67,18 +72,37 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
 def test_damaged_checkpoints_without_a_good_one_name_the_file(tmp_path):
     run(reweighting_graph(), 3, out=tmp_path, device="cpu", progress=False, checkpoint_every=3)
     (tmp_path / "checkpoint_latest.pt").write_bytes(b"")
-    with pytest.raises(ResumeError, match=r"checkpoint_latest.pt is damaged \(the file is empty.*no checkpoint_previous"):
+    with pytest.raises(
+        ResumeError, match=r"checkpoint_latest.pt is damaged \(the file is empty.*no checkpoint_previous"
+    ):
         run(reweighting_graph(), 6, out=tmp_path, device="cpu", progress=False, resume=True)
 
 
 def test_a_finished_or_early_stopped_run_is_returned_not_trained_on(tmp_path, capsys):
     scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])
-    first = run(reweighting_graph(), 50, out=tmp_path, device="cpu", progress=False, valid_every=2,
-                validate=lambda g: {"score": next(scores)}, early_stopping=EarlyStopping(patience=2))
+    first = run(
+        reweighting_graph(),
+        50,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+        valid_every=2,
+        validate=lambda g: {"score": next(scores)},
+        early_stopping=EarlyStopping(patience=2),
+    )
     assert first.stop_reason == "early_stopping" and first.steps == 6
     lines = metric_lines(tmp_path)
-    again = run(reweighting_graph(), 50, out=tmp_path, device="cpu", progress=False, resume=True, valid_every=2,
-                validate=lambda g: {"score": 1.0}, early_stopping=EarlyStopping(patience=2))
+    again = run(
+        reweighting_graph(),
+        50,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+        resume=True,
+        valid_every=2,
+        validate=lambda g: {"score": 1.0},
+        early_stopping=EarlyStopping(patience=2),
+    )
     assert again.stop_reason == "early_stopping" and again.steps == 6 and again.best == first.best
     assert metric_lines(tmp_path) == lines
     assert "already finished (early_stopping at step 6)" in capsys.readouterr().out

@@ -15,16 +15,16 @@ def test_ten_steps_resume_ten_steps_equals_twenty(tmp_path, method):
     full_graph = reweighting_graph(method)
     full = run(full_graph, 20, out=tmp_path / "full", device="cpu", progress=False, checkpoint_every=5)
 
-    first = run(reweighting_graph(method), 10, out=tmp_path / "split", device="cpu", progress=False,
-                checkpoint_every=5)
+    first = run(reweighting_graph(method), 10, out=tmp_path / "split", device="cpu", progress=False, checkpoint_every=5)
     assert first.steps == 10
     resumed_graph = reweighting_graph(method)
     with torch.no_grad():  # spoil the fresh weights: everything must come from the checkpoint
         for level in resumed_graph.levels.values():
             for p in level.module.parameters():
                 p.add_(1.0)
-    resumed = run(resumed_graph, 20, out=tmp_path / "split", device="cpu", progress=False, checkpoint_every=5,
-                  resume=True)
+    resumed = run(
+        resumed_graph, 20, out=tmp_path / "split", device="cpu", progress=False, checkpoint_every=5, resume=True
+    )
 
     a, b = parameters(full_graph), parameters(resumed_graph)
     assert a.keys() == b.keys()
@@ -85,13 +85,24 @@ def test_non_finite_gradient_stops_too():
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.9, 1.0])
-    result = run(reweighting_graph(), 50, out=tmp_path, device="cpu", progress=False,
-                 validate=lambda g: {"score": next(scores)}, valid_every=2, early_stopping=EarlyStopping(patience=3))
+    result = run(
+        reweighting_graph(),
+        50,
+        out=tmp_path,
+        device="cpu",
+        progress=False,
+        validate=lambda g: {"score": next(scores)},
+        valid_every=2,
+        early_stopping=EarlyStopping(patience=3),
+    )
     assert result.stop_reason == "early_stopping" and result.steps == 10
     assert result.best["step"] == 4 and result.best["metrics"]["score"] == 0.7
     assert load_checkpoint(tmp_path / "checkpoint_best.pt")["step"] == 4
-    validations = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
-                   if json.loads(x)["level"] == "validation"]
+    validations = [
+        json.loads(x)
+        for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["level"] == "validation"
+    ]
     assert [v["step"] for v in validations] == [2, 4, 6, 8, 10]
 
 

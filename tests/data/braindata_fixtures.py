@@ -29,13 +29,28 @@ def toy_image(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return (means[np.clip(labels, 0, 3)] + rng.normal(0, 2, labels.shape) * (labels > 0)).astype(np.float32)
 
 
-def toy_subject(subject_id: str = "s0", *, series: str | None = None, time_point: int | None = None,
-                age_months: float | None = None, shape: tuple[int, int, int] = (14, 12, 10),
-                spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> Subject:
+def toy_subject(
+    subject_id: str = "s0",
+    *,
+    series: str | None = None,
+    time_point: int | None = None,
+    age_months: float | None = None,
+    shape: tuple[int, int, int] = (14, 12, 10),
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+) -> Subject:
     labels = toy_labels(shape)
     image = toy_image(labels)
-    return Subject(subject_id=subject_id, image=image / image.max(), label=labels, spacing=spacing, domain="toy",
-                   series=series, time_point=time_point, age_months=age_months, source="test")
+    return Subject(
+        subject_id=subject_id,
+        image=image / image.max(),
+        label=labels,
+        spacing=spacing,
+        domain="toy",
+        series=series,
+        time_point=time_point,
+        age_months=age_months,
+        source="test",
+    )
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -44,8 +59,14 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
     return path
 
 
-def write_nnunet_domain(root: Path, cases: dict[str, np.ndarray], *, labels_json: dict | None = None,
-                        value_map: dict[int, int] | None = None, affine: np.ndarray | None = None) -> Path:
+def write_nnunet_domain(
+    root: Path,
+    cases: dict[str, np.ndarray],
+    *,
+    labels_json: dict | None = None,
+    value_map: dict[int, int] | None = None,
+    affine: np.ndarray | None = None,
+) -> Path:
     """A domain folder ``root/imagesTr/<case>_0000.nii.gz`` + ``root/labelsTr/<case>.nii.gz``.
 
     ``cases`` maps case id to a 0..3 label volume; ``value_map`` turns 0..3 into the stored values.
@@ -62,8 +83,9 @@ def write_nnunet_domain(root: Path, cases: dict[str, np.ndarray], *, labels_json
 ISEG_VALUES = {0: 0, 1: 10, 2: 150, 3: 250}
 
 
-def write_iseg(root: Path, n_subjects: int = 2, *, shape: tuple[int, int, int] = (12, 14, 10),
-               labelled: bool = True) -> Path:
+def write_iseg(
+    root: Path, n_subjects: int = 2, *, shape: tuple[int, int, int] = (12, 14, 10), labelled: bool = True
+) -> Path:
     """``root/iSeg-2019-Training/subject-N-{T1,T2,label}.hdr/.img`` as the challenge ships them (Analyze 7.5,
     a trailing singleton axis, labels 0/10/150/250)."""
     folder = root / "iSeg-2019-Training"

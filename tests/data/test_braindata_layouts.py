@@ -48,22 +48,27 @@ def test_volumes_are_reoriented_to_ras(tmp_path: Path) -> None:
     assert subject.spacing == (2.0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("labels_json", [
-    {"0": "background", "10": "CSF", "150": "grey matter", "250": "White_Matter"},  # nnU-Net v1: value -> name
-    {"background": 0, "CSF": 10, "GM": 150, "WM": 250},                              # nnU-Net v2: name -> value
-])
+@pytest.mark.parametrize(
+    "labels_json",
+    [
+        {"0": "background", "10": "CSF", "150": "grey matter", "250": "White_Matter"},  # nnU-Net v1: value -> name
+        {"background": 0, "CSF": 10, "GM": 150, "WM": 250},  # nnU-Net v2: name -> value
+    ],
+)
 def test_dataset_json_label_map(tmp_path: Path, labels_json: dict) -> None:
     labels = toy_labels()
-    root = write_nnunet_domain(tmp_path / "IBIS12M", {"c": labels}, labels_json=labels_json,
-                               value_map={0: 0, 1: 10, 2: 150, 3: 250})
+    root = write_nnunet_domain(
+        tmp_path / "IBIS12M", {"c": labels}, labels_json=labels_json, value_map={0: 0, 1: 10, 2: 150, 3: 250}
+    )
     np.testing.assert_array_equal(load_domain_folder(root).subjects[0].label, labels)
 
 
 def test_label_map_argument_wins_and_freesurfer_preset(tmp_path: Path) -> None:
     labels = toy_labels()
     aseg = {0: 0, 1: 24, 2: 3, 3: 2}  # CSF, cortex, cerebral WM
-    root = write_nnunet_domain(tmp_path / "OASIS3", {"c": labels}, value_map=aseg,
-                               labels_json={"background": 0, "CSF": 1, "GM": 2, "WM": 3})
+    root = write_nnunet_domain(
+        tmp_path / "OASIS3", {"c": labels}, value_map=aseg, labels_json={"background": 0, "CSF": 1, "GM": 2, "WM": 3}
+    )
     np.testing.assert_array_equal(load_domain_folder(root, label_map="freesurfer").subjects[0].label, labels)
     assert resolve_label_map({0: "bg", 24: "csf", 3: "GM", 2: 3}) == {0: 0, 24: 1, 3: 2, 2: 3}
     assert LABEL_MAPS["freesurfer"][4] == 1 and LABEL_MAPS["freesurfer"][42] == 2 and LABEL_MAPS["freesurfer"][41] == 3
@@ -107,8 +112,11 @@ def test_label_value_outside_the_map_names_file_and_expected_values(tmp_path: Pa
     labels = toy_labels()
     labels[1, 1, 1] = 7
     root = write_nnunet_domain(tmp_path / "d", {"c": labels})
-    with pytest.raises(BrainDataError, match=r"labelsTr/c\.nii\.gz: label values \[7\] are outside the label "
-                                             r"map.*expected only \[0, 1, 2, 3\]"):
+    with pytest.raises(
+        BrainDataError,
+        match=r"labelsTr/c\.nii\.gz: label values \[7\] are outside the label "
+        r"map.*expected only \[0, 1, 2, 3\]",
+    ):
         load_domain_folder(root)
 
 
@@ -117,16 +125,20 @@ def test_iseg_label_outside_10_150_250(tmp_path: Path) -> None:
     bad = np.zeros((12, 14, 10, 1), dtype=np.uint8)
     bad[2, 2, 2] = 200
     nib.save(nib.AnalyzeImage(bad, np.eye(4)), str(folder / "subject-1-label.hdr"))
-    with pytest.raises(BrainDataError,
-                       match=r"subject-1-label\.hdr: label values \[200\].*expected only \[0, 10, 150, 250\]"):
+    with pytest.raises(
+        BrainDataError, match=r"subject-1-label\.hdr: label values \[200\].*expected only \[0, 10, 150, 250\]"
+    ):
         load_iseg2019(folder)
 
 
 def test_shape_mismatch(tmp_path: Path) -> None:
     root = write_nnunet_domain(tmp_path / "d", {"c": toy_labels()})
     write_nifti(root / "labelsTr" / "c.nii.gz", toy_labels((14, 12, 9)).astype(np.uint8))
-    with pytest.raises(BrainDataError, match=r"c\.nii\.gz: label shape \(14, 12, 9\) differs from image "
-                                             r"c_0000\.nii\.gz shape \(14, 12, 10\)"):
+    with pytest.raises(
+        BrainDataError,
+        match=r"c\.nii\.gz: label shape \(14, 12, 9\) differs from image "
+        r"c_0000\.nii\.gz shape \(14, 12, 10\)",
+    ):
         load_domain_folder(root)
 
 
@@ -140,12 +152,14 @@ def test_affine_mismatch(tmp_path: Path) -> None:
 def test_subject_without_label(tmp_path: Path) -> None:
     root = write_nnunet_domain(tmp_path / "d", {"a": toy_labels(), "b": toy_labels()})
     (root / "labelsTr" / "b.nii.gz").unlink()
-    with pytest.raises(BrainDataError,
-                       match=r"b_0000\.nii\.gz: subject 'b' has no label; expected .*labelsTr/b\.nii\.gz"):
+    with pytest.raises(
+        BrainDataError, match=r"b_0000\.nii\.gz: subject 'b' has no label; expected .*labelsTr/b\.nii\.gz"
+    ):
         load_domain_folder(root)
     write_iseg(tmp_path / "val", n_subjects=1, labelled=False)
-    with pytest.raises(BrainDataError,
-                       match=r"subject-1-T1\.hdr: subject-1 has no label; expected .*subject-1-label\.hdr"):
+    with pytest.raises(
+        BrainDataError, match=r"subject-1-T1\.hdr: subject-1 has no label; expected .*subject-1-label\.hdr"
+    ):
         load_iseg2019(tmp_path / "val")
 
 

@@ -48,8 +48,9 @@ def test_roles_mirror_the_paper(domains: dict[str, BrainDomain], cache_dir: Path
     for name, domain in domains.items():
         assert domain.role == PROFILES[name].role and domain.source == "embedded"
         assert domain.description.startswith(f"synthetic {PROFILES[name].like}-like ({name}, {domain.role})")
-    picked = load_domains(None, meta_train=["adult"], meta_test=["elderly"], people=1, time_points=2,
-                          cache_dir=cache_dir)
+    picked = load_domains(
+        None, meta_train=["adult"], meta_test=["elderly"], people=1, time_points=2, cache_dir=cache_dir
+    )
     assert list(picked) == ["adult", "elderly"] and picked["elderly"].role == "meta-test"
 
 

@@ -29,6 +29,7 @@ def _shifted(labels: np.ndarray, shift: int, axis: int) -> np.ndarray:
 
 def _brute_force_assd(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
     """Mean of all boundary-to-boundary nearest distances in both directions (boundary = mask minus its erosion)."""
+
     def boundary(mask: np.ndarray) -> np.ndarray:
         return np.argwhere(mask & ~ndimage.binary_erosion(mask)) * np.asarray(spacing)
 
@@ -51,8 +52,8 @@ def test_dice_empty_tissues() -> None:
     target = toy_labels()
     no_csf = np.where(target == 1, 2, target)
     assert math.isnan(dice_per_tissue(no_csf, no_csf)["CSF"])  # absent from both: undefined
-    assert dice_per_tissue(no_csf, target)["CSF"] == 0.0       # missed entirely
-    assert dice_per_tissue(target, no_csf)["CSF"] == 0.0       # predicted where there is none
+    assert dice_per_tissue(no_csf, target)["CSF"] == 0.0  # missed entirely
+    assert dice_per_tissue(target, no_csf)["CSF"] == 0.0  # predicted where there is none
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5)])
@@ -92,11 +93,11 @@ def test_metric_input_errors() -> None:
 def test_aspc_and_stcs() -> None:
     a = np.zeros((10, 10, 10), dtype=np.int64)
     b = a.copy()
-    a[:5, :5, :4] = 1   # 100 CSF voxels
+    a[:5, :5, :4] = 1  # 100 CSF voxels
     b[:5, :5, :4] = 1
     b[5:, :5, :4] = 1
-    b[5:, 5:, :4] = 1   # 300 CSF voxels
-    a[:, :, 5:] = 3     # 500 WM in both
+    b[5:, 5:, :4] = 1  # 300 CSF voxels
+    a[:, :, 5:] = 3  # 500 WM in both
     b[:, :, 5:] = 3
     change = aspc(a, b, (2.0, 2.0, 2.0))
     assert change["CSF"] == pytest.approx(200 / 200 * 100)
@@ -109,9 +110,11 @@ def test_aspc_and_stcs() -> None:
 
 
 def test_score_subjects_and_longitudinal_rows() -> None:
-    scans = [toy_subject("p-t0", series="p", time_point=0, age_months=900.0),
-             toy_subject("p-t1", series="p", time_point=1, age_months=918.0),
-             toy_subject("q", age_months=800.0)]
+    scans = [
+        toy_subject("p-t0", series="p", time_point=0, age_months=900.0),
+        toy_subject("p-t1", series="p", time_point=1, age_months=918.0),
+        toy_subject("q", age_months=800.0),
+    ]
     grown = np.where(ndimage.binary_dilation(scans[1].label == 1) & (scans[1].label > 0), 1, scans[1].label)
     predictions = {"p-t0": scans[0].label, "p-t1": grown, "q": np.where(scans[2].label == 1, 0, scans[2].label)}
 
@@ -122,8 +125,9 @@ def test_score_subjects_and_longitudinal_rows() -> None:
     assert all(math.isnan(r["value"]) for r in q_csf if r["metric"] == "ASSD")
     summary = summarise_rows(rows)
     assert summary["ASSD"]["CSF"]["n"] == 2 and summary["ASSD"]["CSF"]["n_undefined"] == 1
-    assert summary["Dice"]["GM"]["mean"] == pytest.approx(np.mean([r["value"] for r in rows
-                                                                    if r["metric"] == "Dice" and r["tissue"] == "GM"]))
+    assert summary["Dice"]["GM"]["mean"] == pytest.approx(
+        np.mean([r["value"] for r in rows if r["metric"] == "Dice" and r["tissue"] == "GM"])
+    )
 
     longitudinal = longitudinal_rows(predictions, scans)  # "q" has no series: skipped
     assert {(r["series"], r["pair"]) for r in longitudinal} == {("p", "t0-t1")}
@@ -138,8 +142,10 @@ def test_score_subjects_and_longitudinal_rows() -> None:
 
 
 def test_score_errors_name_the_subject() -> None:
-    scans = [toy_subject("a", series="p", time_point=0, age_months=10.0),
-             toy_subject("b", series="p", time_point=1, age_months=10.0)]
+    scans = [
+        toy_subject("a", series="p", time_point=0, age_months=10.0),
+        toy_subject("b", series="p", time_point=1, age_months=10.0),
+    ]
     with pytest.raises(BrainDataError, match="no prediction for subject 'a'"):
         score_subjects({}, scans)
     with pytest.raises(BrainDataError, match=r"prediction for 'a' has shape \(3, 3, 3\), expected"):

@@ -73,8 +73,11 @@ def test_random_patches() -> None:
 
 
 def _longitudinal_domain() -> BrainDomain:
-    subjects = [toy_subject(f"p{p}-t{t}", series=f"p{p}", time_point=t, age_months=900.0 + 12 * t)
-                for p in range(5) for t in range(3)]
+    subjects = [
+        toy_subject(f"p{p}-t{t}", series=f"p{p}", time_point=t, age_months=900.0 + 12 * t)
+        for p in range(5)
+        for t in range(3)
+    ]
     subjects.append(toy_subject("single"))
     return BrainDomain("toy", subjects, "embedded", "toy", role="meta-test")
 
@@ -91,6 +94,7 @@ def test_few_shot_split_keeps_people_apart() -> None:
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert len(parts[0] | parts[1] | parts[2]) == 6
     assert len(split.support) + len(split.val) + len(split.test) <= len(domain.subjects)
+
     def ids(split):
         return [[s.subject_id for s in part] for part in (split.support, split.val, split.test)]
 

@@ -101,8 +101,9 @@ def write_tieredimagenet(root: Path, with_names: bool = True) -> None:
     for split in SPLITS:
         data, labels = _images_and_labels(split, 84)
         # the original files hold uint8 numpy buffers; plain bytes are accepted too
-        blobs = [np.frombuffer(_png_bytes(img), dtype=np.uint8) if i % 2 else _png_bytes(img)
-                 for i, img in enumerate(data)]
+        blobs = [
+            np.frombuffer(_png_bytes(img), dtype=np.uint8) if i % 2 else _png_bytes(img) for i, img in enumerate(data)
+        ]
         local = labels - labels.min()  # label_specific counts from 0 within each split
         label_dict = {"label_specific": local, "label_general": np.zeros_like(local)}
         if with_names:

@@ -28,8 +28,11 @@ def ring_items(name: str, n: int = 6, seed: int = 0, contrast: float = 1.0) -> T
 
 
 def toy_pool() -> list[TensorItems]:
-    return [ring_items("young", seed=1, contrast=0.6), ring_items("middle", seed=2),
-            ring_items("old", seed=3, contrast=0.8)]
+    return [
+        ring_items("young", seed=1, contrast=0.6),
+        ring_items("middle", seed=2),
+        ring_items("old", seed=3, contrast=0.8),
+    ]
 
 
 def outer_sgd(lr: float = 0.01):
@@ -40,8 +43,9 @@ def dual_graph(variant: str = "dumeta++", *, batch_size: int = 1, width: int = 2
     torch.manual_seed(seed)
     net = DualUNet(2, base_width=width)
     sampler = MetaTaskSampler(toy_pool(), batch_size=batch_size, seed=seed)
-    graph = dual_meta_graph(variant, net=net, sampler=sampler, inner_lr=INNER_LR, outer_optimizer=outer_sgd(),
-                            capacity=4, **kwargs)
+    graph = dual_meta_graph(
+        variant, net=net, sampler=sampler, inner_lr=INNER_LR, outer_optimizer=outer_sgd(), capacity=4, **kwargs
+    )
     return graph, net, sampler
 
 
@@ -49,8 +53,14 @@ def init_graph(kind: str, *, inner_steps: int = 2, width: int = 2, seed: int = 0
     torch.manual_seed(seed)
     net = DualUNet(2, base_width=width)
     sampler = MetaTaskSampler(toy_pool(), batch_size=1, seed=seed)
-    graph = init_learning_graph(kind, net=net, sampler=sampler, inner_lr=INNER_LR, inner_steps=inner_steps,
-                                outer_optimizer=outer_sgd(0.5 if kind == "reptile" else 0.01))
+    graph = init_learning_graph(
+        kind,
+        net=net,
+        sampler=sampler,
+        inner_lr=INNER_LR,
+        inner_steps=inner_steps,
+        outer_optimizer=outer_sgd(0.5 if kind == "reptile" else 0.01),
+    )
     return graph, net, sampler
 
 

@@ -25,7 +25,8 @@ def first_step_gradients(graph, levels):
     for name in levels:
         level = graph[name]
         level.grad_callback = lambda level=level, name=name: captured.setdefault(
-            name, {n: p.grad.detach().clone() for n, p in zip(level.trainable_names, level.trainable_parameters())})
+            name, {n: p.grad.detach().clone() for n, p in zip(level.trainable_names, level.trainable_parameters())}
+        )
     runner = Runner(graph, 1, device="cpu", seed=0, precision="fp64", progress=False)
     runner.step()
     runner.close()
@@ -35,8 +36,11 @@ def first_step_gradients(graph, levels):
 def reference_batches(seed=0):
     """The batches of meta-iteration 1 drawn independently of the graph's sampler, in float64."""
     sampler = MetaTaskSampler(toy_pool(), batch_size=1, seed=seed)
-    batches = {"inner": sampler.inner(SimpleNamespace(inner_step=1)), "encoder": sampler.outer("encoder"),
-               "head_init": sampler.outer("head_init")}
+    batches = {
+        "inner": sampler.inner(SimpleNamespace(inner_step=1)),
+        "encoder": sampler.outer("encoder"),
+        "head_init": sampler.outer("head_init"),
+    }
     for b in batches.values():
         b.image = b.image.double()
     return batches
@@ -68,8 +72,9 @@ def unrolled_reference(net, params, batches, *, second_order):
 
 def flat(grads, prefix=""):
     """Concatenate ``{name: tensor}`` in name order (names relative to ``prefix``; φ's keys use '__')."""
-    return torch.cat([t.flatten() for _, t in sorted((n.removeprefix(prefix).replace("__", "."), t)
-                                                       for n, t in grads.items())])
+    return torch.cat(
+        [t.flatten() for _, t in sorted((n.removeprefix(prefix).replace("__", "."), t) for n, t in grads.items())]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +174,9 @@ def test_resume_is_identical_with_the_memory_bank(tmp_path):
         for i, steps in enumerate(steps_then_resume):
             if i:
                 graph, net, _ = dual_graph("dumeta++", seed=1)
-            result = Runner(graph, steps, out=out, device="cpu", seed=1, deterministic=True, progress=False,
-                            resume=i > 0).run()
+            result = Runner(
+                graph, steps, out=out, device="cpu", seed=1, deterministic=True, progress=False, resume=i > 0
+            ).run()
         return graph, net, result
 
     straight, net_a, result_a = final_state([3])
@@ -178,8 +184,10 @@ def test_resume_is_identical_with_the_memory_bank(tmp_path):
     assert result_a.losses == result_b.losses
     for (name, a), b in zip(net_a.named_parameters(), net_b.parameters()):
         assert torch.equal(a, b), name
-    assert all(torch.equal(a, b) for a, b in zip(straight["head_init"].module.parameters(),
-                                                 resumed["head_init"].module.parameters()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(straight["head_init"].module.parameters(), resumed["head_init"].module.parameters())
+    )
     bank_a, bank_b = straight["encoder"].regulariser.bank, resumed["encoder"].regulariser.bank
     assert torch.equal(bank_a.filled, bank_b.filled) and torch.equal(bank_a.cursor, bank_b.cursor)
     assert all(torch.equal(a, b) for a, b in zip(bank_a.entries, bank_b.entries))

@@ -11,8 +11,19 @@ from problems.losses import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
 
 def dynunet_like(net: DualUNet) -> DynUNet:
     """MONAI's DynUNet with the paper's settings, holding ``net``'s weights."""
-    ref = DynUNet(net.spatial_dims, 1, 4, [3] * 6, [1, 2, 2, 2, 2, 2], [2] * 5, filters=list(net.widths),
-                  norm_name=("INSTANCE", {"affine": True}), act_name="relu", deep_supervision=True, deep_supr_num=4)
+    ref = DynUNet(
+        net.spatial_dims,
+        1,
+        4,
+        [3] * 6,
+        [1, 2, 2, 2, 2, 2],
+        [2] * 5,
+        filters=list(net.widths),
+        norm_name=("INSTANCE", {"affine": True}),
+        act_name="relu",
+        deep_supervision=True,
+        deep_supr_num=4,
+    )
     blocks = [ref.input_block, *ref.downsamples, ref.bottleneck]
     for mine, theirs in zip(net.encoder.stages, blocks):
         theirs.load_state_dict(mine.state_dict())

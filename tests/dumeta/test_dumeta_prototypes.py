@@ -29,8 +29,12 @@ def test_triplet_terms_match_a_hand_computed_example():
 
 def test_class_means_average_the_voxels_of_each_class_at_the_feature_scale():
     features = torch.arange(2 * 2 * 2 * 2, dtype=torch.float64).view(2, 2, 2, 2)  # [B, D, 2, 2]
-    label = torch.tensor([[[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 0, 0], [3, 3, 0, 0]],
-                          [[2, 2, 2, 2], [2, 2, 2, 2], [3, 3, 3, 3], [3, 3, 3, 3]]])  # [B, 4, 4] -> 2x2 by nearest
+    label = torch.tensor(
+        [
+            [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 0, 0], [3, 3, 0, 0]],
+            [[2, 2, 2, 2], [2, 2, 2, 2], [3, 3, 3, 3], [3, 3, 3, 3]],
+        ]
+    )  # [B, 4, 4] -> 2x2 by nearest
     means, present = class_means(features, label, (1, 2, 3))
     assert present.tolist() == [[True, True, True], [False, True, True]]
     assert torch.equal(means[0, 0], features[0, :, 0, 0])  # CSF is the top-left voxel at 2x2
@@ -40,16 +44,23 @@ def test_class_means_average_the_voxels_of_each_class_at_the_feature_scale():
 
 def test_regulariser_end_to_end_with_prototypes_from_the_bank():
     # K = 1 scale, D = 2, two datasets with one 1x3 "image" each: voxel j carries tissue j + 1
-    features = torch.tensor([[[[1.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]],
-                             [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]]]])  # [B=2, D=2, 1, 3]
+    features = torch.tensor(
+        [[[[1.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]], [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]]]]
+    )  # [B=2, D=2, 1, 3]
     label = torch.tensor([[[1, 2, 3]], [[1, 2, 3]]])
     domain = torch.tensor([0, 1])
     reg = ClassAwareRegulariser([2], margin=1.5, capacity=10)
     loss = reg([features], label, domain, update=True)
     f = features[:, :, 0, :].transpose(1, 2)  # [B, C, D]: f[b, c] = feature of voxel c
     protos = f.mean(0)  # the bank holds both samples' means
-    terms = torch.stack([regulariser_terms(protos, torch.ones(3, dtype=torch.bool), f[b:b + 1],
-                                           torch.ones(1, 3, dtype=torch.bool), margin=1.5) for b in range(2)])
+    terms = torch.stack(
+        [
+            regulariser_terms(
+                protos, torch.ones(3, dtype=torch.bool), f[b : b + 1], torch.ones(1, 3, dtype=torch.bool), margin=1.5
+            )
+            for b in range(2)
+        ]
+    )
     assert torch.allclose(loss, terms.sum() / (3 * 2 * 1))
     assert reg.bank.filled.tolist() == [[2, 2, 2]]
     again = reg([features], label, domain, update=False)  # a recomputation: the bank does not grow

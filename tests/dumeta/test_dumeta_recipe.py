@@ -21,24 +21,47 @@ FAST = ["--preset", "smoke", "--steps", "2", "--fine-tune-steps", "2", "--no-pro
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("dumeta_smoke")
-    argv = [*FAST, "--methods", "dumeta++", "mfl+mil", "randinit-2d", "--capacities", "1", "--depths", "0", "3",
-            "--shots", "1", "--out", str(out)]
+    argv = [
+        *FAST,
+        "--methods",
+        "dumeta++",
+        "mfl+mil",
+        "randinit-2d",
+        "--capacities",
+        "1",
+        "--depths",
+        "0",
+        "3",
+        "--shots",
+        "1",
+        "--out",
+        str(out),
+    ]
     return out, argv, dumeta.main(argv)
 
 
 def test_smoke_writes_results_figures_and_run_folders(smoke):
     out, _, results = smoke
-    for name in ("results.json", "results.md", "figures/segmentation_infant6m_1shot.png",
-                 "figures/segmentation_elderly_1shot.png", "figures/feature_embedding.png", "figures/head_depth.png",
-                 "figures/graph.png"):
+    for name in (
+        "results.json",
+        "results.md",
+        "figures/segmentation_infant6m_1shot.png",
+        "figures/segmentation_elderly_1shot.png",
+        "figures/feature_embedding.png",
+        "figures/head_depth.png",
+        "figures/graph.png",
+    ):
         assert (out / name).is_file(), name
     for run in ("dumeta++__seed0", "mfl+mil__seed0", "dumeta++-n1__seed0"):
         for name in ("config.json", "metrics.jsonl", "checkpoint_latest.pt", "meta_trained.pt"):
             assert (out / "runs" / run / name).is_file(), f"{run}/{name}"
     assert (out / "runs" / "randinit-2d__seed0" / "finetune" / "infant6m__1shot__depthall" / "result.json").is_file()
     saved = json.loads((out / "results.json").read_text())
-    assert saved["recipe"] == "dumeta" and saved["data"]["stand_in"] and saved["pool"] == ["infant12m", "infant24m",
-                                                                                            "adult"]
+    assert (
+        saved["recipe"] == "dumeta"
+        and saved["data"]["stand_in"]
+        and saved["pool"] == ["infant12m", "infant24m", "adult"]
+    )
     markdown = (out / "results.md").read_text()
     assert "Stand-in data" in markdown and "setting differs" in markdown
     for title in ("Table I:", "Table II:", "Table IV:", "Table V:", "Table VI:", "Fig. 7:"):
@@ -78,7 +101,7 @@ def write_domain(root: Path, name: str, people: int, seed: int, series: bool = F
             label = np.zeros((48, 56, 6), dtype=np.int16)
             r = 18 - t - rng.integers(0, 3)
             yy, xx = np.meshgrid(np.arange(48) - 24, np.arange(56) - 28, indexing="ij")
-            dist = np.sqrt(yy ** 2 + xx ** 2)[..., None].repeat(6, axis=2)
+            dist = np.sqrt(yy**2 + xx**2)[..., None].repeat(6, axis=2)
             label[dist < r + 4] = 1
             label[dist < r] = 2
             label[dist < r - 6] = 3
@@ -87,8 +110,14 @@ def write_domain(root: Path, name: str, people: int, seed: int, series: bool = F
             affine = np.diag([1.5, 1.5, 3.0, 1.0])
             nib.save(nib.Nifti1Image(image, affine), root / name / "imagesTr" / f"{case}_0000.nii.gz")
             nib.save(nib.Nifti1Image(label, affine), root / name / "labelsTr" / f"{case}.nii.gz")
-            cases.append({"case": case, "age_months": 900 + 12 * t, "series": f"{name}_{p:02d}" if series else "",
-                          "time_point": t if series else ""})
+            cases.append(
+                {
+                    "case": case,
+                    "age_months": 900 + 12 * t,
+                    "series": f"{name}_{p:02d}" if series else "",
+                    "time_point": t if series else "",
+                }
+            )
     if series:
         with open(root / name / "subjects.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["case", "age_months", "series", "time_point"])
@@ -102,9 +131,26 @@ def test_data_root_reads_the_real_layout_end_to_end(tmp_path):
         write_domain(root, name, people=3, seed=i)
     write_domain(root, "iSegLike", people=3, seed=5)
     write_domain(root, "ADNI", people=3, seed=6, series=True)
-    results = dumeta.main([*FAST, "--data-root", str(root), "--meta-test", "iSegLike", "ADNI", "--methods", "dumeta++",
-                           "--capacities", "--depths", "--shots", "1", "--label-map", "identity",
-                           "--out", str(tmp_path / "out")])
+    results = dumeta.main(
+        [
+            *FAST,
+            "--data-root",
+            str(root),
+            "--meta-test",
+            "iSegLike",
+            "ADNI",
+            "--methods",
+            "dumeta++",
+            "--capacities",
+            "--depths",
+            "--shots",
+            "1",
+            "--label-map",
+            "identity",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert results["data"]["source"] == "real" and not results["data"]["stand_in"]
     assert results["pool"] == ["OASIS3", "IBIS12M", "IBIS24M"] and results["targets"] == ["iSegLike", "ADNI"]
     assert any(r["metric"] == "STCS" for r in results["rows"])

@@ -54,8 +54,11 @@ def test_vanilla_generator_is_the_searchable_one_restricted_to_conv_421():
     searchable = UNetGenerator(1, 3, n_down=4, ngf=8, dropout=0.0).eval()
     vanilla = UNetGenerator(1, 3, n_down=4, ngf=8, dropout=0.0, candidates=(PIX2PIX_CANDIDATE,)).eval()
     k = CANDIDATES.index(PIX2PIX_CANDIDATE)
-    kept = {name.replace(f".ops.{k}.", ".ops.0."): value for name, value in searchable.state_dict().items()
-            if ".ops." not in name or f".ops.{k}." in name}
+    kept = {
+        name.replace(f".ops.{k}.", ".ops.0."): value
+        for name, value in searchable.state_dict().items()
+        if ".ops." not in name or f".ops.{k}." in name
+    }
     vanilla.load_state_dict(kept)  # strict: exactly the same modules, one conv per cell
     one_hot = torch.nn.functional.one_hot(torch.full((4,), k), len(CANDIDATES)).float()
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
@@ -82,8 +85,9 @@ def test_mask_operations_alone_and_combined():
     for seed in range(4):
         assert np.array_equal(mask_augmentation(["flip"], seed=seed)(image=image, mask=mask)["mask"], mask[:, ::-1])
     for op in ("rotate", "translate"):
-        moved = [not np.array_equal(mask_augmentation([op], seed=s)(image=image, mask=mask)["mask"], mask)
-                 for s in range(8)]
+        moved = [
+            not np.array_equal(mask_augmentation([op], seed=s)(image=image, mask=mask)["mask"], mask) for s in range(8)
+        ]
         assert sum(moved) >= 6, op
     for seed in range(4):
         assert set(np.unique(mask_augmentation(MASK_OPERATIONS, seed=seed)(image=image, mask=mask)["mask"])) <= {0, 1}

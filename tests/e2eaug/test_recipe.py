@@ -28,17 +28,29 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_result_file(smoke):
     out, results = smoke
-    for name in ("results.json", "results.md", "figures/augmented_pairs.png", "figures/test_segmentations.png",
-                 "figures/graph.png"):
+    for name in (
+        "results.json",
+        "results.md",
+        "figures/augmented_pairs.png",
+        "figures/test_segmentations.png",
+        "figures/graph.png",
+    ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["recipe"] == "e2eaug" and saved["preset"] == "smoke"
     assert saved["hypergrad"] == {"gan": e2eaug.DEFAULT_HYPERGRAD, "seg": e2eaug.DEFAULT_HYPERGRAD}
     assert {k: v["source"] for k, v in saved["data"].items()} == {
-        "isic2018": "embedded-sample", "ph2": "embedded-sample", "dermis": "embedded-sample"}
+        "isic2018": "embedded-sample",
+        "ph2": "embedded-sample",
+        "dermis": "embedded-sample",
+    }
     markdown = (out / "results.md").read_text()
-    for text in ("Stand-in data", "Paired differences against no augmentation", "The paper's claims on this run",
-                 "Ours (A frozen)-UNet"):
+    for text in (
+        "Stand-in data",
+        "Paired differences against no augmentation",
+        "The paper's claims on this run",
+        "Ours (A frozen)-UNet",
+    ):
         assert text in markdown, text
 
 
@@ -130,35 +142,72 @@ def test_a_finished_output_folder_needs_resume(smoke):
 
 def test_ablations_write_their_tables_rows_and_figures(tmp_path):
     out = tmp_path / "ablations"
-    results = e2eaug.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--steps", "2", "--pretrain-steps",
-                           "1", "--ablation", "lambda", "mask-op", "train-size", "--lambdas", "0.5", "1",
-                           "--methods", "none", "e2eaug", "--train-sizes", "10", "20"])
+    results = e2eaug.main(
+        [
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--steps",
+            "2",
+            "--pretrain-steps",
+            "1",
+            "--ablation",
+            "lambda",
+            "mask-op",
+            "train-size",
+            "--lambdas",
+            "0.5",
+            "1",
+            "--methods",
+            "none",
+            "e2eaug",
+            "--train-sizes",
+            "10",
+            "20",
+        ]
+    )
     for name in ("ablation_lambda.png", "ablation_mask_ops.png", "performance_vs_n.png"):
         assert (out / "figures" / name).is_file(), name
     rows = results["rows"]
     assert {r["lambda"] for r in rows if r["study"] == "lambda"} == {0.5, 1.0}
-    assert {r["mask_ops"] for r in rows if r["study"] == "mask_op"} == {"rotate+flip+translate", "rotate", "flip",
-                                                                        "translate"}
+    assert {r["mask_ops"] for r in rows if r["study"] == "mask_op"} == {
+        "rotate+flip+translate",
+        "rotate",
+        "flip",
+        "translate",
+    }
     assert {(r["method"], r["train_size"]) for r in rows if r["study"] == "train_size"} == {
-        (m, n) for m in ("none", "e2eaug") for n in (10, 20)}
+        (m, n) for m in ("none", "e2eaug") for n in (10, 20)
+    }
     assert {r["train_size"] for r in rows if r["study"] in ("lambda", "mask_op")} == {10}  # §4.3: the smallest N
     # runs shared between studies are trained once: λ = 1 and all three operations are the comparison's e2eaug run
     assert len(results["runs"]) == 4 + 1 + 3
     markdown = (out / "results.md").read_text()
-    for text in ("Ablation: λ of Eq. 2", "Ablation: mask operations", "Figure 2", "λ = 1 gives the best trade-off",
-                 "All three mask operations beat any single one", "The gain is larger with fewer training examples"):
+    for text in (
+        "Ablation: λ of Eq. 2",
+        "Ablation: mask operations",
+        "Figure 2",
+        "λ = 1 gives the best trade-off",
+        "All three mask operations beat any single one",
+        "The gain is larger with fewer training examples",
+    ):
         assert text in markdown, text
     lam = {(r["lambda"], r["test_set"]): r for r in results["paired"] if r["study"] == "lambda"}
     assert set(lam) == {(0.5, t) for t in ("isic2018", "ph2", "dermis")}  # differences against the default λ
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--hypergrad", "generator=cg"], "--hypergrad names level 'generator'"),
-    (["--hypergrad", "seg=sama"], "'sama' needs one of .* at level 'seg', which uses RMSprop"),
-    (["--image-size", "48"], "power of two"),
-    (["--encoder", "no_such_encoder"], "cannot build the unet segmenter"),
-    (["--train-sizes", "200"], "--train-sizes 200: .*isic2018"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--hypergrad", "generator=cg"], "--hypergrad names level 'generator'"),
+        (["--hypergrad", "seg=sama"], "'sama' needs one of .* at level 'seg', which uses RMSprop"),
+        (["--image-size", "48"], "power of two"),
+        (["--encoder", "no_such_encoder"], "cannot build the unet segmenter"),
+        (["--train-sizes", "200"], "--train-sizes 200: .*isic2018"),
+    ],
+)
 def test_bad_arguments_fail_before_any_training(tmp_path, argv, message):
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=message):
@@ -166,8 +215,9 @@ def test_bad_arguments_fail_before_any_training(tmp_path, argv, message):
     assert not (out / "runs").exists()
 
 
-@pytest.mark.parametrize("argv", [["--pretrain-steps", "0"], ["--lambdas", "1"], ["--ablation", "lambda",
-                                                                                  "--lambdas", "-1"]])
+@pytest.mark.parametrize(
+    "argv", [["--pretrain-steps", "0"], ["--lambdas", "1"], ["--ablation", "lambda", "--lambdas", "-1"]]
+)
 def test_bad_option_values_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit):
         e2eaug.parse_args(argv)

@@ -40,9 +40,19 @@ def masks():
 def build(slices, masks, *, method=METHOD, steps_per_stage=None, unroll=2, seed=0):
     train = CrossTaskSlices(slices.splits["train"].images, masks, seed=seed)
     val = CrossTaskSlices(slices.splits["val"].images, masks, seed=seed + 1)
-    return meta_graph(train=train, val=val, settings=LOASettings(phases=2),
-                      schedule=StairSchedule(2, steps_per_stage), batch_per_task=1, val_batch_per_task=1,
-                      unroll=unroll, hypergrad=method, theta_lr=1e-2, omega_lr=1e-1, seed=seed)
+    return meta_graph(
+        train=train,
+        val=val,
+        settings=LOASettings(phases=2),
+        schedule=StairSchedule(2, steps_per_stage),
+        batch_per_task=1,
+        val_batch_per_task=1,
+        unroll=unroll,
+        hypergrad=method,
+        theta_lr=1e-2,
+        omega_lr=1e-1,
+        seed=seed,
+    )
 
 
 def test_cross_task_batches_hold_every_task_with_its_own_slices(slices, masks):
@@ -104,9 +114,13 @@ def test_stair_training_adds_phases_one_at_a_time(slices, masks, tmp_path):
 
 def test_single_level_graphs_train_what_they_should(slices, masks):
     images = slices.splits["train"].images
-    conventional = conventional_graph(train=CrossTaskSlices(images, masks[:1]), settings=LOASettings(phases=2),
-                                      schedule=StairSchedule(2), batch_size=2)
-    assert [lv for lv in conventional.levels] == ["theta"] and conventional["theta"].weights_from is None
+    conventional = conventional_graph(
+        train=CrossTaskSlices(images, masks[:1]),
+        settings=LOASettings(phases=2),
+        schedule=StairSchedule(2),
+        batch_size=2,
+    )
+    assert list(conventional.levels) == ["theta"] and conventional["theta"].weights_from is None
     Runner(conventional, 2, device="cpu", progress=False).run()
     network = conventional["theta"].module
     before = [p.detach().clone() for p in network.parameters()]
@@ -115,8 +129,12 @@ def test_single_level_graphs_train_what_they_should(slices, masks):
     assert all(torch.equal(a, b) for a, b in zip(before, network.parameters()))  # θ frozen (a copy is used)
     assert isinstance(adapted["omega"].module, TaskWeights) and adapted["omega"].module.omega.item() != 0
     with pytest.raises(ValueError, match="per task"):
-        conventional_graph(train=CrossTaskSlices(images, masks), settings=LOASettings(phases=2),
-                           schedule=StairSchedule(2), batch_size=2)
+        conventional_graph(
+            train=CrossTaskSlices(images, masks),
+            settings=LOASettings(phases=2),
+            schedule=StairSchedule(2),
+            batch_size=2,
+        )
 
 
 @pytest.mark.golden
@@ -131,14 +149,21 @@ def test_golden_conventional_and_adaptation(slices, masks, update_goldens):
     images = slices.splits["train"].images
 
     def conventional():
-        return conventional_graph(train=CrossTaskSlices(images, masks[:1]), settings=LOASettings(phases=2),
-                                  schedule=StairSchedule(2), batch_size=2, lr=1e-2)
+        return conventional_graph(
+            train=CrossTaskSlices(images, masks[:1]),
+            settings=LOASettings(phases=2),
+            schedule=StairSchedule(2),
+            batch_size=2,
+            lr=1e-2,
+        )
 
     def adaptation():
         torch.manual_seed(1)
         from problems.metarecon.loa import LOANetwork
-        return adaptation_graph(network=LOANetwork(LOASettings(phases=2)),
-                                train=CrossTaskSlices(images, masks[1:]), batch_size=2, lr=0.1)
+
+        return adaptation_graph(
+            network=LOANetwork(LOASettings(phases=2)), train=CrossTaskSlices(images, masks[1:]), batch_size=2, lr=0.1
+        )
 
     trace = {"conventional": golden_trace(conventional, 3), "adaptation": golden_trace(adaptation, 3)}
     check_golden(trace, GOLDENS / "metarecon_single_levels.json", rtol=2.5e-4, atol=1e-9, update=update_goldens)

@@ -13,8 +13,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 import metarecon  # noqa: E402
 
-FAST = ["--preset", "smoke", "--steps", "4", "--compare-seconds", "1", "--no-progress",
-        "--unseen-tasks", "radial-15", "cartesian:0.3"]
+FAST = [
+    "--preset",
+    "smoke",
+    "--steps",
+    "4",
+    "--compare-seconds",
+    "1",
+    "--no-progress",
+    "--unseen-tasks",
+    "radial-15",
+    "cartesian:0.3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +35,19 @@ def smoke(tmp_path_factory):
 
 def test_smoke_writes_every_output_labelled_as_stand_in(smoke):
     out, results = smoke
-    for name in ("results.json", "results.md", "per_slice.csv", "figures/sigma_vs_ratio.png", "figures/graph.png",
-                 "figures/reconstructions_t1_seen.png", "figures/reconstructions_t1_radial.png",
-                 "figures/reconstructions_t1_cartesian.png", "runs/t1/meta/model.pt",
-                 "runs/t1/adapt/radial-15/result.json", "runs/t1/conventional/cartesian-30/result.json"):
+    for name in (
+        "results.json",
+        "results.md",
+        "per_slice.csv",
+        "figures/sigma_vs_ratio.png",
+        "figures/graph.png",
+        "figures/reconstructions_t1_seen.png",
+        "figures/reconstructions_t1_radial.png",
+        "figures/reconstructions_t1_cartesian.png",
+        "runs/t1/meta/model.pt",
+        "runs/t1/adapt/radial-15/result.json",
+        "runs/t1/conventional/cartesian-30/result.json",
+    ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["data"]["source"] == "embedded" and saved["data"]["stand_in"]
@@ -86,9 +105,26 @@ def brats(root, skip=None, shape=(70, 70, 12)):
 def test_data_root_reads_the_brats_layout(tmp_path):
     brats(tmp_path / "brats", shape=(170, 190, 14))
     out = tmp_path / "out"
-    results = metarecon.main(["--preset", "smoke", "--data-root", str(tmp_path / "brats"), "--contrasts", "t2",
-                              "--steps", "2", "--baseline-epoch-ratio", "0.5", "--unseen-tasks", "radial-15",
-                              "--compare-hypergrad", "--out", str(out), "--no-progress"])
+    results = metarecon.main(
+        [
+            "--preset",
+            "smoke",
+            "--data-root",
+            str(tmp_path / "brats"),
+            "--contrasts",
+            "t2",
+            "--steps",
+            "2",
+            "--baseline-epoch-ratio",
+            "0.5",
+            "--unseen-tasks",
+            "radial-15",
+            "--compare-hypergrad",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert results["data"]["source"] == "brats2018" and not results["data"]["stand_in"]
     assert results["data"]["counts"] == {"train": 10, "val": 8, "test": 4}  # 1/1/1 patients x 10 slices, capped
     assert {r["paper_table"] for r in results["rows"] if r["seen"]} == {"table3"}
@@ -96,13 +132,16 @@ def test_data_root_reads_the_brats_layout(tmp_path):
     assert "Stand-in" not in markdown and "Data: BraTS 2018 HGG T2" in markdown and "Table 3 layout" in markdown
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--seen-tasks", "radial:0"], r"\(0, 1\]"),
-    (["--unseen-tasks", "radial:1.5"], r"\(0, 1\]"),
-    (["--unseen-tasks", "radial:20"], r"\(0, 1\]"),
-    (["--unseen-tasks", "spiral:20"], "unknown sampling pattern 'spiral'"),
-    (["--compare-hypergrad", "magic"], "unknown method 'magic'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seen-tasks", "radial:0"], r"\(0, 1\]"),
+        (["--unseen-tasks", "radial:1.5"], r"\(0, 1\]"),
+        (["--unseen-tasks", "radial:20"], r"\(0, 1\]"),
+        (["--unseen-tasks", "spiral:20"], "unknown sampling pattern 'spiral'"),
+        (["--compare-hypergrad", "magic"], "unknown method 'magic'"),
+    ],
+)
 def test_bad_tasks_fail_before_any_training(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         metarecon.main(["--preset", "smoke", "--out", str(tmp_path / "out"), *extra])

@@ -10,8 +10,9 @@ from problems.mri import SingleCoil, fft2c, sampling_mask
 def problem(batch=3, size=24, ratio=0.25, seed=0):
     """A float64 single-coil problem: smooth random images, radial mask, k-space y = P F x."""
     gen = torch.Generator().manual_seed(seed)
-    images = torch.nn.functional.avg_pool2d(torch.rand(batch, 1, size, size, generator=gen, dtype=torch.float64),
-                                            5, stride=1, padding=2)[:, 0]
+    images = torch.nn.functional.avg_pool2d(
+        torch.rand(batch, 1, size, size, generator=gen, dtype=torch.float64), 5, stride=1, padding=2
+    )[:, 0]
     op = SingleCoil(sampling_mask("radial", ratio, (size, size), cache=False).double())
     return images, op, op(images.to(torch.complex128))
 
@@ -66,7 +67,7 @@ def test_the_u_step_is_taken_when_both_descent_tests_hold():
     assert trace.accepted_u[0].all() and (trace.backtracks[0] == -1).all()
     x0 = op.adjoint(y)
     eps = net.eps0.abs().expand(3)
-    z = x0 - net.alpha[0] * op.data_gradient(x0, y)                  # line 3
+    z = x0 - net.alpha[0] * op.data_gradient(x0, y)  # line 3
     u = z - net.tau[0] * 0.5 * net.regularizer_and_gradient(z, eps)[1]  # line 4
     assert torch.allclose(x1, u, atol=1e-12)
     assert (trace.objective[0] < trace.objective_before[0]).all()
@@ -83,11 +84,11 @@ def test_the_safeguard_runs_when_the_descent_test_fails_and_decreases_the_object
     assert not trace.accepted_u[0].any()
     k = trace.backtracks[0]
     assert (k >= 0).all() and (k <= net.settings.max_backtracks).all()
-    v = x0 - (net.alpha[0] * net.settings.rho ** k.double()).view(-1, 1, 1) * grad0   # lines 8-12
+    v = x0 - (net.alpha[0] * net.settings.rho ** k.double()).view(-1, 1, 1) * grad0  # lines 8-12
     assert torch.allclose(x1, v, atol=1e-12)
     phi1 = net.objective(x1, y, op, weight, eps)
     step = torch.linalg.vector_norm((x1 - x0).flatten(1), dim=1)
-    assert (phi1 - phi0 <= -step**2 / net.settings.a).all() and (phi1 < phi0).all()  # the line-9 descent holds
+    assert (phi1 - phi0 <= -(step**2) / net.settings.a).all() and (phi1 < phi0).all()  # the line-9 descent holds
     assert torch.allclose(trace.objective[0], phi1.detach())
     # a step size that is too long is really reduced: with α = 50 every sample backtracks at least once
     with torch.no_grad():
@@ -134,8 +135,10 @@ def test_phases_and_settings_are_checked():
     with pytest.raises(ValueError, match="tau0 must be positive"):
         LOANetwork(LOASettings(tau0=-1.0))
     assert torch.allclose(net.alpha, torch.full((3,), 0.5, dtype=torch.float64))
-    assert not torch.allclose(net(y, op, torch.ones(3, dtype=torch.float64), phases=1),
-                              net(y, op, torch.ones(3, dtype=torch.float64), phases=3))
+    assert not torch.allclose(
+        net(y, op, torch.ones(3, dtype=torch.float64), phases=1),
+        net(y, op, torch.ones(3, dtype=torch.float64), phases=3),
+    )
     assert torch.is_complex(fft2c(net(y, op, torch.ones(3, dtype=torch.float64))))
 
 

@@ -47,7 +47,7 @@ def test_cartesian_masks_sample_whole_lines_with_a_full_centre():
     mask = sampling_mask("cartesian", 0.3, (64, 80))
     columns = mask[0].bool()
     assert torch.equal(mask, columns.float().expand(64, 80))
-    assert columns[40 - 4:40 + 4].all()  # centre fraction ratio/3 of 80 columns = 8
+    assert columns[40 - 4 : 40 + 4].all()  # centre fraction ratio/3 of 80 columns = 8
     assert int(columns.sum()) == round(0.3 * 80)
 
 

@@ -12,8 +12,9 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def random_complex(*shape: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.complex(torch.randn(*shape, generator=gen, dtype=torch.float64),
-                         torch.randn(*shape, generator=gen, dtype=torch.float64))
+    return torch.complex(
+        torch.randn(*shape, generator=gen, dtype=torch.float64), torch.randn(*shape, generator=gen, dtype=torch.float64)
+    )
 
 
 def test_centred_fft_is_unitary_and_puts_dc_in_the_centre():

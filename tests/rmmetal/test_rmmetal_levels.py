@@ -32,9 +32,21 @@ def digits():
 
 def graph_for(digits, method, *, k=3, tasks=3, width=8, n_iter=5, mu=0.01, outer_lr=1e-3, seed=0):
     source = EpisodeSource(EpisodeStream(digits.splits["train"], 5, 5, 5, tasks, seed=seed))
-    return meta_learning_graph(method, data=source, in_channels=3, image_size=32, width=width, n_way=5, n_tasks=tasks,
-                               inner_steps=k, inner_lr=0.1, cg_iterations=n_iter, mu=mu, seed=seed,
-                               outer_optimizer=functools.partial(torch.optim.Adam, lr=outer_lr))
+    return meta_learning_graph(
+        method,
+        data=source,
+        in_channels=3,
+        image_size=32,
+        width=width,
+        n_way=5,
+        n_tasks=tasks,
+        inner_steps=k,
+        inner_lr=0.1,
+        cg_iterations=n_iter,
+        mu=mu,
+        seed=seed,
+        outer_optimizer=functools.partial(torch.optim.Adam, lr=outer_lr),
+    )
 
 
 def test_batched_heads_equal_a_per_task_loop():
@@ -106,8 +118,10 @@ def test_without_warm_start_every_outer_step_restarts_from_phi_0(digits):
     initial = heads.module.initial_weight.clone()
     starts = []
     original = heads.before_step
-    heads.before_step = lambda b: (starts.append(heads.module.weight.detach().clone()) if heads.inner_step == 1 else None,
-                                   original(b))
+    heads.before_step = lambda b: (
+        starts.append(heads.module.weight.detach().clone()) if heads.inner_step == 1 else None,
+        original(b),
+    )
     Runner(graph, 9, device="cpu", progress=False).run()
     assert len(starts) == 3 and all(torch.equal(s, initial) for s in starts)
     assert not any("solution" in state for state in heads.method_state.values())  # plain cg keeps no solution
@@ -162,7 +176,8 @@ def captured_hypergradient(digits, method):
         graph = graph_for(digits, method, k=3, outer_lr=0.0)
         upper, captured = graph["backbone"], {}
         upper.grad_callback = lambda: captured.setdefault(
-            "g", torch.cat([p.grad.flatten() for p in upper.trainable_parameters()]))
+            "g", torch.cat([p.grad.flatten() for p in upper.trainable_parameters()])
+        )
         Runner(graph, 3, device="cpu", precision="fp64", progress=False).run()
     return captured["g"]
 
@@ -186,7 +201,9 @@ def test_algorithm_configurations_are_checked():
 def test_rm_metal_hypergradient_matches_the_dense_implicit_one(digits):
     graph = graph_for(digits, "rm-metal", k=30, tasks=2, width=4, n_iter=20, mu=0.1, outer_lr=0.0)
     upper, captured = graph["backbone"], {}
-    upper.grad_callback = lambda: captured.setdefault("cg", torch.cat([p.grad.flatten() for p in upper.trainable_parameters()]))
+    upper.grad_callback = lambda: captured.setdefault(
+        "cg", torch.cat([p.grad.flatten() for p in upper.trainable_parameters()])
+    )
     Runner(graph, 30, device="cpu", progress=False).run()
     dense = dense_implicit_hypergradient(graph)
     assert torch.nn.functional.cosine_similarity(captured["cg"], dense, dim=0) > 0.99
@@ -209,10 +226,12 @@ def test_meta_test_scores_the_backbone_alone(digits):
     assert anil.head is not None and itd.head is None
     with torch.no_grad():
         anil.head.weight.normal_()
-    assert all(torch.equal(a, b) for a, b in zip(anil.backbone.state_dict().values(),
-                                                 itd.backbone.state_dict().values()))
-    episodes = sample_episodes(digits.splits["test"], n_way=5, k_shot=5, k_query=5, n_tasks=20,
-                               generator=torch.Generator().manual_seed(0))
+    assert all(
+        torch.equal(a, b) for a, b in zip(anil.backbone.state_dict().values(), itd.backbone.state_dict().values())
+    )
+    episodes = sample_episodes(
+        digits.splits["test"], n_way=5, k_shot=5, k_query=5, n_tasks=20, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(meta_test(anil, episodes, steps=20, lr=0.05), meta_test(itd, episodes, steps=20, lr=0.05))
     untuned = meta_test(itd, episodes, steps=0, lr=0.05)
     assert torch.all(untuned == 0.2)  # a zero head predicts class 0 for every image: chance, 1 of 5 classes
@@ -221,7 +240,10 @@ def test_meta_test_scores_the_backbone_alone(digits):
 
 def golden_traces(digits):
     """A short float64 trace of RM-MetaL (implicit, warm) and of ITD-BiO (exact, per-step features)."""
-    return {method: golden_trace(lambda: graph_for(digits, method, k=3), steps=6) for method in ("rm-metal", "itd-bio")}
+    return {
+        method: golden_trace(lambda method=method: graph_for(digits, method, k=3), steps=6)
+        for method in ("rm-metal", "itd-bio")
+    }
 
 
 @pytest.mark.golden

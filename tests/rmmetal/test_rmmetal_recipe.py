@@ -26,14 +26,22 @@ def smoke(tmp_path_factory):
     original = rmmetal.meta_test
 
     def recording(meta, episodes, *, steps, lr, **kw):
-        calls.append({"steps": steps, "lr": lr, "tasks": episodes.n_tasks,
-                      "query": episodes.query_y.shape[1], "support": episodes.support_y.shape[1]})
+        calls.append(
+            {
+                "steps": steps,
+                "lr": lr,
+                "tasks": episodes.n_tasks,
+                "query": episodes.query_y.shape[1],
+                "support": episodes.support_y.shape[1],
+            }
+        )
         return original(meta, episodes, steps=steps, lr=lr, **kw)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(rmmetal, "meta_test", recording)
-        results = rmmetal.main(["--preset", "smoke", "--steps", str(STEPS), "--methods", *METHODS,
-                                "--out", str(out), "--no-progress"])
+        results = rmmetal.main(
+            ["--preset", "smoke", "--steps", str(STEPS), "--methods", *METHODS, "--out", str(out), "--no-progress"]
+        )
     return out, results, calls
 
 
@@ -54,8 +62,13 @@ def test_one_meta_test_protocol_for_every_method(smoke):
     _, results, calls = smoke
     preset = rmmetal.PRESETS["smoke"]
     protocol = results["protocol"]
-    assert protocol == {"steps": 20, "lr": 0.05, "query_per_class": preset.k_shot, "test_tasks": preset.test_tasks,
-                        "checkpoint": "final"}
+    assert protocol == {
+        "steps": 20,
+        "lr": 0.05,
+        "query_per_class": preset.k_shot,
+        "test_tasks": preset.test_tasks,
+        "checkpoint": "final",
+    }
     runs = results["runs"]
     assert set(runs) == {*METHODS, rmmetal.UNTRAINED}
     assert all(r["protocol"] == protocol for r in runs.values())
@@ -95,8 +108,12 @@ def test_rm_metal_needs_at_most_half_the_memory_of_reference_itd_bio(smoke):
     for method in ("itd-bio", "anil"):
         assert peak[method, 20] > 2 * peak[method, 1]
         assert peak[f"{method}-shared", 20] <= 1.1 * peak[f"{method}-shared", 1]
-    verdicts = {claim: verdict for claim, _, verdict in
-                rmmetal.paper_claims(results["rows"], rmmetal.reporting.load_paper("rmmetal")["memory"])}
+    verdicts = {
+        claim: verdict
+        for claim, _, verdict in rmmetal.paper_claims(
+            results["rows"], rmmetal.reporting.load_paper("rmmetal")["memory"]
+        )
+    }
     assert verdicts["Fig. 2: RM-MetaL's memory stays flat in K"] == "yes"
 
 
@@ -114,8 +131,9 @@ def test_other_rows(smoke):
 
 def test_command_line_errors(tmp_path):
     with pytest.raises(SystemExit, match="FC100_train.pickle"):
-        rmmetal.main(["--dataset", "fc100", "--data-root", str(tmp_path), "--preset", "smoke",
-                      "--out", str(tmp_path / "out")])
+        rmmetal.main(
+            ["--dataset", "fc100", "--data-root", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "out")]
+        )
     with pytest.raises(SystemExit, match="--mu must be >= 0"):
         rmmetal.main(["--preset", "smoke", "--mu", "-1", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):

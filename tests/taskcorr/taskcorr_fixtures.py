@@ -13,12 +13,21 @@ def load_mni(size: int = SIZE) -> dict:
     return {c: load_slices(None, contrast=c, spec=spec) for c in ("t1", "t2")}
 
 
-def make_group(slices, contrast: str, split: str, pattern: str, ratio: float, coils: int, n: int = 8,
-               offset: int = 0, every: int = 1) -> ReconGroup:
+def make_group(
+    slices,
+    contrast: str,
+    split: str,
+    pattern: str,
+    ratio: float,
+    coils: int,
+    n: int = 8,
+    offset: int = 0,
+    every: int = 1,
+) -> ReconGroup:
     """A group of slices ``offset, offset + every, ...`` (``n`` of them) in torch's default dtype
     (float64 while goldens are built)."""
     dtype = torch.get_default_dtype()
-    images = slices[contrast].splits[split].images[offset:offset + every * n:every].to(dtype)
+    images = slices[contrast].splits[split].images[offset : offset + every * n : every].to(dtype)
     mask = sampling_mask(pattern, ratio, (SIZE, SIZE), cache=False).to(dtype)
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     maps = simulate_coil_maps((SIZE, SIZE), coils, dtype=complex_dtype)

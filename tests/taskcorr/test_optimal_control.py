@@ -41,8 +41,9 @@ def assert_close_per_parameter(got, want, names, rtol=1e-6):
 
 
 @pytest.mark.parametrize("coils", [1, 4], ids=["single-coil", "multi-coil"])
-@pytest.mark.parametrize("path,checkpoint_every", [("adjoint", None), ("adjoint_checkpointed", 2),
-                                                   ("adjoint_checkpointed", 3)])
+@pytest.mark.parametrize(
+    "path,checkpoint_every", [("adjoint", None), ("adjoint_checkpointed", 2), ("adjoint_checkpointed", 3)]
+)
 def test_adjoint_gradient_equals_autograd_on_every_parameter(coils, path, checkpoint_every):
     net, kspace, mask, targets = problem(coils, phases=5)
     if checkpoint_every:

@@ -28,16 +28,20 @@ def config(coils: int = 2, phases: int = 2) -> ControlNetConfig:
 
 
 def groups(slices, coils: int = 2):
-    train = [make_group(slices, "t1", "train", "radial", 0.3, coils),
-             make_group(slices, "t1", "train", "cartesian", 0.25, coils),
-             make_group(slices, "t2", "train", "radial", 0.3, coils)]
-    val = [make_group(slices, "t1", "val", "radial", 0.25, coils, n=4),
-           make_group(slices, "t2", "val", "radial", 0.25, coils, n=4)]
+    train = [
+        make_group(slices, "t1", "train", "radial", 0.3, coils),
+        make_group(slices, "t1", "train", "cartesian", 0.25, coils),
+        make_group(slices, "t2", "train", "radial", 0.3, coils),
+    ]
+    val = [
+        make_group(slices, "t1", "val", "radial", 0.25, coils, n=4),
+        make_group(slices, "t2", "val", "radial", 0.25, coils, n=4),
+    ]
     return train, val
 
 
 def settings(**changes) -> TaskCorrSettings:
-    base = dict(inner_steps=2, theta_lr=1e-2, correlation_lr=0.1, train_batch=2, val_batch=2)
+    base = {"inner_steps": 2, "theta_lr": 1e-2, "correlation_lr": 0.1, "train_batch": 2, "val_batch": 2}
     return TaskCorrSettings(**{**base, **changes})
 
 
@@ -85,8 +89,9 @@ def test_a_training_group_of_pure_noise_ends_with_a_small_weight(mni_slices):
     clean = [make_group(mni_slices, "t1", "train", "radial", 0.3, coils=1, n=12, offset=i, every=3) for i in (0, 1)]
     noise = pure_noise_group(clean[0])
     val = [make_group(mni_slices, "t1", "val", "radial", 0.3, coils=1, n=8)]
-    graph = taskcorr_graph(config(coils=1, phases=1), [clean[0], noise, clean[1]], val,
-                           settings(inner_steps=1, train_batch=6, val_batch=8))
+    graph = taskcorr_graph(
+        config(coils=1, phases=1), [clean[0], noise, clean[1]], val, settings(inner_steps=1, train_batch=6, val_batch=8)
+    )
     graph.run(steps=30, device="cpu", progress=False)
     weights = graph["correlation"].module.weights().detach()[:, 0]
     assert weights[1] < 0.5 / 3, weights  # uniform would be 1/3
@@ -108,8 +113,11 @@ def test_both_levels_match_golden(mni_slices, update_goldens):
 
 
 def parameters(graph) -> dict[str, torch.Tensor]:
-    return {f"{name}.{p}": t.detach().clone() for name, level in graph.levels.items()
-            for p, t in level.module.named_parameters()}
+    return {
+        f"{name}.{p}": t.detach().clone()
+        for name, level in graph.levels.items()
+        for p, t in level.module.named_parameters()
+    }
 
 
 def test_resume_gives_the_same_parameters_and_losses(mni_slices, tmp_path):
@@ -117,7 +125,7 @@ def test_resume_gives_the_same_parameters_and_losses(mni_slices, tmp_path):
         train, val = groups(mni_slices)
         return taskcorr_graph(config(), train, val, settings())
 
-    options = dict(device="cpu", progress=False, checkpoint_every=2)
+    options = {"device": "cpu", "progress": False, "checkpoint_every": 2}
     full_graph = build()
     full = run(full_graph, 8, out=tmp_path / "full", **options)
     run(build(), 4, out=tmp_path / "split", **options)

@@ -22,8 +22,15 @@ def smoke(tmp_path_factory):
 
 def test_smoke_writes_results_figures_and_run_folders(smoke):
     out, results = smoke
-    for name in ("results.json", "results.md", "per_slice.csv", "figures/correlation.png",
-                 "figures/correlation_learned-shared.png", "figures/reconstructions.png", "figures/graph.png"):
+    for name in (
+        "results.json",
+        "results.md",
+        "per_slice.csv",
+        "figures/correlation.png",
+        "figures/correlation_learned-shared.png",
+        "figures/reconstructions.png",
+        "figures/graph.png",
+    ):
         assert (out / name).is_file(), name
     for method in taskcorr.METHODS:
         assert (out / "runs" / f"{method}__seed0" / "result.json").is_file(), method
@@ -37,7 +44,8 @@ def test_smoke_rows_cover_every_method_task_and_metric(smoke):
     _, results = smoke
     rows = results["rows"]
     assert {(r["method"], r["task"], r["metric"]) for r in rows} == {
-        (m, t, k) for m in taskcorr.METHODS for t in results["val_tasks"] for k in ("psnr", "ssim", "nmse")}
+        (m, t, k) for m in taskcorr.METHODS for t in results["val_tasks"] for k in ("psnr", "ssim", "nmse")
+    }
     for r in rows:
         assert math.isfinite(r["value"]), r
         if r["metric"] == "psnr":
@@ -68,15 +76,18 @@ def test_a_finished_output_folder_needs_resume(smoke):
         taskcorr.main(["--preset", "smoke", "--out", str(out), "--no-progress"])
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--train-tasks", "t1:radial:0.2"], "N >= 2 training groups"),
-    (["--train-tasks", "t1:radial", "t2:radial:0.2"], "must read pattern"),
-    (["--train-tasks", "t1:radial:20", "t2:radial:0.2"], "must lie in"),
-    (["--val-tasks", "t1:spiral:0.2"], "unknown sampling pattern"),
-    (["--train-tasks", "flair:radial:0.2", "t1:radial:0.2"], "flair"),
-    (["--dataset", "brats2018"], "needs --data-root"),
-    (["--hypergrad", "theta=nonsense"], "unknown method"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--train-tasks", "t1:radial:0.2"], "N >= 2 training groups"),
+        (["--train-tasks", "t1:radial", "t2:radial:0.2"], "must read pattern"),
+        (["--train-tasks", "t1:radial:20", "t2:radial:0.2"], "must lie in"),
+        (["--val-tasks", "t1:spiral:0.2"], "unknown sampling pattern"),
+        (["--train-tasks", "flair:radial:0.2", "t1:radial:0.2"], "flair"),
+        (["--dataset", "brats2018"], "needs --data-root"),
+        (["--hypergrad", "theta=nonsense"], "unknown method"),
+    ],
+)
 def test_bad_arguments_fail_clearly(tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         taskcorr.main([*argv, "--preset", "smoke", "--out", str(tmp_path / "out"), "--no-progress"])
@@ -88,5 +99,18 @@ def test_a_nifti_folder_holds_one_contrast(tmp_path):
         volume = np.random.default_rng(i).random((40, 40, 12)).astype(np.float32)
         nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / f"case{i}.nii.gz")
     with pytest.raises(SystemExit, match="one contrast"):
-        taskcorr.main(["--data-root", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "out"),
-                       "--train-tasks", "t1:radial:0.2", "t2:radial:0.2", "--val-tasks", "t1:radial:0.25"])
+        taskcorr.main(
+            [
+                "--data-root",
+                str(tmp_path),
+                "--preset",
+                "smoke",
+                "--out",
+                str(tmp_path / "out"),
+                "--train-tasks",
+                "t1:radial:0.2",
+                "t2:radial:0.2",
+                "--val-tasks",
+                "t1:radial:0.25",
+            ]
+        )
