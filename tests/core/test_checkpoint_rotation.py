@@ -7,6 +7,7 @@ writing a large checkpoint; and a run directory is refused naming the checkpoint
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -81,6 +82,31 @@ def test_the_temporary_is_fsynced_before_its_rename_and_the_folder_after_it(tmp_
     folder_synced = [i for i, e in enumerate(events) if e[0] == "fsync" and e[3]]
     assert folder_synced and folder_synced[-1] > onto_latest[0], events  # and the rename itself after it
     assert _steps(tmp_path) == {"checkpoint_latest.pt": 2, "checkpoint_previous.pt": 1}
+
+
+def test_without_hard_links_the_previous_checkpoint_is_a_fsynced_copy(tmp_path, monkeypatch):
+    old = _two_checkpoints(tmp_path)
+    synced = []
+    real_fsync = os.fsync
+
+    def no_link(src, dst, **_):
+        raise OSError(errno.EPERM, "hard links are not supported here", str(dst))
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        synced.append((info.st_ino, info.st_size))
+        return real_fsync(fd)
+
+    # a file system without hard links (some network and FUSE mounts), simulated: os.link refuses
+    monkeypatch.setattr(checkpoint_module.os, "link", no_link)
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    save_atomic(NEW_STATE, tmp_path / "checkpoint_latest.pt", keep_previous=True)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint_previous.pt").read_bytes() == old
+    assert _steps(tmp_path) == {"checkpoint_latest.pt": 2, "checkpoint_previous.pt": 1}
+    previous = (tmp_path / "checkpoint_previous.pt").stat()
+    assert (previous.st_ino, len(old)) in synced  # the copy reached the disk (before it was renamed into place)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pt", "checkpoint_previous.pt"]
 
 
 def _forked(target: Callable[[Callable[[str], None]], None]) -> tuple[int, int, list[str]]:
