@@ -84,13 +84,14 @@ def test_the_temporary_is_fsynced_before_its_rename_and_the_folder_after_it(tmp_
     assert _steps(tmp_path) == {"checkpoint_latest.pt": 2, "checkpoint_previous.pt": 1}
 
 
+def _refuse_hard_link(src, dst, **_):
+    raise OSError(errno.EPERM, "hard links are not supported here", str(dst))
+
+
 def test_without_hard_links_the_previous_checkpoint_is_a_fsynced_copy(tmp_path, monkeypatch):
     old = _two_checkpoints(tmp_path)
     synced = []
     real_fsync = os.fsync
-
-    def no_link(src, dst, **_):
-        raise OSError(errno.EPERM, "hard links are not supported here", str(dst))
 
     def fsync(fd):
         info = os.fstat(fd)
@@ -98,7 +99,7 @@ def test_without_hard_links_the_previous_checkpoint_is_a_fsynced_copy(tmp_path, 
         return real_fsync(fd)
 
     # a file system without hard links (some network and FUSE mounts), simulated: os.link refuses
-    monkeypatch.setattr(checkpoint_module.os, "link", no_link)
+    monkeypatch.setattr(checkpoint_module.os, "link", _refuse_hard_link)
     monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
     save_atomic(NEW_STATE, tmp_path / "checkpoint_latest.pt", keep_previous=True)
     monkeypatch.undo()
@@ -129,8 +130,10 @@ def _forked(target: Callable[[Callable[[str], None]], None]) -> tuple[int, int, 
     return pid, os.waitstatus_to_exitcode(status), said
 
 
-def test_a_kill_before_any_file_system_step_of_a_rotation_leaves_a_complete_latest(tmp_path):
-    """SIGKILL before the 1st, 2nd, ... file-system change of a rotation, until one completes."""
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
+def test_a_kill_before_any_file_system_step_of_a_rotation_leaves_a_complete_latest(tmp_path, hard_links):
+    """SIGKILL before the 1st, 2nd, ... file-system change of a rotation, until one completes; also on
+    a file system without hard links (simulated in the child: os.link refuses)."""
     places = []
     for n in range(1, 20):
         folder = tmp_path / str(n)
@@ -138,6 +141,8 @@ def test_a_kill_before_any_file_system_step_of_a_rotation_leaves_a_complete_late
         old = _two_checkpoints(folder)
 
         def rotate(say, folder=folder, n=n):
+            if not hard_links:
+                os.link = _refuse_hard_link  # in the forked child only
             kill_before(folder, lambda index, _what: index == n, report=say)
             save_atomic(NEW_STATE, folder / "checkpoint_latest.pt", keep_previous=True)
 
