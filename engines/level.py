@@ -423,13 +423,23 @@ class Level(ImplicitProblem):
             for module, name, buffer in swapped:
                 module._buffers[name] = buffer
 
+    @contextlib.contextmanager
+    def _graph_buffers_frozen(self) -> Iterator[None]:
+        """:meth:`_frozen_buffers` for this level and every level connected to it: a loss may run other
+        levels' modules (an upper's validation loss runs the lower's network), and a recomputation must
+        not advance their running statistics either."""
+        with contextlib.ExitStack() as frozen:
+            for level in self._connected_levels():
+                frozen.enter_context(level._frozen_buffers())
+            yield
+
     def _loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
         """The loss (or loss dict) under autocast; outside the real step it replays that step's random
-        state and leaves the module's buffers as they were."""
+        state and leaves the buffers of every level's module as they were."""
         if self._in_real_step:
             with self._autocast():
                 return self.training_step(batch)
-        with self._rng(self.last_step_rng), self._autocast(), self._frozen_buffers():
+        with self._rng(self.last_step_rng), self._autocast(), self._graph_buffers_frozen():
             return self.training_step(batch)
 
     def training_step_exec(self, batch: Any) -> Tensor:
@@ -440,7 +450,7 @@ class Level(ImplicitProblem):
         """The loss with the trainable parameters replaced by ``values`` and buffers by ``buffers``."""
         swap = {f"m.{n}": v for n, v in zip(self.trainable_names, values)}
         swap.update({f"m.{n}": b for n, b in buffers.items()})
-        with self._rng(rng), self._autocast():
+        with self._rng(rng), self._autocast(), self._graph_buffers_frozen():
             return torch.func.functional_call(_LossModule(self), swap, (batch,), strict=False)
 
     def _guarded_loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
@@ -467,9 +477,7 @@ class Level(ImplicitProblem):
         py_state, np_state = random.getstate(), np.random.get_state()
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as frozen:
-                for level in self._connected_levels():  # an upper's loss may run a lower's module
-                    frozen.enter_context(level._frozen_buffers())
+            with torch.random.fork_rng(devices=devices), self._graph_buffers_frozen():
                 batch = self.get_batch()
                 loss = self._scalar_loss(self._guarded_loss_output(batch))
                 self._check_dependence(loss)

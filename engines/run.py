@@ -308,11 +308,13 @@ class Runner:
                 tqdm.write(f"[medmlo] removed {tmp}, left by an interrupted checkpoint write")
         if self.resume:
             self._restore(self._load_latest(latest))
-        elif (latest.exists() or previous_path(latest).exists()) and self.is_main:
-            raise ResumeError(
-                f"run directory {self.out} already holds a run (checkpoint_latest.pt); pass resume=True "
-                "(--resume) to continue it, or choose another output directory"
-            )
+        elif self.is_main:
+            held = [p.name for p in (latest, previous_path(latest)) if p.exists()]
+            if held:
+                raise ResumeError(
+                    f"run directory {self.out} already holds a run ({', '.join(held)}); pass resume=True "
+                    "(--resume) to continue it, or choose another output directory"
+                )
         if not self.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
