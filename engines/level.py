@@ -111,8 +111,8 @@ class Level(ImplicitProblem):
         probe: ``level -> Tensor`` summarising the level's output for regression goldens
             (default: its trainable parameters).
 
-    ``hypergrad``, ``unroll``, ``options``, ``warmup`` and ``upper_order`` concern upper levels: the
-    graph refuses them on a top level of a multilevel graph, where they would be ignored.
+    ``hypergrad``, ``unroll``, ``options``, ``warmup`` and ``upper_order`` concern upper levels: graph
+    validation warns about them on a top level, where they would be ignored.
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class Level(ImplicitProblem):
             "warmup": warmup,
             "upper_order": upper_order,
         }
-        # settings that concern upper levels and were given explicitly (refused on a top level by validation)
+        # settings that concern upper levels and were given explicitly (warned about on a top level by validation)
         self.explicit_settings = tuple(key for key, value in given.items() if value is not None)
         hypergrad = "darts" if hypergrad is None else hypergrad
         unroll = 1 if unroll is None else unroll

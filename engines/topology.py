@@ -382,23 +382,30 @@ class Topology:
         return ""
 
     def _check_settings(self) -> None:
-        """Refuse settings that concern upper levels on a top level of a multilevel graph (warn in a one-level
-        graph); warn about a method that no hop uses and about an upper order on a level with fewer than two
-        uppers."""
+        """Warn, naming the level, about settings that would be ignored: those that concern upper levels on a
+        top level, a method on a level no hypergradient passes through, and an upper order on a level with
+        fewer than two uppers. (Warned rather than refused: level builders are shared between graphs of
+        different shapes, e.g. a recipe's baseline without the top level.)"""
         hops = self.hops()
         for name, level in self._levels.items():
             explicit = list(getattr(level, "explicit_settings", ()))
             uppers = self.uppers(name)
             if not uppers and explicit:
-                message = (
-                    f"level '{name}' has no upper level (it is a top level), so its {', '.join(explicit)} "
-                    "would be ignored (they say how upper levels step after a level and differentiate through it); "
-                    "remove them, or nest this level under an upper level"
+                lowers = self.lowers(name)
+                meant = (
+                    f"; to choose how '{name}' differentiates through '{lowers[0]}', set hypergrad= on '{lowers[0]}' "
+                    f"or on the edge: g.bilevel(lower='{lowers[0]}', upper='{name}', hypergrad=...)"
+                    if lowers and "hypergrad" in explicit
+                    else ""
                 )
-                if len(self._levels) > 1:
-                    raise GraphError(message)
-                # a one-level graph is a baseline, often built by a level builder shared with the multilevel graph
-                warnings.warn(message, UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"level '{name}' has no upper level (it is a top level), so its {', '.join(explicit)} would be "
+                    "ignored: they say how upper levels step after a level and differentiate through it; remove "
+                    f"them{meant}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                continue
             unused = [k for k in ("hypergrad", "options") if k in explicit]
             if unused and not any(through == name for through, _ in hops):
                 warnings.warn(
