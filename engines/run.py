@@ -33,6 +33,7 @@ import numbers
 import os
 import platform
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -58,6 +59,7 @@ from .checkpoint import (
 )
 from .errors import CheckpointError, NonFiniteError, ResumeError
 from .level import Level
+from .monitoring import metric_mode
 from .topology import Topology
 
 __all__ = ["EarlyStopping", "RunResult", "Runner", "build_engine", "resolve_device", "run", "seed_everything"]
@@ -195,7 +197,10 @@ class Runner:
         validate: ``fn(graph) -> {metric: value}``, run on rank 0 with all modules in eval mode.
         valid_every: validate every N global steps (0: only at the end if ``validate`` is given).
         monitor, mode: metric that selects the best checkpoint ("max" or "min"); default: the
-            first metric returned, "min" if its name contains "loss" else "max".
+            first metric returned. Without ``mode`` the direction is told from a well-known name
+            (loss, mse, mae, error, nll, distance... are minimised; acc, dice, iou, jaccard, psnr,
+            ssim, auc... maximised, see :mod:`engines.monitoring`) and announced; any other name
+            needs ``mode`` (refused here when ``monitor`` is given, else at the first validation).
         early_stopping: stop after this many validations without improvement.
         checkpoint_every: write ``checkpoint_latest.pt`` every N steps (0: only at the end).
         resume: continue the run in ``out`` from ``checkpoint_latest.pt``.
@@ -238,6 +243,9 @@ class Runner:
             raise TypeError(f"validate must be a function graph -> {{metric: number}}, got {type(validate).__name__}")
         if mode not in (None, "max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self._mode_reason = None  # why the mode was told from the metric's name (announced once)
+        if monitor is not None and mode is None:
+            mode, self._mode_reason = metric_mode(monitor)
         if early_stopping is not None and validate is None:
             raise ValueError("early_stopping needs a validate function")
         self.graph = graph
@@ -549,7 +557,11 @@ class Runner:
         if self.monitor is None:
             self.monitor = next(iter(metrics))
         if self.mode is None:
-            self.mode = "min" if "loss" in self.monitor else "max"
+            self.mode, self._mode_reason = metric_mode(self.monitor)
+        if self._mode_reason is not None:
+            message = f"[medmlo] best checkpoint: mode='{self.mode}' for '{self.monitor}' ({self._mode_reason})"
+            tqdm.write(message, file=sys.stderr)  # a diagnostic, like the progress bar: stdout stays the caller's
+            self._mode_reason = None
         if self.monitor not in metrics:
             raise KeyError(f"validation returned {sorted(metrics)} but the monitored metric is '{self.monitor}'")
         value = metrics[self.monitor]
