@@ -212,10 +212,12 @@ def three_level(
     n: int = 12,
     seed: int = 0,
     lower_optimizer: Callable | None = None,
+    cond: float = 4.0,
 ) -> ClosedForm:
-    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2``."""
+    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2`` (``cond``: H1's and H2's
+    condition number)."""
     gen = torch.Generator().manual_seed(seed)
-    H1, H2 = _spd(n, 4.0, gen), _spd(n, 4.0, gen)
+    H1, H2 = _spd(n, cond, gen), _spd(n, cond, gen)
     B = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
     C1, C2 = (torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5 for _ in range(2))
     t = torch.randn(n, generator=gen, dtype=DTYPE)
@@ -423,12 +425,23 @@ def dual_meta(
         theta, psi = start()
         return M.T @ (M @ phi_k(theta, psi) - t2)
 
+    def exact_init() -> Tensor:  # what exact on the init edge would give: (P^K)ᵀ Mᵀ(M phi_K - t2)
+        theta, psi = start()
+        return torch.linalg.matrix_power(P, unroll).T @ first_order_init()
+
     return ClosedForm(
         "dual_meta",
         g,
         {"encoder": exact_encoder, "init": first_order_init},
         unroll,
-        {"n": n, "p": p, "unroll": unroll, "inner_lr": eta, "upper_lr": upper_lr},
+        {
+            "n": n,
+            "p": p,
+            "unroll": unroll,
+            "inner_lr": eta,
+            "upper_lr": upper_lr,
+            "unrolled": {"encoder": exact_encoder, "init": exact_init},
+        },
     )
 
 
