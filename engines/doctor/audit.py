@@ -210,7 +210,10 @@ class Auditor:
         def observer(level: Level, batch: Any, logged: dict[str, Any]) -> None:
             if armed.result is None:
                 t0 = time.perf_counter()
-                armed.result = self._at_step(armed, batch)
+                try:
+                    armed.result = self._at_step(armed, batch)
+                except Exception as err:  # an audit that fails is reported; it never stops the run
+                    armed.result = {"step": upper.global_step, "error": f"{type(err).__name__}: {err}"}
                 self.seconds += time.perf_counter() - t0
 
         armed.observer = observer
@@ -243,8 +246,18 @@ class Auditor:
 
     def _finish(self, armed: _Armed) -> dict[str, Any]:
         upper, result = armed.upper, armed.result
-        ref, vectors, active = result["reference"], result["vectors"], result["active"]
         entry = self._log_entry(upper, result["step"])
+        if "error" in result:
+            audit = {"unavailable": f"the audit failed: {result['error']}"}
+            if entry is not None:
+                entry["audit"] = audit
+            warnings.warn(
+                f"hypergradient audit at global step {result['step']}: level '{upper.name}': {audit['unavailable']}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return {"step": result["step"], "audit": audit}
+        ref, vectors, active = result["reference"], result["vectors"], result["active"]
         if ref.paths is None:
             audit = {"unavailable": ref.reason}
             if entry is not None:
@@ -295,6 +308,14 @@ class Auditor:
                     expected_batches=batches,
                     recorder_factory=lambda: Recorder(self.graph, []),
                 )
+        except Exception as err:  # a re-run that fails (e.g. non-finite at the perturbed point) voids the check
+            warnings.warn(
+                f"audit: level '{upper.name}': the finite-difference check failed ({type(err).__name__}: {err}); "
+                "the reference's trust is not measured at this step",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
         finally:
             reached.restore()
             for other in others:

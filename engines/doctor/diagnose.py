@@ -103,7 +103,12 @@ def diagnose(
     unbuilt = level_attributes(graph) if built_here else None
     if built_here:
         where = resolve_device(device or "cpu")
-        build_engine(graph, where)
+        try:
+            build_engine(graph, where)
+        except BaseException:
+            restore_attributes(graph, unbuilt)
+            graph.engine = None
+            raise
         for level in graph.levels.values():
             level.configure_precision(None, where.type)
     where = torch.device(graph.engine.device)
@@ -214,7 +219,8 @@ def _examine(
     start: dict[str, GraphState] = {}
 
     def boundary() -> None:  # the last state at rest before the upper level steps starts the window
-        if at_rest(graph):
+        warm = all(lv.count + lv.unroll > lv.warmup_steps for lv in through)  # no copies through a long warm-up
+        if at_rest(graph) and ("state" not in start or warm):
             start["state"] = GraphState(graph)
             recorder.reset_batches()
 

@@ -130,3 +130,12 @@ def test_the_audit_refuses_what_it_cannot_do_before_training():
         Runner(graph, 3, audit_every=1, audit={"cosine_floor": 0.3})
     with pytest.raises(DoctorError, match="'solution' is not an upper level"):
         Runner(closed_form.quadratic("cg").graph, 3, audit_every=1, audit=AuditSettings(uppers=("solution",))).run()
+
+
+def test_a_window_the_reference_cannot_replay_is_logged_as_such_and_the_run_goes_on():
+    cf = closed_form.quadratic("cg", unroll=4, lower_optimizer=lambda ps: torch.optim.Adagrad(ps, lr=0.1))
+    runner = Runner(cf.graph, cf.steps + 4, device="cpu", progress=False, audit_every=1)
+    result = runner.run()
+    assert result.steps == cf.steps + 4 and len(runner.audits) == 2
+    reason = runner.audits[0]["audit"]["unavailable"]
+    assert "level 'solution' uses Adagrad" in reason and "SGD, Adam, AdamW, RMSprop" in reason
