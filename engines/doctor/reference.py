@@ -138,14 +138,61 @@ def reference(
                 f"level '{level.name}' uses {type(level.optimizer).__name__}, whose update the reference cannot "
                 f"replay differentiably (supported: {supported})",
             )
-    out: dict[str, list[Tensor]] = {}
-    hops: dict[str, dict[str, Any]] = {}
     try:
         with window_of(paths, exact_everywhere, trajectories):
-            for path in paths:
-                label = path_label(path)
-                out[label], reports = walk(vectors.first[path[1].name], path, exact_everywhere)
-                hops[label] = reports
+            out, hops = _shared_walk(paths, vectors)
     except (RuntimeError, TypeError, ValueError) as err:
         return ReferenceResult(None, f"exact could not replay the window: {type(err).__name__}: {err}")
     return ReferenceResult(out, None, hops)
+
+
+class _Together:
+    """Several levels as the one ``prev`` of a hop: a single replay of ``curr``'s window then gives the hop's
+    result with respect to all of them (``exact`` pulls the same vector back to every parameter it is given)."""
+
+    def __init__(self, levels: Sequence[Level]):
+        self.levels = list(levels)
+        self.name = "+".join(level.name for level in self.levels)
+
+    def trainable_parameters(self) -> list[Tensor]:
+        return [p for level in self.levels for p in level.trainable_parameters()]
+
+
+def _shared_walk(paths: Sequence[Sequence[Any]], vectors: StepVectors) -> tuple[dict, dict]:
+    """``exact`` on every hop of every path, each replay shared by the paths that reach it with the same vector
+    (E2EAug's ``arch<-seg`` and ``arch<-seg<-gan`` replay ``seg`` once, not twice)."""
+    labels = {id(path): path_label(path) for path in paths}
+    frontier = [(path, 1, vectors.first[path[1].name]) for path in paths]  # (path, position of curr, vector)
+    out: dict[str, list[Tensor]] = {}
+    reports: dict[str, dict[str, Any]] = {labels[id(path)]: {} for path in paths}
+    try:
+        while frontier:
+            groups: dict[tuple[str, int], list] = {}
+            for item in frontier:
+                path, i, vector = item
+                groups.setdefault((path[i].name, id(vector)), []).append(item)
+            frontier = []
+            for members in groups.values():
+                path, i, vector = members[0]
+                curr = path[i]
+                prevs = list({p[j + 1].name: p[j + 1] for p, j, _ in members}.values())
+                prev = prevs[0] if len(prevs) == 1 else _Together(prevs)
+                hop = Hop(curr, prev, "exact", {}, state_key=f"{curr.name}->{prev.name}", report={"method": "exact"})
+                with running(hop):
+                    result = [g.detach() for g in METHODS["exact"].fn(list(vector), curr, prev, False)]
+                split, offset = {}, 0
+                for level in prevs:
+                    count = len(level.trainable_parameters())
+                    split[level.name], offset = result[offset : offset + count], offset + count
+                for p, j, _ in members:
+                    following = p[j + 1]
+                    reports[labels[id(p)]][f"{curr.name}->{following.name}"] = hop.report
+                    if j + 1 == len(p) - 1:  # reached the upper level: the path's hypergradient
+                        out[labels[id(p)]] = split[following.name]
+                    else:
+                        frontier.append((p, j + 1, split[following.name]))
+    finally:
+        for path in paths:
+            for level in path[1:-1]:
+                level.hop_cache.clear()
+    return {labels[id(path)]: out[labels[id(path)]] for path in paths}, reports
