@@ -29,9 +29,11 @@ from ..topology import Topology
 from .state import GraphState
 from .window import Recorder, drive_to_step, same_batches
 
-__all__ = ["FDCheck", "agreement", "directions", "finite_differences"]
+__all__ = ["DEFAULT_EPS", "FD_SCALES", "FDCheck", "agreement", "directions", "finite_differences", "predictions"]
 
 DEFAULT_EPS = {torch.float64: 1e-6, torch.float32: 3e-3}
+FD_SCALES = (1e-6, 1e-8, 1e-10)
+"""The relative steps ``diagnose`` tries in float64, in order, until one agrees with the reference."""
 
 
 @dataclass
@@ -113,10 +115,7 @@ def finite_differences(
 def agreement(check: FDCheck, gradient: Sequence[Tensor]) -> float:
     """Relative disagreement ``||s - p|| / max(||s||, ||p||)`` between the measured slopes ``s`` and the
     predictions ``p_i = <gradient, d_i>`` (0: identical; 1 or more: unrelated)."""
-    predicted = [
-        sum(float((g.double() * d.double()).sum()) for g, d in zip(gradient, direction))
-        for direction in check.directions
-    ]
+    predicted = predictions(check, gradient)
     diff = math.sqrt(sum((s - p) ** 2 for s, p in zip(check.slopes, predicted)))
     scale = max(math.sqrt(sum(s * s for s in check.slopes)), math.sqrt(sum(p * p for p in predicted)))
     return diff / scale if scale > 0 else 0.0

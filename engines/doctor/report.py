@@ -306,9 +306,17 @@ def _upper_markdown(report: UpperReport) -> list[str]:
         lines.append(f"Reference unavailable: {ref.reason}.")
     fd = ref.fd
     if fd.get("slopes"):
+        other = [t for t in fd.get("tried", []) if t["eps"] != fd["eps"]]
+        retried = (
+            " after larger steps disagreed ("
+            + ", ".join(f"ε = {t['eps']:.2g}: {_num(t['relative_disagreement'])}" for t in other)
+            + "; the upper loss is rough at those scales)"
+            if other
+            else ""
+        )
         lines.append(
             f"Trust: central finite differences through re-runs of the window along {len(fd['slopes'])} direction(s) "
-            f"(ε = {fd['eps']:.2g}, {fd['dtype']}): relative disagreement with the reference total "
+            f"(ε = {fd['eps']:.2g}, {fd['dtype']}{retried}): relative disagreement with the reference total "
             f"{_num(fd.get('relative_disagreement'))} — **{ref.trust}**."
         )
     elif fd.get("note"):

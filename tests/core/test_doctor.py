@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from core_toys import parameters, reweighting_graph
 from doctor_toys import reweighting
 
-from engines import Runner, closed_form, diagnose
+from engines import Graph, Level, Runner, closed_form, diagnose
 from engines.doctor import DoctorError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
@@ -217,3 +218,31 @@ def test_the_recipe_flag_writes_the_doctor_files(tmp_path, capsys):
     assert "weights: `exact`" in capsys.readouterr().out
     with pytest.raises(TypeError, match="Graph or a function"):
         doctor.write_doctor(42, tmp_path)
+
+
+def test_finite_differences_shrink_their_step_where_the_upper_loss_is_rough():
+    """An upper loss with a term oscillating at a 1e-8 scale: central differences at the default step see
+    the oscillation; a step 1e4 times smaller sees the derivative, which the reference has right."""
+    g = torch.Generator().manual_seed(0)
+    C, t = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    lower = Level(
+        "w",
+        closed_form.Vector(torch.zeros(4)),
+        functools.partial(torch.optim.SGD, lr=0.1),
+        lambda lv, _: (lv.module() - C @ lv.lam.module()).pow(2).sum() / 2,
+        hypergrad="cg",
+        unroll=3,
+    )
+    upper = Level(
+        "lam",
+        closed_form.Vector(torch.ones(2)),
+        functools.partial(torch.optim.SGD, lr=0.0),
+        lambda lv, _: (lv.w.module() - t).pow(2).sum() / 2 + 1e-8 * torch.sin(1e8 * lv.module()).sum(),
+    )
+    graph = Graph("rough")
+    graph.add(lower, upper)
+    graph.bilevel(lower=lower, upper=upper)
+    fd = diagnose(graph, methods=["exact"], rounds=1, fd_directions=2)["lam"].reference.fd
+    assert [round(math.log10(x["eps"])) for x in fd["tried"]] == [-6, -8, -10]
+    assert fd["tried"][0]["relative_disagreement"] > 1e-1 and fd["relative_disagreement"] <= 1e-4
+    assert fd["eps"] == fd["tried"][-1]["eps"]
