@@ -266,9 +266,27 @@ def _examine(
         last = tries[-1]
         if ref_total is None or last.reproducible is not None or agreement(last, ref_total) <= TRUST_LEVELS[0][0]:
             break
+    notes = notes + _replay_notes(paths)
     return _report(
         upper, paths, through, vectors, ref, ref_total, computed, tries, chosen, step, dtype, settings, notes
     )
+
+
+def _replay_notes(paths: list) -> list[str]:
+    """What the reference's replay of the window does not follow, level by level."""
+    notes = []
+    for level in {lv.name: lv for path in paths for lv in path[1:-1]}.values():
+        if "penalty" in level._methods_through:
+            notes.append(
+                f"`{level.name}` is trained by the penalty method, whose steps descend the penalised objective; the "
+                "reference replays them as steps of the level's own loss (the replay gap and the trust say how far apart)."
+            )
+        if level.gradient_clipping > 0:
+            notes.append(
+                f"`{level.name}` clips its gradient norm at {level.gradient_clipping:g}; the reference's replay does not "
+                "(the replay gap and the trust say whether it mattered)."
+            )
+    return notes
 
 
 def _total(vectors: StepVectors, paths: dict[str, list[Tensor]]) -> list[Tensor]:

@@ -161,9 +161,14 @@ class UpperReport:
         )
         ratios = [c.norm_ratio for c in row.paths.values() if c.norm_ratio is not None]
         if ratios and (min(ratios) < 0.5 or max(ratios) > 2):
+            span = (
+                f"{min(ratios):.2g}"
+                if f"{min(ratios):.2g}" == f"{max(ratios):.2g}"
+                else f"{min(ratios):.2g}–{max(ratios):.2g}"
+            )
             text += (
-                f"; its norm is {min(ratios):.2g}–{max(ratios):.2g}× the reference's per path, which an SGD upper "
-                "level feels as a learning-rate change (Adam much less)"
+                f"; its norm is {span}× the reference's (per path), which an SGD upper level feels as a "
+                "learning-rate change (Adam much less)"
             )
         for m in configured:
             worst = m.worst_cosine()
@@ -307,13 +312,15 @@ def _upper_markdown(report: UpperReport) -> list[str]:
     fd = ref.fd
     if fd.get("slopes"):
         other = [t for t in fd.get("tried", []) if t["eps"] != fd["eps"]]
-        retried = (
-            " after larger steps disagreed ("
-            + ", ".join(f"ε = {t['eps']:.2g}: {_num(t['relative_disagreement'])}" for t in other)
-            + "; the upper loss is rough at those scales)"
-            if other
-            else ""
-        )
+        values = [t["relative_disagreement"] for t in fd.get("tried", []) if t["relative_disagreement"] is not None]
+        steady = bool(values) and max(values) <= 2 * min(values)
+        listed = ", ".join(f"ε = {t['eps']:.2g}: {_num(t['relative_disagreement'])}" for t in other)
+        if not other:
+            retried = ""
+        elif steady:
+            retried = f"; the same at {listed}: not a matter of step size"
+        else:
+            retried = f" after larger steps disagreed ({listed}; the upper loss is rough at those scales)"
         lines.append(
             f"Trust: central finite differences through re-runs of the window along {len(fd['slopes'])} direction(s) "
             f"(ε = {fd['eps']:.2g}, {fd['dtype']}{retried}): relative disagreement with the reference total "
