@@ -234,30 +234,48 @@ class DoctorReport:
 
         path = Path(path)
         count = max(1, len(self.uppers))
-        fig, axes = plt.subplots(1, count, figsize=(6.2 * count, 4.6), squeeze=False)
+        fig, axes = plt.subplots(1, count, figsize=(8.4 * count, 4.6), squeeze=False)
         markers = "osD^v<>pP*X"
         for ax, report in zip(axes[0], self.uppers):
             labels = [*report.paths, "total"]
-            for row in report.methods:
-                if row.status != "ok" or row.seconds is None:
-                    continue
+            shown = [row for row in report.methods if row.status == "ok" and row.seconds is not None]
+            for k, row in enumerate(shown):
                 for i, label in enumerate(labels):
                     comparison = row.total if label == "total" else row.paths.get(label)
                     if comparison is None or comparison.cosine is None:
                         continue
                     x, y = 1e3 * max(row.seconds, 1e-6), comparison.cosine
-                    ax.scatter(x, y, marker=markers[i % len(markers)], s=36, color=f"C{report.methods.index(row) % 10}")
-                    if label == "total":
-                        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-            for i, label in enumerate(labels):
+                    ax.scatter(x, y, marker=markers[i % len(markers)], s=40, color=f"C{k % 10}", alpha=0.8)
+            method_handles = [
+                ax.scatter([], [], marker="o", color=f"C{k % 10}", label=row.label) for k, row in enumerate(shown)
+            ]
+            path_handles = [
                 ax.scatter([], [], marker=markers[i % len(markers)], color="0.4", label=label)
+                for i, label in enumerate(labels)
+            ]
             ax.axhline(report.threshold, color="0.5", linestyle="--", linewidth=0.8)
             ax.set_xscale("log")
             ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1.05)
             ax.set_xlabel("hypergradient time per outer step (ms, log)")
             ax.set_ylabel("cosine with the reference")
             ax.set_title(f"{report.upper} (step {report.global_step}, {report.dtype})", fontsize=10)
-            ax.legend(fontsize=7, loc="lower right", title="path", title_fontsize=7)
+            first = ax.legend(
+                handles=method_handles,
+                fontsize=7,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                title="method",
+                title_fontsize=7,
+            )
+            ax.add_artist(first)
+            ax.legend(
+                handles=path_handles,
+                fontsize=7,
+                loc="lower left",
+                bbox_to_anchor=(1.01, 0.0),
+                title="path",
+                title_fontsize=7,
+            )
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
