@@ -219,10 +219,12 @@ def three_level(
     n: int = 12,
     seed: int = 0,
     lower_optimizer: Callable | None = None,
+    cond: float = 4.0,
 ) -> ClosedForm:
-    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2``."""
+    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2`` (``cond``: H1's and H2's
+    condition number)."""
     gen = torch.Generator().manual_seed(seed)
-    H1, H2 = _spd(n, 4.0, gen), _spd(n, 4.0, gen)
+    H1, H2 = _spd(n, cond, gen), _spd(n, cond, gen)
     B = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
     C1, C2 = (torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5 for _ in range(2))
     t = torch.randn(n, generator=gen, dtype=DTYPE)
@@ -454,12 +456,25 @@ def dual_meta(
                     psi = psi - upper_lr * out[name]
         return out
 
+    def exact_encoder() -> Tensor:  # what exact on the encoder edge gives (the uppers' values of the inner loop)
+        return J.T @ (phi_real - t1)
+
+    def exact_init() -> Tensor:  # what exact on the init edge would give: (P^K)ᵀ Mᵀ(M phi_K + c Eθ - t2)
+        return torch.linalg.matrix_power(P, unroll).T @ (M.T @ (M @ phi_real + E @ theta0 - t2))
+
     return ClosedForm(
         "dual_meta",
         g,
         {"encoder": lambda: hypergradients()["encoder"], "init": lambda: hypergradients()["init"]},
         unroll,
-        {"n": n, "p": p, "unroll": unroll, "inner_lr": eta, "upper_lr": upper_lr},
+        {
+            "n": n,
+            "p": p,
+            "unroll": unroll,
+            "inner_lr": eta,
+            "upper_lr": upper_lr,
+            "unrolled": {"encoder": exact_encoder, "init": exact_init},
+        },
     )
 
 

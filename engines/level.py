@@ -201,6 +201,9 @@ class Level(ImplicitProblem):
         self.hold_batch = False
         self._last_raw_batch: tuple[Any, Any] | None = None
         self.stop_request: str | None = None
+        # observer(level, batch, logged) after each real step's gradient, before the update; must not change the
+        # level's state (the hypergradient doctor records windows and audits through it: engines/doctor)
+        self.step_observers: list[Callable[[Level, Any, dict[str, Any]], None]] = []
         self.one_step_record: dict[str, Any] | None = None
         self._edge_methods: dict[str, tuple[str, dict[str, Any]]] = {}
         self._methods_through: tuple[str, ...] = (hypergrad,)
@@ -654,6 +657,8 @@ class Level(ImplicitProblem):
                 hook = METHODS[method].on_lower_step if method in METHODS else None
                 if hook is not None:
                     hook(self, batch)
+        for observe in tuple(self.step_observers):
+            observe(self, batch, logged)
         if self.is_implemented("grad_callback"):
             self.grad_callback()
         self._pending = {"logged": logged, "reports": reports}

@@ -57,6 +57,7 @@ from .checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from .doctor.audit import Auditor, AuditSettings
 from .errors import CheckpointError, NonFiniteError, ResumeError
 from .level import Level
 from .monitoring import metric_mode
@@ -207,6 +208,10 @@ class Runner:
         progress: show a progress bar with each level's latest loss.
         tensorboard: also log to ``out/tensorboard``.
         config: extra settings recorded in ``config.json`` (e.g. a recipe's arguments).
+        audit_every: audit every upper level's hypergradient at its first step and every N-th after it
+            against the doctor's reference, logged as ``audit`` on its metrics line, warning once per
+            path where it carries little or wrong signal; the run is not changed (0: no audit).
+        audit: how to audit (:class:`engines.doctor.AuditSettings`: thresholds, trust check, levels).
     """
 
     def __init__(
@@ -229,6 +234,8 @@ class Runner:
         progress: bool = True,
         tensorboard: bool = False,
         config: dict[str, Any] | None = None,
+        audit_every: int = 0,
+        audit: AuditSettings | None = None,
     ):
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be a positive integer (global steps to run), got {steps!r}")
@@ -236,7 +243,11 @@ class Runner:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         if resume and out is None:
             raise ValueError("resume=True needs out= (the run directory to continue); without it nothing was saved")
-        for name, value in (("valid_every", valid_every), ("checkpoint_every", checkpoint_every)):
+        for name, value in (
+            ("valid_every", valid_every),
+            ("checkpoint_every", checkpoint_every),
+            ("audit_every", audit_every),
+        ):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if validate is not None and not callable(validate):
@@ -248,6 +259,8 @@ class Runner:
             mode, self._mode_reason = metric_mode(monitor)
         if early_stopping is not None and validate is None:
             raise ValueError("early_stopping needs a validate function")
+        if audit is not None and not isinstance(audit, AuditSettings):
+            raise TypeError(f"audit must be engines.doctor.AuditSettings, got {type(audit).__name__}")
         self.graph = graph
         self.steps = int(steps)
         self.out = Path(out) if out is not None else None
@@ -261,6 +274,8 @@ class Runner:
         self.checkpoint_every = int(checkpoint_every)
         self.resume, self.show_progress, self.use_tensorboard = resume, progress, tensorboard
         self.user_config = dict(config or {})
+        self.audit_every, self.audit_settings = int(audit_every), audit
+        self._auditor: Auditor | None = None
         self.step_count = 0
         self.stop_reason: str | None = None
         self.best: dict[str, Any] | None = None
@@ -284,6 +299,16 @@ class Runner:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def audits(self) -> list[dict[str, Any]]:
+        """Every audit done so far (``audit_every``): ``{"level", "step", "audit"}``, as logged."""
+        return [] if self._auditor is None else list(self._auditor.audits)
+
+    @property
+    def audit_seconds(self) -> float:
+        """Wall time the audit has taken so far (0 without ``audit_every``)."""
+        return 0.0 if self._auditor is None else self._auditor.seconds
+
     def start(self) -> None:
         """Seed, build the engine, prepare the run directory, restore a checkpoint if resuming."""
         self.rank, self.world = _init_distributed(self.device)
@@ -299,6 +324,9 @@ class Runner:
         if not self.resume:  # every loss checked before any work (a resumed run already passed this)
             for level in self.graph.levels.values():
                 level.preflight()
+        if self.audit_every:
+            self._auditor = Auditor(self.graph, self.audit_every, self.audit_settings)
+            self._auditor.check(self.world)
         self._started = True
         self._t0 = time.perf_counter()
         self._bar = tqdm(
@@ -377,6 +405,7 @@ class Runner:
                 "mode": self.mode,
                 "early_stopping": asdict(self.early_stopping) if self.early_stopping else None,
                 "checkpoint_every": self.checkpoint_every,
+                "audit_every": self.audit_every,
                 "world_size": self.world,
             },
             "config": self.user_config,
@@ -468,11 +497,15 @@ class Runner:
         self.step_count += 1
         engine = self.graph.engine
         engine.global_step = self.step_count
+        if self._auditor is not None:
+            self._auditor.before_step()
         try:
             engine.train_step()
         except NonFiniteError as err:
             self._on_non_finite(err)
             raise
+        if self._auditor is not None:
+            self._auditor.after_step()
         self._drain_logs()
         requests = [f"{n}: {lv.stop_request}" for n, lv in self.graph.levels.items() if lv.stop_request]
         if requests:

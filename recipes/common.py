@@ -1,7 +1,8 @@
 """What every recipe's command line shares: options, presets, run folders (results files: reporting.py).
 
 Common options mean the same in every recipe: --dataset, --data-root, --download,
---preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
+--preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad,
+--doctor (recipes/doctor.py) and --audit-every (the runner's audit_every).
 Without --preset a recipe picks the one that finishes in minutes where it runs (smoke on CPU,
 small on a GPU) and says so.
 """
@@ -61,6 +62,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision (fp16 needs a GPU)"
     )
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes per level")
+    parser.add_argument(
+        "--doctor",
+        action="store_true",
+        help="before training each run, compare every hypergradient method with a reference on its graph and write "
+        "hypergrad_doctor.{md,json,png} into its run folder (docs/doctor.md)",
+    )
+    parser.add_argument(
+        "--audit-every",
+        type=non_negative_int,
+        default=0,
+        help="audit each upper level's hypergradient against the doctor's reference at its first step and every N-th "
+        "after it, logged in metrics.jsonl (0: off)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
