@@ -52,8 +52,8 @@ def test_smoke_writes_results_figures_and_run_folders(smoke):
         "figures/graph.png",
     ):
         assert (out / name).is_file(), name
-    for run in ("dumeta++__seed0", "mfl+mil__seed0", "dumeta++-n1__seed0"):
-        for name in ("config.json", "metrics.jsonl", "checkpoint_latest.pt", "meta_trained.pt"):
+    for run in ("dumeta++__seed0", "mfl+mil__seed0", "dumeta++__capacity1__seed0"):
+        for name in ("config.json", "metrics.jsonl", "checkpoint_latest.pt", "result.json"):
             assert (out / "runs" / run / name).is_file(), f"{run}/{name}"
     assert (out / "runs" / "randinit-2d__seed0" / "finetune" / "infant6m__1shot__depthall" / "result.json").is_file()
     saved = json.loads((out / "results.json").read_text())
@@ -70,18 +70,36 @@ def test_smoke_writes_results_figures_and_run_folders(smoke):
 
 
 def test_smoke_rows_cover_every_table_with_valid_scores(smoke):
-    _, _, results = smoke
-    rows = results["rows"]
+    out, _, results = smoke
+    rows = results["rows"]  # per-seed means over the test subjects of every meta-test
     dice = [r["value"] for r in rows if r["metric"] == "Dice"]
     assert dice and all(0.0 <= v <= 1.0 for v in dice if math.isfinite(v))
     assert {r["metric"] for r in rows} == {"Dice", "ASSD", "STCS", "ASPC"}
-    jobs = {(r["run"], r["domain"], r["shots"], r["depth"]) for r in rows}
-    assert ("dumeta++", "infant6m", 1, "3") in jobs and ("dumeta++", "infant6m", 1, "0") in jobs
-    assert ("dumeta++-n1", "elderly", 1, "3") in jobs and ("randinit-2d", "elderly", 1, "all") in jobs
-    assert ("mfl+mil", "infant6m", 1, "3") in jobs
-    stcs = [r for r in rows if r["metric"] == "STCS"]
-    assert stcs and all(r["series"].startswith("elderly") for r in stcs)
-    assert set(results["runs"]) == {"dumeta++", "mfl+mil", "dumeta++-n1"}
+    jobs = {(r["method"], r["capacity"], r["domain"], r["shots"], r["depth"]) for r in rows}
+    assert ("dumeta++", 100, "infant6m", 1, "3") in jobs and ("dumeta++", 100, "infant6m", 1, "0") in jobs
+    assert ("dumeta++", 1, "elderly", 1, "3") in jobs and ("randinit-2d", 100, "elderly", 1, "all") in jobs
+    assert ("mfl+mil", 100, "infant6m", 1, "3") in jobs
+    assert {r["domain"] for r in rows if r["metric"] == "STCS"} == {"elderly"}
+    assert set(results["runs"]) == {
+        "dumeta++__seed0",
+        "mfl+mil__seed0",
+        "randinit-2d__seed0",
+        "dumeta++__capacity1__seed0",
+    }
+    # the per-subject rows stay in each run's result.json; the per-seed cell is their mean
+    run = json.loads((out / "runs" / "dumeta++__seed0" / "result.json").read_text())["result"]
+    subjects = [
+        r["value"]
+        for r in run["rows"]
+        if (r["domain"], r["shots"], r["depth"], r["metric"], r["tissue"]) == ("infant6m", 1, "3", "Dice", "GM")
+    ]
+    cell = next(
+        r
+        for r in rows
+        if (r["method"], r["capacity"], r["domain"], r["shots"], r["depth"], r["metric"], r["tissue"])
+        == ("dumeta++", 100, "infant6m", 1, "3", "Dice", "GM")
+    )
+    assert len(subjects) == 2 and cell["value"] == pytest.approx(sum(subjects) / 2) and cell["n"] == 2
 
 
 def test_resume_reuses_finished_runs(smoke):
