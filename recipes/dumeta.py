@@ -41,6 +41,7 @@ from problems.braindata import BrainDataError
 from problems.dumeta import (
     REG_FEATURES,
     dual_meta_graph,
+    effective_upper_order,
     init_learning_graph,
     joint_training_graph,
     meta_trained_parameters,
@@ -73,8 +74,9 @@ class Preset:
     base_width: int = 32  # c of Table VII
     batch_size: int = 2  # items per dataset in a mini-batch
     steps: int = 250_000  # meta-iterations (nnU-Net's 1000 epochs x 250 iterations)
-    inner_lr: float = 0.01  # α (Eq. 1)
-    outer_lr: float = 0.01  # β (Eq. 2, 8), poly decay
+    inner_lr: float = 0.01  # α (Eq. 1), constant (Theorem 1's α_t = min{1/L, c1/√T} does not vary with t)
+    outer_lr: float = 0.01  # β (Eq. 2, 8) of θ and φ, poly decay (Sec. IV-A2)
+    upper_order: str = "sequential"  # θ then φ, as Algorithm 1 (problems/dumeta/levels.py: UPPER_ORDERS)
     momentum: float = 0.99
     weight_decay: float = 3e-5
     reptile_inner_steps: int = 3
@@ -248,7 +250,6 @@ def graph_for(spec: planning.RunSpec, ctx: Context, data: Data) -> tuple[Graph, 
             inner_lr=p.inner_lr,
             inner_steps=k,
             outer_optimizer=outer,
-            inner_scheduler=poly(p.steps * k),
             outer_scheduler=poly(p.steps),
         )
         return graph, p.steps * k, net
@@ -258,7 +259,6 @@ def graph_for(spec: planning.RunSpec, ctx: Context, data: Data) -> tuple[Graph, 
         sampler=sampler,
         inner_lr=p.inner_lr,
         outer_optimizer=outer,
-        inner_scheduler=poly(p.steps),
         outer_scheduler=poly(p.steps),
         reg_weight=s["lambda2"],
         margin=s["lambda1"],
@@ -266,6 +266,7 @@ def graph_for(spec: planning.RunSpec, ctx: Context, data: Data) -> tuple[Graph, 
         reg_features=s["reg_features"],
         encoder_hypergrad=s["hypergrad"].get("encoder", "exact"),
         head_init_hypergrad=s["hypergrad"].get("head_init", "first_order"),
+        upper_order=p.upper_order,
     )
     return graph, p.steps, net
 
@@ -303,6 +304,7 @@ def meta_train(spec: planning.RunSpec, run_dir: Path, ctx: Context, data: Data) 
         "steps": result.steps,
         "best_step": result.best["step"] if result.best else None,
         "best_val_dice": result.best["metrics"]["val_dice"] if result.best else None,
+        "upper_order": effective_upper_order(p.upper_order) if "head_init" in graph.levels else None,
     }
     return start, facts
 

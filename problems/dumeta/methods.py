@@ -51,7 +51,7 @@ METHODS: dict[str, Method] = {
     "randinit-3d": Method("RandInitUnet.3D", "scratch", dims=3, main=True),
     "maml": Method("MAML", "init", "maml", main=True),
     "reptile": Method("Reptile", "init", "reptile", main=True),
-    "dumeta": Method("DuMeta", "dual", "dumeta", main=True, table_v="E"),
+    "sample": Method("Sample-level anchors (V E)", "dual", "sample", main=True, table_v="E"),
     "dumeta++": Method("DuMeta++", "dual", "dumeta++", main=True, table_v="F"),
     "joint": Method("A", "joint", table_v="A"),
     "mfl": Method("B", "dual", "mfl", table_v="B"),

@@ -186,6 +186,19 @@ def metric_table(
     return reporting.markdown_table(header, body)
 
 
+def _order_note(results: Mapping[str, Any]) -> str:
+    """Which order the two outer levels stepped in (the engine may lack the sequential option)."""
+    orders = sorted({r["upper_order"] for r in results["runs"].values() if r.get("upper_order")})
+    if not orders:
+        return ""
+    if orders == ["sequential"]:
+        return "Outer levels: sequential, as Algorithm 1 (θ updated, then φ's gradient with the updated encoder)."
+    return (
+        f"Outer levels: {', '.join(orders)} (two-phase: θ's and φ's gradients from the state before either "
+        f"update; the preset asked for {results['settings']['upper_order']})."
+    )
+
+
 def render(results: Mapping[str, Any], found: Sequence[reporting.Claim], paper_json: Mapping[str, Any]) -> str:
     """results.md: claims, then Tables I–VI and Fig. 7 in the paper's layout."""
     cells, s = results["rows"], results["settings"]
@@ -221,6 +234,7 @@ def render(results: Mapping[str, Any], found: Sequence[reporting.Claim], paper_j
         f"paper's iSeg-2019) and {second} (Tables II–IV, VI; the paper's ADNI). Encoder frozen, the last {head} "
         "decoder stage(s) fine-tuned (random initialisation: the whole network). Mean ± std over seeds of the "
         "per-seed means over test subjects; ASSD in mm.",
+        _order_note(results),
         "",
     ]
 
