@@ -55,8 +55,9 @@ from problems.dumeta.metatest import (
     meta_test,
     network_from,
     random_start,
+    reference_test,
 )
-from problems.dumeta.methods import DEFAULT_CAPACITY, METHODS, jobs_for
+from problems.dumeta.methods import DEFAULT_CAPACITY, METHODS, REFERENCES, jobs_for
 from problems.dumeta.net import DualUNet
 from problems.dumeta.optim import poly, sgd
 
@@ -198,6 +199,8 @@ def resolve(args: argparse.Namespace) -> tuple[str, Preset, list[int], list[str]
     methods = args.methods or [m for m in METHODS if not (m == "randinit-3d" and preset.dims == 2)]
     if preset.dims == 2 and "randinit-3d" in methods:
         raise SystemExit("error: randinit-3d needs a 3D preset (small or paper); the smoke preset is 2D")
+    if any(METHODS[m].main for m in methods):  # Table IV's yardsticks beside the methods
+        methods = list(dict.fromkeys([*methods, *REFERENCES]))
     return name, preset, list(seeds or preset.seeds), methods
 
 
@@ -315,10 +318,10 @@ def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, A
     p, s, a, method = ctx.preset, ctx.settings, ctx.args, METHODS[spec.method]
     data = ctx.data(spec.seed)
     setup = p.meta_test(method.dims)
-    facts, embedding = {}, None
+    facts, embedding, start = {}, None, None
     if method.kind == "scratch":
         start = random_start(setup.dims, p.base_width, spec.seed)
-    else:
+    elif method.kind != "reference":
         start, facts = meta_train(spec, run_dir, ctx, data)
     if method.kind == "dual":  # Fig. 6: class-mean decoder features of the meta-trained network
         net = network_from(DualUNet(p.dims, base_width=p.base_width), start).to(ctx.device)
@@ -333,7 +336,10 @@ def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, A
         domain = data.targets[job.domain]
         folder = job.folder(domain.name)
         kwargs = {"seed": spec.seed, "device": ctx.device, "precision": a.precision, "progress": not a.no_progress}
-        done = meta_test(start, job, domain, setup, out=run_dir / "finetune" / folder, **kwargs)
+        if method.kind == "reference":
+            done = reference_test(spec.method, job, domain, setup, **kwargs)
+        else:
+            done = meta_test(start, job, domain, setup, out=run_dir / "finetune" / folder, **kwargs)
         rows += done["rows"]
         examples[folder] = done["example"]
     return {"rows": rows, "facts": facts, "examples": examples, "embedding": embedding}

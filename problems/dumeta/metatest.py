@@ -52,6 +52,8 @@ __all__ = [
     "meta_test",
     "network_from",
     "random_start",
+    "reference_test",
+    "scored",
     "segment_subject",
 ]
 
@@ -214,9 +216,7 @@ def meta_test(
     """Fine-tune ``start`` on the support subjects of ``job`` in ``out`` (resuming an interrupted run;
     a finished one is read back from ``out/result.json``), segment the test subjects and score them.
 
-    Returns ``{"rows", "support", "test", "example"}``: per-subject Dice/ASSD rows and per-series
-    STCS/ASPC rows (keyed by domain, shots, depth and seed), the subject ids, and the axial slice
-    with the most brain of the first test subject (image, truth, prediction) for the figures.
+    Returns :func:`scored`'s ``{"rows", "support", "test", "example"}``.
     """
     done = out / "result.json"
     if done.exists():
@@ -249,11 +249,35 @@ def meta_test(
     predictions = {
         s.subject_id: segment_subject(net, s, roi=setup.roi, batch=setup.sw_batch, device=device) for s in test
     }
-    key = {"domain": domain.name, "shots": job.shots, "depth": str(job.depth), "seed": seed}
-    rows = [{**key, **r} for r in score_subjects(predictions, test) + longitudinal_rows(predictions, test)]
+    payload = scored(predictions, support, test, job, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".result.json.tmp"
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(done)
+    return payload
+
+
+def reference_test(method: str, job: Job, domain: BrainDomain, setup: MetaTestSetup, *, seed: int, **_: Any) -> dict:
+    """Table IV's yardsticks on the test scans of ``job``'s split, in :func:`meta_test`'s form: ``"truth"``
+    scores the labels themselves, ``"all-gm"`` labels every brain voxel (label > 0) grey matter."""
+    if method not in ("truth", "all-gm"):
+        raise ValueError(f"reference must be 'truth' or 'all-gm', got {method!r}")
+    support, test = split_for(domain, job.shots, seed, setup.test_people)
+    predictions = {s.subject_id: s.label if method == "truth" else np.where(s.label > 0, 2, 0) for s in test}
+    return scored(predictions, support, test, job, seed)
+
+
+def scored(
+    predictions: Mapping[str, np.ndarray], support: Sequence[Subject], test: Sequence[Subject], job: Job, seed: int
+) -> dict[str, Any]:
+    """What a meta-test returns: Dice/ASSD rows per test scan and STCS/ASPC rows per series pair (keyed by
+    domain, shots, depth and seed), the subject ids, and the axial slice with the most brain of the first
+    test scan (image, truth, prediction) for the figures."""
+    key = {"shots": job.shots, "depth": str(job.depth), "seed": seed}
+    rows = [{**r, **key} for r in score_subjects(predictions, test) + longitudinal_rows(predictions, test)]
     first = test[0]
-    z = int(np.argmax((first.label > 0).sum(axis=(0, 1))))  # the axial slice with the most brain
-    payload = {
+    z = int(np.argmax((first.label > 0).sum(axis=(0, 1))))
+    return {
         "rows": rows,
         "support": [s.subject_id for s in support],
         "test": [s.subject_id for s in test],
@@ -261,14 +285,9 @@ def meta_test(
             "subject": first.subject_id,
             "image": first.image[:, :, z].tolist(),
             "truth": first.label[:, :, z].tolist(),
-            "prediction": predictions[first.subject_id][:, :, z].tolist(),
+            "prediction": np.asarray(predictions[first.subject_id])[:, :, z].tolist(),
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".result.json.tmp"
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(done)
-    return payload
 
 
 class PoolValidation:

@@ -7,11 +7,18 @@ A method is one of:
 * ``dual`` — a DuMeta++ configuration (``variant``, a key of :data:`~problems.dumeta.levels.VARIANTS`):
   DuMeta++ itself and its Table V ablations;
 * ``init`` — MAML or Reptile: a meta-learned initialisation of the whole network;
-* ``joint`` — Table V A: the network trained on the pooled datasets, no meta-learning.
+* ``joint`` — Table V A: the network trained on the pooled datasets, no meta-learning;
+* ``reference`` — no network: Table IV's yardsticks on the same test series, the labels themselves
+  (``truth``: the atrophy built into the data) and a trivial labelling (``all-gm``: every brain voxel
+  grey matter), which is perfectly "consistent" over time while segmenting nothing.
 
 A *meta-test* (:class:`Job`) fine-tunes a start on ``shots`` support subjects of one unseen domain
 with the last ``depth`` decoder stages trainable (``"all"``: the whole network, 0: none) and scores
-the test subjects. :func:`jobs_for` lists the meta-tests each table needs from one run.
+the test subjects. Each method is meta-tested the way its own paper does (:func:`protocols`, first
+entry): DuMeta++ and its ablations with the encoder frozen and the head fine-tuned (Sec. IV-B),
+MAML and Reptile — which meta-learn an initialisation of every parameter and adapt them all — and
+random initialisation on the whole network. MAML, Reptile and Table V A are also meta-tested the
+other way (both rows are reported, labelled). :func:`jobs_for` lists the meta-tests of one run.
 """
 
 from __future__ import annotations
@@ -19,7 +26,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CAPACITY", "METHODS", "TABLE_V", "Job", "Method", "jobs_for", "protocols"]
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "METHODS",
+    "REFERENCES",
+    "TABLE_V",
+    "Job",
+    "Method",
+    "jobs_for",
+    "protocols",
+    "row_label",
+]
 
 DEFAULT_CAPACITY = 100
 """N of the memory bank (Sec. IV-C4: "a capacity of 100 offers a strong accuracy-efficiency trade-off")."""
@@ -31,11 +48,12 @@ class Method:
 
     Attributes:
         label: the row's name in the report.
-        kind: ``scratch``, ``dual``, ``init`` or ``joint`` (module docstring).
+        kind: ``scratch``, ``dual``, ``init``, ``joint`` or ``reference`` (module docstring).
         variant: the DuMeta++ configuration (``dual``) or ``"maml"`` / ``"reptile"`` (``init``).
         dims: the network's dimensionality when it is fixed (``scratch``), else the preset's.
         main: a row of Tables I–IV (else an ablation of Table V only).
         table_v: its code in Table V (``"A"`` … ``"F"``), if it is a row there.
+        paper: its row's name in the paper's Tables I–IV, when the paper reports the same method.
     """
 
     label: str
@@ -44,23 +62,29 @@ class Method:
     dims: int | None = None
     main: bool = False
     table_v: str | None = None
+    paper: str | None = None
 
 
 METHODS: dict[str, Method] = {
-    "randinit-2d": Method("RandInitUnet.2D", "scratch", dims=2, main=True),
-    "randinit-3d": Method("RandInitUnet.3D", "scratch", dims=3, main=True),
-    "maml": Method("MAML", "init", "maml", main=True),
-    "reptile": Method("Reptile", "init", "reptile", main=True),
+    "randinit-2d": Method("RandInitUnet.2D", "scratch", dims=2, main=True, paper="RandInitUnet.2D"),
+    "randinit-3d": Method("RandInitUnet.3D", "scratch", dims=3, main=True, paper="RandInitUnet.3D"),
+    "maml": Method("MAML", "init", "maml", main=True, paper="MAML"),
+    "reptile": Method("Reptile", "init", "reptile", main=True, paper="Reptile"),
     "sample": Method("Sample-level anchors (V E)", "dual", "sample", main=True, table_v="E"),
-    "dumeta++": Method("DuMeta++", "dual", "dumeta++", main=True, table_v="F"),
-    "joint": Method("A", "joint", table_v="A"),
-    "mfl": Method("B", "dual", "mfl", table_v="B"),
-    "mfl+mil": Method("C", "dual", "mfl+mil", table_v="C"),
-    "prototype-sum": Method("D", "dual", "prototype-sum", table_v="D"),
+    "dumeta++": Method("DuMeta++", "dual", "dumeta++", main=True, table_v="F", paper="DuMeta++"),
+    "joint": Method("Joint training", "joint", table_v="A"),
+    "mfl": Method("MFL only", "dual", "mfl", table_v="B"),
+    "mfl+mil": Method("MFL + MIL", "dual", "mfl+mil", table_v="C"),
+    "prototype-sum": Method("Prototype, sum", "dual", "prototype-sum", table_v="D"),
     "mil": Method("MIL only", "dual", "mil", table_v="MIL only"),
+    "truth": Method("Ground truth (the labels)", "reference"),
+    "all-gm": Method("Trivial: every brain voxel GM", "reference"),
 }
 
-TABLE_V = {m.table_v: name for name, m in METHODS.items() if m.table_v}
+REFERENCES = tuple(name for name, m in METHODS.items() if m.kind == "reference")
+"""Table IV's yardsticks, added to every plan with a method of Tables I–IV."""
+
+TABLE_V = dict(sorted((m.table_v, name) for name, m in METHODS.items() if m.table_v))
 """Table V's rows in the paper's order: code -> method."""
 
 
@@ -78,9 +102,25 @@ class Job:
 
 
 def protocols(method: str, head_depth: int | str) -> list[int | str]:
-    """The fine-tuned depths of ``method``'s meta-tests: the whole network for random initialisation,
-    the paper's head (encoder frozen, ``head_depth`` decoder stages) for every pre-trained start."""
-    return ["all"] if METHODS[method].kind == "scratch" else [head_depth]
+    """The fine-tuned depths of ``method``'s meta-tests, its own paper's first (module docstring):
+    ``"all"`` (the whole network) or ``head_depth`` (encoder frozen, the last decoder stages); 0 for a
+    reference (nothing is trained)."""
+    kind = METHODS[method].kind
+    return {
+        "scratch": ["all"],
+        "dual": [head_depth],
+        "init": ["all", head_depth],
+        "joint": [head_depth, "all"],
+        "reference": [0],
+    }[kind]
+
+
+def row_label(method: str, depth: int | str, head_depth: int | str) -> str:
+    """The method's row name, with the protocol when it is meta-tested in more than one way."""
+    label = METHODS[method].label
+    if len(protocols(method, head_depth)) == 1:
+        return label
+    return f"{label}, whole network" if str(depth) == "all" else f"{label}, encoder frozen ({depth} stages)"
 
 
 def jobs_for(
@@ -93,17 +133,21 @@ def jobs_for(
 ) -> list[Job]:
     """The meta-tests one run of ``method`` (memory-bank ``capacity``) feeds into the tables.
 
-    Tables I–III (main methods): one shot on the first unseen domain, ``shots`` on the second;
-    Table V: one shot on the first; Table VI (DuMeta++ at another capacity): one shot on the second
-    only; Fig. 7 (DuMeta++): one shot on the first at every depth of ``depths``.
+    Tables I–III (main methods): ``shots`` on both unseen domains (the paper: one shot on the first,
+    one and five on the second); Table IV (and its references): one shot on the second; Table V:
+    one shot on the first; Table VI (DuMeta++ at another capacity): one shot on the second only;
+    Fig. 7 (DuMeta++): one shot on the first at every depth of ``depths``. Every protocol of the
+    method (:func:`protocols`) gets each of its meta-tests.
     """
     spec = METHODS[method]
     jobs: list[Job] = []
+    if spec.kind == "reference":
+        return [Job(1, 1, 0)]
     if method == "dumeta++" and capacity != DEFAULT_CAPACITY:
         return [Job(1, 1, head_depth)]
     for depth in protocols(method, head_depth):
         if spec.main:
-            jobs += [Job(0, 1, depth), *(Job(1, k, depth) for k in shots)]
+            jobs += [Job(d, k, depth) for d in (0, 1) for k in shots]
         if spec.table_v:
             jobs.append(Job(0, 1, depth))
     if method == "dumeta++":

@@ -27,6 +27,7 @@ def smoke(tmp_path_factory):
         "dumeta++",
         "mfl+mil",
         "randinit-2d",
+        "maml",
         "--capacities",
         "1",
         "--depths",
@@ -80,12 +81,8 @@ def test_smoke_rows_cover_every_table_with_valid_scores(smoke):
     assert ("dumeta++", 1, "elderly", 1, "3") in jobs and ("randinit-2d", 100, "elderly", 1, "all") in jobs
     assert ("mfl+mil", 100, "infant6m", 1, "3") in jobs
     assert {r["domain"] for r in rows if r["metric"] == "STCS"} == {"elderly"}
-    assert set(results["runs"]) == {
-        "dumeta++__seed0",
-        "mfl+mil__seed0",
-        "randinit-2d__seed0",
-        "dumeta++__capacity1__seed0",
-    }
+    made = {f"{m}__seed0" for m in ("dumeta++", "mfl+mil", "randinit-2d", "maml", "truth", "all-gm")}
+    assert set(results["runs"]) == made | {"dumeta++__capacity1__seed0"}
     # the per-subject rows stay in each run's result.json; the per-seed cell is their mean
     run = json.loads((out / "runs" / "dumeta++__seed0" / "result.json").read_text())["result"]
     subjects = [
@@ -102,10 +99,48 @@ def test_smoke_rows_cover_every_table_with_valid_scores(smoke):
     assert len(subjects) == 2 and cell["value"] == pytest.approx(sum(subjects) / 2) and cell["n"] == 2
 
 
+def cell(rows, method, metric, tissue, **match):
+    found = [
+        r
+        for r in rows
+        if (r["method"], r["metric"], r["tissue"]) == (method, metric, tissue)
+        and all(r[k] == v for k, v in match.items())
+    ]
+    assert len(found) == 1, (method, metric, tissue, match, found)
+    return found[0]["value"]
+
+
+def test_each_baseline_is_meta_tested_the_way_its_paper_does(smoke):
+    _, _, results = smoke
+    protocols = {(r["method"], r["depth"]) for r in results["rows"] if r["metric"] == "Dice"}
+    assert {("randinit-2d", "all"), ("maml", "all"), ("maml", "3"), ("dumeta++", "3")} <= protocols
+    assert ("randinit-2d", "3") not in protocols and ("mfl+mil", "all") not in protocols
+    markdown = (results_dir := smoke[0] / "results.md").read_text()
+    assert "| MAML, whole network | " in markdown and "| MAML, encoder frozen (3 stages) | " in markdown
+    maml_rows = [line for line in markdown.splitlines() if line.startswith("| MAML, ")]
+    # the paper's MAML number (Table I, Dice CSF 0.9433) sits beside the whole-network row only
+    assert "(0.9433)" in maml_rows[0] and "(" not in maml_rows[1].split("|", 2)[2], results_dir
+
+
+def test_table_iv_has_the_labels_and_a_trivial_labelling_beside_the_methods(smoke):
+    _, _, results = smoke
+    rows, key = results["rows"], {"domain": "elderly", "shots": 1}
+    assert all(cell(rows, "truth", "Dice", t, **key) == 1.0 for t in ("CSF", "GM", "WM"))
+    assert cell(rows, "all-gm", "Dice", "CSF", **key) == 0.0 and cell(rows, "all-gm", "Dice", "WM", **key) == 0.0
+    # labelling every brain voxel GM is "more consistent" than the true labels, whose atrophy is built in
+    assert cell(rows, "all-gm", "STCS", "GM", **key) > cell(rows, "truth", "STCS", "GM", **key)
+    assert cell(rows, "truth", "ASPC", "CSF", **key) > 1.0 > cell(rows, "all-gm", "ASPC", "GM", **key)
+    markdown = (smoke[0] / "results.md").read_text()
+    table_iv = markdown[markdown.index("## Table IV") : markdown.index("## Table V")]
+    assert "| Ground truth (the labels) |" in table_iv and "| Trivial: every brain voxel GM |" in table_iv
+    claims = [c["test"] for c in results["claims"]]
+    assert any(c.startswith("|ASPC MAML − ASPC labels|") for c in claims)
+
+
 def test_resume_reuses_finished_runs(smoke):
     out, argv, results = smoke
     again = dumeta.main([*argv, "--resume"])
-    assert again["rows"] == results["rows"]
+    assert json.dumps(again["rows"]) == json.dumps(results["rows"])  # NaN (an undefined ASSD) included
 
 
 def write_domain(root: Path, name: str, people: int, seed: int, series: bool = False) -> None:
