@@ -9,6 +9,7 @@ small on a GPU) and says so.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -82,6 +83,17 @@ positive_int = _integer_at_least(1, "a positive integer")
 """argparse type: an integer >= 1 (steps, sizes, counts)."""
 non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
+
+
+def finite_non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (a weight, a margin); nan, inf and negatives are refused at parse time."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
 
 
 def choose_preset(requested: str | None, device: torch.device) -> str:

@@ -47,7 +47,7 @@ from problems.dumeta import (
     meta_trained_parameters,
 )
 from problems.dumeta.data import JointSampler, MetaTaskSampler
-from problems.dumeta.domains import Data, DataSource, meta_data
+from problems.dumeta.domains import Data, DataSource, check_shots, meta_data
 from problems.dumeta.metatest import (
     MetaTestSetup,
     PoolValidation,
@@ -181,8 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--head-depth", type=depth_arg, default=3, help="decoder stages fine-tuned at meta-test (Fig. 7: 3 is best)")
     add("--capacities", nargs="*", type=common.positive_int, default=[1, 10, 100, 1000], help="Table VI (dumeta++)")
     add("--depths", nargs="*", type=depth_arg, default=[0, 1, 2, 3, 4, 5, "all"], help="Fig. 7 depths (dumeta++)")
-    add("--lambda1", type=float, default=1.5, help="λ1, the triplet margin (Eq. 13)")
-    add("--lambda2", type=float, default=0.1, help="λ2, the weight of L_reg (Eq. 15)")
+    add("--lambda1", type=common.finite_non_negative_float, default=1.5, help="λ1, the triplet margin (Eq. 13)")
+    add("--lambda2", type=common.finite_non_negative_float, default=0.1, help="λ2, the weight of L_reg (Eq. 15)")
     add("--reg-features", choices=REG_FEATURES, default="decoder", help="L_reg's features (Sec. III-B; Appendix II)")
     add("--fine-tune-steps", type=common.positive_int, default=None, help="override the preset's fine-tuning steps")
     add("--meta-train", nargs="+", default=None, help="meta-training domains (folders under --data-root)")
@@ -316,6 +316,7 @@ def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, A
     """One run: meta-train ``spec.method`` (random initialisation: nothing), then every meta-test its
     tables need; returns the per-subject rows, the meta-training facts and one example slice per meta-test."""
     p, s, a, method = ctx.preset, ctx.settings, ctx.args, METHODS[spec.method]
+    planning.started(run_dir, spec, s)  # an interrupted run continues only with the settings it began with
     data = ctx.data(spec.seed)
     setup = p.meta_test(method.dims)
     facts, embedding, start = {}, None, None
@@ -359,10 +360,11 @@ def main(argv: list[str] | None = None) -> dict:
     device, _, _ = common.resolve(args)
     _, preset, seeds, methods = resolve(args)
     ctx = Context(preset, plan.settings, args, device)
-    try:
+    try:  # before any training: the data exist, and every unseen domain has people for --shots and a test
         first = ctx.data(seeds[0])
+        check_shots(first.targets, args.shots)
     except BrainDataError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {err} (--shots {' '.join(map(str, args.shots))})") from None
     out = common.prepare_out(args.out or Path("runs") / f"dumeta-{args.dataset}-{plan.preset}", args.resume)
     print(f"[dumeta] preset '{plan.preset}' on {device}: {common.preset_table(preset)}")
     print(f"[dumeta] pool {[d.name for d in first.pool]}, unseen {[d.name for d in first.targets]} ({first.source})")

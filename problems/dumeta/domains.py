@@ -153,10 +153,8 @@ def split_for(
     return split.support, test
 
 
-def check_shots(source: DataSource, shots_per_domain: Sequence[Sequence[int]]) -> None:
-    """Before any training: every unseen domain ``i`` can give ``max(shots_per_domain[i])`` support
-    people and keep one to test on; a :class:`BrainDataError` names the domain and its head count."""
-    targets = [d for d in domains_of(source).values() if d.role == "meta-test"]
-    for domain, shots in zip(targets, shots_per_domain):
-        if shots:
-            few_shot_split(domain, max(shots), seed=0)
+def check_shots(targets: Sequence[BrainDomain], shots: Sequence[int]) -> None:
+    """Before any training: every unseen domain can give ``max(shots)`` support people and keep one to
+    test on; a :class:`BrainDataError` names the domain and its number of people."""
+    for domain in targets:
+        few_shot_split(domain, max(shots), seed=0)

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 import dumeta  # noqa: E402
+import planning  # noqa: E402
 
 FAST = ["--preset", "smoke", "--steps", "2", "--fine-tune-steps", "2", "--no-progress"]
 
@@ -208,6 +209,28 @@ def test_data_root_reads_the_real_layout_end_to_end(tmp_path):
     assert results["pool"] == ["OASIS3", "IBIS12M", "IBIS24M"] and results["targets"] == ["iSegLike", "ADNI"]
     assert any(r["metric"] == "STCS" for r in results["rows"])
     assert "Stand-in" not in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_resume_refuses_runs_made_or_begun_with_other_settings(smoke, tmp_path):
+    out, argv, _ = smoke
+    with pytest.raises(SystemExit, match=r"made with other settings \(lambda2: 0.1 then, 0.2 now\)"):
+        dumeta.main([*argv, "--resume", "--lambda2", "0.2"])
+    spec = planning.RunSpec("dumeta++", 0)
+    planning.started(tmp_path, spec, {"lambda1": 1.5, "lambda2": 0.1})  # a run begins, then is interrupted
+    planning.started(tmp_path, spec, {"lambda1": 1.5, "lambda2": 0.1})  # continued with the same settings
+    with pytest.raises(SystemExit, match=r"started.json.*lambda2: 0.1 then, 0.2 now"):
+        planning.started(tmp_path, spec, {"lambda1": 1.5, "lambda2": 0.2})
+
+
+def test_impossible_settings_stop_before_any_training(tmp_path, capsys):
+    for flag, value in (("--lambda2", "nan"), ("--lambda1", "-1"), ("--lambda2", "inf")):
+        with pytest.raises(SystemExit) as stop:
+            dumeta.parse_args([flag, value])
+        assert stop.value.code == 2 and "expected a finite number >= 0" in capsys.readouterr().err
+    out = tmp_path / "many_shots"
+    with pytest.raises(SystemExit, match=r"'infant6m' has 10 people; cannot take 10 shot\(s\).*--shots 1 10"):
+        dumeta.main([*FAST, "--methods", "dumeta++", "--shots", "1", "10", "--out", str(out)])
+    assert not (out / "runs").exists()
 
 
 def test_command_line_errors_are_clear(tmp_path):
