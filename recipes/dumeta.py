@@ -78,6 +78,7 @@ class Preset:
     inner_lr: float = 0.01  # α (Eq. 1), constant (Theorem 1's α_t = min{1/L, c1/√T} does not vary with t)
     outer_lr: float = 0.01  # β (Eq. 2, 8) of θ and φ, poly decay (Sec. IV-A2)
     upper_order: str = "sequential"  # θ then φ, as Algorithm 1 (problems/dumeta/levels.py: UPPER_ORDERS)
+    augment: bool = True  # nnU-Net's default augmentation (problems/braindata/augment.py), training and fine-tuning
     momentum: float = 0.99
     weight_decay: float = 3e-5
     reptile_inner_steps: int = 3
@@ -103,6 +104,7 @@ class Preset:
             batch=self.fine_tune_batch,
             sw_batch=self.sw_batch,
             test_people=self.test_people,
+            augment=self.augment,
         )
 
 
@@ -126,6 +128,7 @@ PRESETS = {
         test_people=2,
         embed_items=6,
         sw_batch=32,
+        augment=False,
     ),
     # 3D on whole volumes resampled to 64^3, c = 16
     "small": Preset(
@@ -160,7 +163,10 @@ class Context:
             tuple(a.meta_test) if a.meta_test else None,
             a.label_map,
         )
-        return meta_data(source, grid=p.grid, patch=p.meta_test().patch_size, valid_people=p.valid_people, seed=seed)
+        patch, device = p.meta_test().patch_size, str(self.device)
+        return meta_data(
+            source, grid=p.grid, patch=patch, valid_people=p.valid_people, seed=seed, augment=p.augment, device=device
+        )
 
 
 # ----------------------------------------------------------------------------------------- command line

@@ -120,17 +120,24 @@ def on_grid(domain: BrainDomain, grid: Sequence[int | None]) -> BrainDomain:
 
 @functools.lru_cache(maxsize=2)
 def meta_data(
-    source: DataSource, *, grid: tuple[int | None, ...], patch: tuple[int, int, int], valid_people: int, seed: int
+    source: DataSource,
+    *,
+    grid: tuple[int | None, ...],
+    patch: tuple[int, int, int],
+    valid_people: int,
+    seed: int,
+    augment: bool = False,
+    device: str | None = None,
 ) -> Data:
     """The data of one seed: each pool domain split 80/20 (seeded) into training items of ``patch``
-    (``pz = 1``: 2D axial patches) and at most ``valid_people`` validation scans; the unseen domains;
-    everything resampled to ``grid``."""
+    (``pz = 1``: 2D axial patches; with nnU-Net's ``augment``ation, resampled on ``device``) and at most
+    ``valid_people`` validation scans; the unseen domains; everything resampled to ``grid``."""
     domains = domains_of(source)
     pool, pool_val = [], []
     for d in (d for d in domains.values() if d.role == "meta-train"):
         train, val = train_val_split(d, val_fraction=0.2, seed=seed)
         by_id = {s.subject_id: s for s in on_grid(dataclasses.replace(d, subjects=train + val), grid).subjects}
-        pool.append(PatchItems(d.name, [by_id[s.subject_id] for s in train], patch))
+        pool.append(PatchItems(d.name, [by_id[s.subject_id] for s in train], patch, augment=augment, device=device))
         pool_val += [by_id[s.subject_id] for s in val][:valid_people]
     return Data(
         pool=pool,

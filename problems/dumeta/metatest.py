@@ -70,6 +70,7 @@ class MetaTestSetup:
             ``steps``, ``batch`` patches of the support subjects per step.
         sw_batch: sliding-window batch at inference.
         test_people: cap on the test people of a domain (None: all).
+        augment: nnU-Net's augmentation of the support patches (as the authors' fine-tuning trainer).
     """
 
     dims: int
@@ -82,6 +83,7 @@ class MetaTestSetup:
     batch: int
     sw_batch: int
     test_people: int | None = None
+    augment: bool = False
 
     @property
     def roi(self) -> tuple[int, ...]:
@@ -224,9 +226,10 @@ def meta_test(
     net = network_from(DualUNet(setup.dims, base_width=setup.base_width), start)
     support, test = split_for(domain, job.shots, seed, setup.test_people)
     if job.depth != 0:
-        sampler = JointSampler(
-            [PatchItems(f"{domain.name}-support", support, setup.patch_size)], setup.batch, seed=seed
+        items = PatchItems(
+            f"{domain.name}-support", support, setup.patch_size, augment=setup.augment, device=str(device)
         )
+        sampler = JointSampler([items], setup.batch, seed=seed)
         graph = fine_tuning_graph(
             net,
             sampler,
@@ -313,8 +316,8 @@ class PoolValidation:
 def feature_embedding(net: DualUNet, data: Data, setup: MetaTestSetup, items: int, seed: int) -> dict[str, Any]:
     """Per-sample class-mean decoder features of ``items`` patches of every domain (pool and unseen),
     for Fig. 6: ``{domain: [{"means", "present"} per scale]}``."""
-    sources = [(p.name, p) for p in data.pool]
-    sources += [(d.name, PatchItems(d.name, d.subjects, setup.patch_size)) for d in data.targets]
+    domains = [(p.name, p.subjects) for p in data.pool] + [(d.name, d.subjects) for d in data.targets]
+    sources = [(name, PatchItems(name, subjects, setup.patch_size)) for name, subjects in domains]  # no augmentation
     out = {}
     for name, patches in sources:
         image, label = patches.draw(items, torch.Generator().manual_seed(seed))

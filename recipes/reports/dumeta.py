@@ -236,7 +236,7 @@ def render(results: Mapping[str, Any], found: Sequence[reporting.Claim], paper_j
     first, second = results["targets"]
     head = str(s["head_depth"])
     main = [m for m in results["methods"] if METHODS[m].main]
-    same = results["data"]["source"] == "real" and results["preset"] == "paper"
+    same = results["data"]["source"] == "real" and results["preset"] == "paper" and s["augment"]
     where = (
         "Synthetic lifespan domains made from the real MNI152 2009 tissue maps (problems/braindata/lifespan.py)."
         if results["data"]["stand_in"]
@@ -256,10 +256,11 @@ def render(results: Mapping[str, Any], found: Sequence[reporting.Claim], paper_j
         f"Seeds {results['seeds']}; each difference is paired within a seed (same split, initialisation and "
         "batches) and averaged over tissues; 95 % Student-t interval over seeds.",
         "",
-        "Setting: the paper's (real data, paper preset)."
+        "Setting: the paper's (real data, the paper preset, nnU-Net's default augmentation)."
         if same
-        else "**The setting differs from the paper's** (data and/or preset); the paper's numbers are in brackets "
-        "for orientation only.",
+        else "**The setting differs from the paper's** (data, preset and/or augmentation); the paper's numbers "
+        "are in brackets for orientation only."
+        + ("" if s["augment"] else " No data augmentation (the paper follows nnU-Net's pipeline)."),
         f"Meta-training pool: {', '.join(results['pool'])}; unseen domains: {first} (Tables I, V, Fig. 7; the "
         f"paper's iSeg-2019) and {second} (Tables II–IV, VI; the paper's ADNI). Each method is meta-tested the "
         f"way its paper does: DuMeta++ and its ablations with the encoder frozen and the last {head} decoder "

@@ -233,6 +233,29 @@ def test_impossible_settings_stop_before_any_training(tmp_path, capsys):
     assert not (out / "runs").exists()
 
 
+def test_results_claim_the_papers_setting_only_with_nnunets_augmentation():
+    from reports import dumeta as report
+
+    settings = {"head_depth": 3, "shots": [1], "capacities": [], "depths": [], "upper_order": "sequential"}
+    results = {
+        "rows": [],
+        "targets": ["iSeg-2019", "ADNI"],
+        "pool": ["OASIS3", "IBIS12M", "IBIS24M"],
+        "methods": [],
+        "runs": {},
+        "seeds": [0],
+        "figures": [],
+        "preset": "paper",
+        "data": {"source": "real", "stand_in": False, "root": "/data", "descriptions": {}},
+    }
+    paper = {"rows": []}
+    with_augmentation = report.render({**results, "settings": {**settings, "augment": True}}, [], paper)
+    without = report.render({**results, "settings": {**settings, "augment": False}}, [], paper)
+    assert "Setting: the paper's" in with_augmentation and "setting differs" not in with_augmentation
+    assert "Setting: the paper's" not in without and "No data augmentation" in without
+    assert dumeta.PRESETS["paper"].augment and not dumeta.PRESETS["smoke"].augment
+
+
 def test_command_line_errors_are_clear(tmp_path):
     with pytest.raises(SystemExit, match="randinit-3d needs a 3D preset"):
         dumeta.main([*FAST, "--methods", "randinit-3d", "--out", str(tmp_path / "a")])
