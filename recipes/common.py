@@ -20,7 +20,7 @@ import torch
 
 from engines import METHODS, resolve_device
 
-PRESETS = ("smoke", "small", "paper")
+PRESETS = ("smoke", "small", "paper", "study")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[str], default_dataset: str) -> None:
@@ -41,7 +41,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--preset",
         choices=PRESETS,
         default=None,
-        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
+        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), study (the "
+        "claims on 2 CPU cores within an hour, docs/results/); "
         "default: smoke on CPU, small on GPU",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

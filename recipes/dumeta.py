@@ -3,7 +3,7 @@ one or five subjects of an unseen age group, and score Dice / ASSD / STCS / ASPC
 Y. Sun, J. Shu, J. Ma, F. Wang, "DuMeta++: Spatiotemporal Dual Meta-Learning for Generalizable Few-Shot
 Brain Tissue Segmentation Across Diverse Ages", arXiv:2602.07174, 2026.
 
-    python recipes/dumeta.py [--data-root DIR] [--preset smoke|small|paper] [--methods ...]
+    python recipes/dumeta.py [--data-root DIR] [--preset smoke|small|paper|study] [--methods ...]
                              [--shots 1 5] [--head-depth 3] [--capacities 1 10 100 1000]
                              [--depths 0 1 2 3 4 5 all] [--seeds 0 1 2] [--out DIR] [--resume]
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ class Preset:
     outer_lr: float = 0.01  # β (Eq. 2, 8) of θ and φ, poly decay (Sec. IV-A2)
     upper_order: str = "sequential"  # θ then φ, as Algorithm 1 (problems/dumeta/levels.py: UPPER_ORDERS)
     augment: bool = True  # nnU-Net's default augmentation (problems/braindata/augment.py), training and fine-tuning
+    both_protocols: bool = True  # MAML, Reptile, Table V A also meta-tested the other way (problems/dumeta/methods.py)
     momentum: float = 0.99
     weight_decay: float = 3e-5
     reptile_inner_steps: int = 3
@@ -90,30 +91,26 @@ class Preset:
     test_people: int | None = None  # cap on test people per meta-test domain (None: all)
     embed_items: int = 32  # samples per domain in the feature embedding (Fig. 6)
     sw_batch: int = 2  # sliding-window batch at inference
+    people: int | None = None  # people per embedded domain (None: the generator's 6, 10 for infant6m)
     seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] | None = None  # None: every method (randinit-3d only in 3D)
+    shots: tuple[int, ...] = (1, 5)
+    capacities: tuple[int, ...] = (1, 10, 100, 1000)  # Table VI
+    depths: tuple[int | str, ...] = (0, 1, 2, 3, 4, 5, "all")  # Fig. 7
 
     def meta_test(self, dims: int | None = None) -> MetaTestSetup:
-        return MetaTestSetup(
-            dims=dims or self.dims,
-            base_width=self.base_width,
-            patch=self.patch,
-            steps=self.fine_tune_steps,
-            lr=self.fine_tune_lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch=self.fine_tune_batch,
-            sw_batch=self.sw_batch,
-            test_people=self.test_people,
-            augment=self.augment,
-        )
+        """How this preset meta-tests a network of ``dims`` (default: the preset's)."""
+        same = ("base_width", "patch", "momentum", "weight_decay", "sw_batch", "test_people", "augment")
+        tuning = {"steps": self.fine_tune_steps, "lr": self.fine_tune_lr, "batch": self.fine_tune_batch}
+        return MetaTestSetup(dims=dims or self.dims, **tuning, **{k: getattr(self, k) for k in same})
 
 
+CPU_2D = {"dims": 2, "grid": (64, 64, None), "patch": 64, "valid_people": 1, "sw_batch": 32, "augment": False}
+"""2D on 64x64 axial slices of volumes resampled to 64x64xZ: what two CPU cores can train."""
 PRESETS = {
-    # 2D on 64x64 axial slices of 64x64xZ volumes, a c = 4 network, a handful of steps: the pipeline on 2 cores
+    # a c = 4 network, a handful of steps: the pipeline on 2 cores
     "smoke": Preset(
-        dims=2,
-        grid=(64, 64, None),
-        patch=64,
+        **CPU_2D,
         base_width=4,
         steps=8,
         inner_lr=0.05,
@@ -124,11 +121,8 @@ PRESETS = {
         fine_tune_lr=0.05,
         fine_tune_batch=4,
         valid_every=0,
-        valid_people=1,
         test_people=2,
         embed_items=6,
-        sw_batch=32,
-        augment=False,
     ),
     # 3D on whole volumes resampled to 64^3, c = 16
     "small": Preset(
@@ -142,6 +136,23 @@ PRESETS = {
     ),
     # the paper: 3D 128^3 patches of the native volumes, c = 32, batch 2, SGD Nesterov 0.99 from 0.01 with poly decay
     "paper": Preset(),
+    # the claims on 2 CPU cores (docs/recipes/dumeta.md, "Study preset"): 2D c = 8 on 64x64 slices, the paper's
+    # optimiser, 300 meta-iterations and fine-tuning steps, 16 people per embedded domain, three seeds
+    "study": Preset(
+        **CPU_2D,
+        base_width=8,
+        steps=300,
+        fine_tune_steps=300,
+        valid_every=100,
+        embed_items=8,
+        test_people=6,
+        both_protocols=False,
+        people=16,
+        seeds=(0, 1, 2),
+        methods=("randinit-2d", "maml", "reptile", "sample", "dumeta++"),
+        capacities=(),
+        depths=(),
+    ),
 }
 
 
@@ -162,6 +173,7 @@ class Context:
             tuple(a.meta_train) if a.meta_train else None,
             tuple(a.meta_test) if a.meta_test else None,
             a.label_map,
+            p.people,
         )
         patch, device = p.meta_test().patch_size, str(self.device)
         return meta_data(
@@ -183,10 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_common_arguments(parser, datasets=("lifespan",), default_dataset="lifespan")
     add = parser.add_argument
     add("--methods", nargs="+", choices=list(METHODS), help="methods to run (default: all; randinit-3d in 3D presets)")
-    add("--shots", nargs="+", type=common.positive_int, default=[1, 5], help="support subjects (Tables II/III)")
+    add("--shots", nargs="+", type=common.positive_int, help="support subjects on both unseen domains (default 1 5)")
     add("--head-depth", type=depth_arg, default=3, help="decoder stages fine-tuned at meta-test (Fig. 7: 3 is best)")
-    add("--capacities", nargs="*", type=common.positive_int, default=[1, 10, 100, 1000], help="Table VI (dumeta++)")
-    add("--depths", nargs="*", type=depth_arg, default=[0, 1, 2, 3, 4, 5, "all"], help="Fig. 7 depths (dumeta++)")
+    add("--capacities", nargs="*", type=common.positive_int, help="Table VI (dumeta++; default 1 10 100 1000)")
+    add("--depths", nargs="*", type=depth_arg, help="Fig. 7's fine-tuned depths (dumeta++; default 0-5 and all)")
     add("--lambda1", type=common.finite_non_negative_float, default=1.5, help="λ1, the triplet margin (Eq. 13)")
     add("--lambda2", type=common.finite_non_negative_float, default=0.1, help="λ2, the weight of L_reg (Eq. 15)")
     add("--reg-features", choices=REG_FEATURES, default="decoder", help="L_reg's features (Sec. III-B; Appendix II)")
@@ -201,37 +213,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve(args: argparse.Namespace) -> tuple[str, Preset, list[int], list[str]]:
     """The preset's name, the preset with the command line's overrides, the seeds and the methods."""
     device, name, seeds = common.resolve(args)
-    preset = common.override(PRESETS[name], steps=args.steps, fine_tune_steps=args.fine_tune_steps)
-    methods = args.methods or [m for m in METHODS if not (m == "randinit-3d" and preset.dims == 2)]
+    lists = {
+        k: tuple(dict.fromkeys(v)) for k in ("shots", "capacities", "depths") if (v := getattr(args, k)) is not None
+    }
+    preset = common.override(PRESETS[name], steps=args.steps, fine_tune_steps=args.fine_tune_steps, **lists)
+    methods = list(args.methods or preset.methods or [m for m in METHODS if m != "randinit-3d" or preset.dims == 3])
     if preset.dims == 2 and "randinit-3d" in methods:
-        raise SystemExit("error: randinit-3d needs a 3D preset (small or paper); the smoke preset is 2D")
+        raise SystemExit(f"error: randinit-3d needs a 3D preset (small or paper); the {name} preset is 2D")
     if any(METHODS[m].main for m in methods):  # Table IV's yardsticks beside the methods
         methods = list(dict.fromkeys([*methods, *REFERENCES]))
+    if "dumeta++" not in methods:  # Table VI and Fig. 7 are DuMeta++'s
+        preset = replace(preset, capacities=(), depths=())
     return name, preset, list(seeds or preset.seeds), methods
 
 
 def make_plan(args: argparse.Namespace) -> planning.Plan:
     """The runs (method x seed, and DuMeta++ at every other memory-bank capacity) and what fixes them."""
     name, preset, seeds, methods = resolve(args)
-    dual = "dumeta++" in methods
-    capacities = list(dict.fromkeys(args.capacities)) if dual else []
-    others = [n for n in capacities if n != DEFAULT_CAPACITY]
+    others = [n for n in preset.capacities if n != DEFAULT_CAPACITY]
     runs = []
     for seed in seeds:
-        runs += planning.grid(methods, [seed]) + (
-            planning.grid(["dumeta++"], [seed], {"capacity": others}) if others else []
-        )
+        runs += planning.grid(methods, [seed])
+        runs += planning.grid(["dumeta++"], [seed], {"capacity": others}) if others else []
     settings = {
-        **{k: v for k, v in asdict(preset).items() if k != "seeds"},
-        "shots": list(args.shots),
+        **{k: v for k, v in asdict(preset).items() if k not in ("seeds", "methods")},
         "head_depth": args.head_depth,
-        "capacities": capacities,
-        "depths": list(dict.fromkeys(args.depths)) if dual else [],
         "lambda1": args.lambda1,
         "lambda2": args.lambda2,
         "reg_features": args.reg_features,
         "hypergrad": common.parse_hypergrad(args.hypergrad, ("encoder", "head_init")),
-        "data": {"root": str(args.data_root) if args.data_root else None, "meta_train": args.meta_train},
+        "data_root": str(args.data_root) if args.data_root else None,
+        "meta_train": args.meta_train,
         "meta_test": args.meta_test,
         "label_map": args.label_map,
         "precision": args.precision,
@@ -250,25 +262,14 @@ def graph_for(spec: planning.RunSpec, ctx: Context, data: Data) -> tuple[Graph, 
         sampler = JointSampler(data.pool, p.batch_size, seed=spec.seed)
         return joint_training_graph(net=net, sampler=sampler, optimizer=outer, scheduler=poly(p.steps)), p.steps, net
     sampler = MetaTaskSampler(data.pool, p.batch_size, seed=spec.seed)
+    shared = {"net": net, "sampler": sampler, "inner_lr": p.inner_lr, "outer_optimizer": outer}
+    shared["outer_scheduler"] = poly(p.steps)  # α stays constant (no inner scheduler)
     if method.kind == "init":
         k = 1 if method.variant == "maml" else p.reptile_inner_steps
-        graph = init_learning_graph(
-            method.variant,
-            net=net,
-            sampler=sampler,
-            inner_lr=p.inner_lr,
-            inner_steps=k,
-            outer_optimizer=outer,
-            outer_scheduler=poly(p.steps),
-        )
-        return graph, p.steps * k, net
+        return init_learning_graph(method.variant, inner_steps=k, **shared), p.steps * k, net
     graph = dual_meta_graph(
         method.variant,
-        net=net,
-        sampler=sampler,
-        inner_lr=p.inner_lr,
-        outer_optimizer=outer,
-        outer_scheduler=poly(p.steps),
+        **shared,
         reg_weight=s["lambda2"],
         margin=s["lambda1"],
         capacity=spec.get("capacity", DEFAULT_CAPACITY),
@@ -337,9 +338,15 @@ def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, A
         embedding = "embedding.pt"
     rows, examples = [], {}
     capacity = spec.get("capacity", DEFAULT_CAPACITY)
-    for job in jobs_for(
-        spec.method, capacity=capacity, head_depth=s["head_depth"], shots=s["shots"], depths=s["depths"]
-    ):
+    jobs = jobs_for(
+        spec.method,
+        capacity=capacity,
+        head_depth=s["head_depth"],
+        shots=s["shots"],
+        depths=s["depths"],
+        both_protocols=s["both_protocols"],
+    )
+    for job in jobs:
         domain = data.targets[job.domain]
         folder = job.folder(domain.name)
         kwargs = {"seed": spec.seed, "device": ctx.device, "precision": a.precision, "progress": not a.no_progress}
@@ -368,9 +375,12 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = Context(preset, plan.settings, args, device)
     try:  # before any training: the data exist, and every unseen domain has people for --shots and a test
         first = ctx.data(seeds[0])
-        check_shots(first.targets, args.shots)
     except BrainDataError as err:
-        raise SystemExit(f"error: {err} (--shots {' '.join(map(str, args.shots))})") from None
+        raise SystemExit(f"error: {err}") from None
+    try:
+        check_shots(first.targets, preset.shots)
+    except BrainDataError as err:
+        raise SystemExit(f"error: {err} (--shots {' '.join(map(str, preset.shots))})") from None
     out = common.prepare_out(args.out or Path("runs") / f"dumeta-{args.dataset}-{plan.preset}", args.resume)
     print(f"[dumeta] preset '{plan.preset}' on {device}: {common.preset_table(preset)}")
     print(f"[dumeta] pool {[d.name for d in first.pool]}, unseen {[d.name for d in first.targets]} ({first.source})")

@@ -43,12 +43,14 @@ class DataSource:
         root: the data root (one folder per domain), or None for the embedded synthetic domains.
         meta_train, meta_test: domain names (None: the defaults of :func:`problems.braindata.load_domains`).
         label_map: label map of nnU-Net-layout folders (None: their dataset.json).
+        people: people per embedded domain (None: the generator's defaults); ignored with a data root.
     """
 
     root: str | None = None
     meta_train: tuple[str, ...] | None = None
     meta_test: tuple[str, ...] | None = None
     label_map: str | None = None
+    people: int | None = None
 
 
 @dataclass
@@ -67,8 +69,9 @@ def domains_of(source: DataSource) -> dict[str, BrainDomain]:
     """The pool (three or more domains) and the two unseen domains of ``source``, on their own grids.
 
     Raises :class:`BrainDataError` naming what is missing."""
+    embedded = {"people": source.people} if source.root is None and source.people else {}
     domains = load_domains(
-        source.root, meta_train=source.meta_train, meta_test=source.meta_test, label_map=source.label_map
+        source.root, meta_train=source.meta_train, meta_test=source.meta_test, label_map=source.label_map, **embedded
     )
     pool = [d.name for d in domains.values() if d.role == "meta-train"]
     targets = [d.name for d in domains.values() if d.role == "meta-test"]

@@ -130,6 +130,7 @@ def jobs_for(
     head_depth: int | str,
     shots: Sequence[int],
     depths: Sequence[int | str],
+    both_protocols: bool = True,
 ) -> list[Job]:
     """The meta-tests one run of ``method`` (memory-bank ``capacity``) feeds into the tables.
 
@@ -137,7 +138,7 @@ def jobs_for(
     one and five on the second); Table IV (and its references): one shot on the second; Table V:
     one shot on the first; Table VI (DuMeta++ at another capacity): one shot on the second only;
     Fig. 7 (DuMeta++): one shot on the first at every depth of ``depths``. Every protocol of the
-    method (:func:`protocols`) gets each of its meta-tests.
+    method (:func:`protocols`) gets each of its meta-tests (only its own paper's without ``both_protocols``).
     """
     spec = METHODS[method]
     jobs: list[Job] = []
@@ -145,7 +146,7 @@ def jobs_for(
         return [Job(1, 1, 0)]
     if method == "dumeta++" and capacity != DEFAULT_CAPACITY:
         return [Job(1, 1, head_depth)]
-    for depth in protocols(method, head_depth):
+    for depth in protocols(method, head_depth)[: None if both_protocols else 1]:
         if spec.main:
             jobs += [Job(d, k, depth) for d in (0, 1) for k in shots]
         if spec.table_v:

@@ -150,38 +150,36 @@ def claims(cells: Sequence[Mapping[str, Any]], results: Mapping[str, Any]) -> li
                 worse,
                 truth,
             )
+
+    def absent(text: str, test: str, needs: str) -> None:
+        out.append(reporting.Claim(text, test, {}, untestable=f"not in this run; {needs}"))
+
     for better, worse, text in TABLE_V_CLAIMS:
+        test = f"{better} − {worse}: mean Dice, {targets[0]}, 1-shot"
         if TABLE_V[better] in methods and TABLE_V[worse] in methods:
             jobs = [_job(TABLE_V[x], targets[0], 1, head) for x in (better, worse)]
-            claim(
-                f"{text} (Table V {better} > {worse})",
-                f"{better} − {worse}: mean Dice, {targets[0]}, 1-shot",
-                "Dice",
-                *jobs,
-            )
+            claim(f"{text} (Table V {better} > {worse})", test, "Dice", *jobs)
+        elif "dumeta++" in methods:
+            absent(f"{text} (Table V {better} > {worse})", test, f"needs --methods {TABLE_V[better]} {TABLE_V[worse]}")
+    test = f"N = {DEFAULT_CAPACITY} − N = 1: mean Dice, {targets[1]}, 1-shot"
+    text = f"a memory bank of {DEFAULT_CAPACITY} beats a bank of 1 (Table VI)"
     if {1, DEFAULT_CAPACITY} <= set(s["capacities"]):
         job = _job("dumeta++", targets[1], 1, head)
-        claim(
-            f"a memory bank of {DEFAULT_CAPACITY} beats a bank of 1 (Table VI)",
-            f"N = {DEFAULT_CAPACITY} − N = 1: mean Dice, {targets[1]}, 1-shot",
-            "Dice",
-            job,
-            {**job, "capacity": 1},
-        )
+        claim(text, test, "Dice", job, {**job, "capacity": 1})
+    elif "dumeta++" in methods:
+        absent(text, test, f"needs --capacities 1 {DEFAULT_CAPACITY}")
     others = [str(x) for x in s["depths"] if str(x) not in (head, "all")]
+    text = f"fine-tuning {head} decoder stages beats fewer or more (Fig. 7)"
     if head in [str(x) for x in s["depths"]] and others:
         rows = [
             {"depth": c["depth"], "seed": c["seed"], "tissue": c["tissue"], "value": c["value"]}
             for c in reporting.rows_where(cells, method="dumeta++", capacity=DEFAULT_CAPACITY, domain=targets[0])
             if c["metric"] == "Dice" and c["shots"] == 1 and math.isfinite(c["value"])
         ]
-        out.append(
-            reporting.Claim(
-                f"fine-tuning {head} decoder stages beats fewer or more (Fig. 7)",
-                f"depth {head} − best of depths {', '.join(others)}: DuMeta++ mean Dice, {targets[0]}, 1-shot",
-                reporting.margins(rows, "depth", head, others),
-            )
-        )
+        test = f"depth {head} − best of depths {', '.join(others)}: DuMeta++ mean Dice, {targets[0]}, 1-shot"
+        out.append(reporting.Claim(text, test, reporting.margins(rows, "depth", head, others)))
+    elif "dumeta++" in methods:
+        absent(text, f"depth {head} − best of other depths: DuMeta++ mean Dice, {targets[0]}, 1-shot", "needs --depths")
     return out
 
 

@@ -4,6 +4,7 @@ nnU-Net-layout data root, resume, and its command-line errors."""
 import csv
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -254,6 +255,35 @@ def test_results_claim_the_papers_setting_only_with_nnunets_augmentation():
     assert "Setting: the paper's" in with_augmentation and "setting differs" not in with_augmentation
     assert "Setting: the paper's" not in without and "No data augmentation" in without
     assert dumeta.PRESETS["paper"].augment and not dumeta.PRESETS["smoke"].augment
+
+
+def test_study_plan_is_the_one_the_docs_state():
+    plan = dumeta.make_plan(dumeta.parse_args(["--preset", "study"]))
+    assert plan.seeds == [0, 1, 2] and len(plan.runs) == 21
+    assert plan.methods == ["randinit-2d", "maml", "reptile", "sample", "dumeta++", "truth", "all-gm"]
+    s = plan.settings
+    assert (s["dims"], s["base_width"], s["steps"], s["fine_tune_steps"]) == (2, 8, 300, 300)
+    assert (s["people"], s["test_people"], s["shots"], s["augment"]) == (16, 6, (1, 5), False)
+    assert (s["inner_lr"], s["outer_lr"], s["momentum"], s["upper_order"]) == (0.01, 0.01, 0.99, "sequential")
+    page = (ROOT / "docs" / "recipes" / "dumeta.md").read_text()
+    section = page[page.index("## Study preset") :]
+    section = section[: section.find("\n## ", 1) if "\n## " in section[1:] else None]
+    missing = [line for line in plan.markdown() if line not in section.splitlines()]
+    assert not missing, f"docs/recipes/dumeta.md '## Study preset' lacks {missing}"
+
+
+@pytest.mark.slow
+def test_cost_benchmark_times_every_meta_training_graph(tmp_path):
+    out = tmp_path / "cost.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dumeta_cost.py"), "--rounds", "1", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["joint", "dumeta++", "mfl+mil", "sample", "maml", "reptile"]
+    assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows)
 
 
 def test_command_line_errors_are_clear(tmp_path):
