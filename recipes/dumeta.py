@@ -9,9 +9,10 @@ Brain Tissue Segmentation Across Diverse Ages", arXiv:2602.07174, 2026.
 
 Meta-training (problems/dumeta/levels.py) runs once per method and seed on the meta-training pool (three
 domains; 80/20 train/validation split, the validation Dice of the meta-trained network selecting the
-checkpoint). Each run then meta-tests its network (problems/dumeta/metatest.py): the last --head-depth
-decoder stages fine-tuned with the encoder frozen (random initialisation: the whole network) on the
-support subjects of an unseen domain, its test subjects segmented on their own grid and scored.
+checkpoint). Each run then meta-tests its network the way the method's paper does (problems/dumeta/
+methods.py, metatest.py): DuMeta++ and its ablations with the encoder frozen and the last --head-depth
+decoder stages fine-tuned, MAML, Reptile and random initialisation on the whole network, on the support
+subjects of an unseen domain; the test subjects are segmented on their own grid and scored.
 
 Writes to --out: results.json, results.md (claims first, then the paper's table layouts with its numbers
 in brackets; recipes/reports/dumeta.py), figures/*.png, and runs/<run>/ per method and seed (meta-training:
