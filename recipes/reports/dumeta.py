@@ -27,7 +27,7 @@ from matplotlib.colors import ListedColormap
 from problems.braindata import TISSUES
 from problems.dumeta.methods import DEFAULT_CAPACITY, METHODS, REFERENCES, TABLE_V, protocols, row_label
 
-__all__ = ["claims", "seed_means", "write"]
+__all__ = ["claims", "difference", "render", "seed_means", "write"]
 
 KEYS = ("method", "capacity", "domain", "shots", "depth", "seed", "metric", "tissue")
 """What identifies a per-seed cell: a meta-test of one run, one metric and tissue."""
