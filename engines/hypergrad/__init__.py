@@ -81,8 +81,8 @@ register_method(
         fn=neumann,
         origin="betty",
         summary="implicit gradient with a truncated Neumann series (Hessian or Gauss-Newton curvature)",
-        cost="1 backward with create_graph + `iterations` curvature products + 1 mixed VJP",
-        memory="one double-backward graph of a lower step",
+        cost="1 recomputation of the lower loss + `iterations` curvature products + the mixed term",
+        memory="the graph of one lower step (+ the linearisation's saved values), independent of K",
         options=NEUMANN_OPTIONS,
     )
 )
@@ -91,10 +91,11 @@ register_method(
         name="cg",
         fn=cg,
         origin="medmlo",
-        summary="implicit gradient by CG or MINRES (Hessian or Gauss-Newton curvature, adaptive damping), "
-        "residual and products reported",
-        cost="1 backward with create_graph + <= maxiter curvature products + 1 mixed VJP",
-        memory="one double-backward graph of a lower step, independent of K",
+        summary="implicit gradient by CG or MINRES (Gauss-Newton curvature by default, Hessian on request; adaptive "
+        "damping), residual and products reported",
+        cost="1 recomputation of the lower loss + <= maxiter curvature products (Gauss-Newton: about one plain "
+        "training step each) + the mixed term",
+        memory="the graph of one lower step (+ the linearisation's saved values), independent of K",
         options=CG_OPTIONS,
     )
 )
@@ -116,8 +117,10 @@ register_method(
         fn=exact,
         origin="medmlo",
         summary="iterative differentiation through the last K (or `truncate`) unrolled lower steps",
-        cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps)",
-        memory="grows linearly with T (activations of T steps during the hop; T batches kept)",
+        cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps); "
+        "checkpoint=True: + one or two replays without graph",
+        memory="grows linearly with T (activations of T steps during the hop; T batches kept); checkpoint=True: "
+        "one step's activations + about 2√T parameter/optimizer states (and the T batches)",
         options=EXACT_OPTIONS,
         optimizers=_ADAPTIVE_OPTIMIZERS,
         on_lower_step=record_step,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from engines import DataStream, Graph, GraphError, Level, closed_form, run
+from engines import DataStream, Graph, Level, closed_form, run
 from engines.hypergrad import curvature_product
 
 
@@ -95,14 +95,6 @@ def test_gauss_newton_product_equals_the_dense_generalised_gauss_newton_matrix()
     assert torch.allclose(got, dense @ v, rtol=1e-8, atol=1e-10)
     evals = torch.linalg.eigvalsh(dense)
     assert evals.min() > 0  # positive definite, unlike the Hessian of this non-convex level
-
-
-def test_gauss_newton_needs_marked_outputs_and_auto_falls_back_to_the_hessian():
-    g = mlp_graph(mark=False)
-    run(g, 1, device="cpu", progress=False)
-    assert curvature_product(g["net"], "auto")[3] == "hessian"
-    with pytest.raises(GraphError, match="level 'net': curvature='gauss_newton' needs its loss to mark"):
-        curvature_product(g["net"], "gauss_newton")
 
 
 def test_gauss_newton_cg_converges_on_a_non_convex_level_where_hessian_cg_does_not(tmp_path):
