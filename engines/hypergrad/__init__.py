@@ -93,8 +93,8 @@ register_method(
         origin="medmlo",
         summary="implicit gradient by CG or MINRES (Gauss-Newton curvature by default, Hessian on request; adaptive "
         "damping), residual and products reported",
-        cost="1 recomputation of the lower loss + <= maxiter curvature products (Gauss-Newton: about one plain "
-        "training step each) + the mixed term",
+        cost="1 recomputation of the lower loss + <= maxiter curvature products (Gauss-Newton: one tangent pass + "
+        "one backward each) + the mixed term",
         memory="the graph of one lower step (+ the linearisation's saved values), independent of K",
         options=CG_OPTIONS,
     )

@@ -17,7 +17,7 @@ All three compute ``-d^2g/(dλ dθ) · (C + δI)^{-1} v`` at the lower level's c
   outputs), else the Hessian.
 
 ``jvp`` chooses how a Gauss-Newton product forms ``J v``: ``"linearize"`` (default: the network
-linearised once per solve, about one plain training step per product), ``"forward"`` (forward mode,
+linearised once per solve, one tangent pass and one backward per product), ``"forward"`` (forward mode,
 primal values recomputed) or ``"reverse"`` (the double-VJP trick, the reference).
 
 Solvers (``solver``): ``"cg"`` (positive definite systems) or ``"minres"`` (indefinite systems,
