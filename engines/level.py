@@ -30,6 +30,7 @@ import dataclasses
 import math
 import numbers
 import random
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -862,8 +863,13 @@ def eager(module: nn.Module) -> Iterator[None]:
     """Run ``module`` (and any code compiled with ``torch.compile`` called meanwhile) eagerly: every
     ``torch.compile``-d module inside ``module`` calls its original module directly, with the same
     parameters, and other compiled functions run under the ``force_eager`` stance. Hypergradient
-    recomputations need this: compiled graphs support no double backward and cannot be traced."""
-    compiled = [m for m in module.modules() if isinstance(m, torch._dynamo.eval_frame.OptimizedModule)]
+    recomputations need this: compiled graphs support no double backward and cannot be traced.
+    Without ``torch._dynamo`` loaded nothing can have been compiled, and nothing is done."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        yield
+        return
+    compiled = [m for m in module.modules() if isinstance(m, dynamo.eval_frame.OptimizedModule)]
     saved = [m.__dict__.get("forward") for m in compiled]
     try:
         for m in compiled:

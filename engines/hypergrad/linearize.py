@@ -145,9 +145,9 @@ class Linearizer:
         if self.disabled is not None:
             return forward, "forward"
         key = _signature(curr, primals, others, batch_tensors, spec)
-        for attempt in range(2):
-            trace = self.traces.get(key)
-            if trace is None:
+        trace = self.traces.get(key)
+        for fresh in (trace is None, True):
+            if fresh:
                 try:
                     trace = _trace(run, primals, others, batch_tensors, scope)
                 except Exception as err:  # any failure to trace falls back to (exact) forward mode
@@ -163,10 +163,11 @@ class Linearizer:
             z, boundary = values[: trace.n_outputs], values[trace.n_outputs :]
             if _same(z, reference):
                 self.misses = 0
-                return _tangent_fn(trace.tangent, boundary, scope), "linearize"
-            del self.traces[key]  # stale (or not reproducible): retake it once
-            if attempt == 1:
-                self.misses += 1
+                return _tangent_fn(trace.tangent, boundary), "linearize"
+            del self.traces[key]  # stale, or not reproducible: a cached trace is retaken once
+            if fresh:
+                break
+        self.misses += 1
         if self.misses >= _MISSES_BEFORE_FORWARD:
             self.disabled = f"its trace did not reproduce the outputs {self.misses} times in a row"
             self.traces.clear()
@@ -185,11 +186,12 @@ def linearizer_of(curr: Any) -> Linearizer:
     return lin
 
 
-def _tangent_fn(
-    graph: fx.GraphModule, boundary: Sequence[Tensor], scope: Callable[[], contextlib.AbstractContextManager]
-) -> Callable[[Vector], list[Tensor]]:
+def _tangent_fn(graph: fx.GraphModule, boundary: Sequence[Tensor]) -> Callable[[Vector], list[Tensor]]:
+    """The tangent part at the saved primal values. It holds no random operation (those are primal), and
+    any autocast casts were recorded into it, so it runs outside the step's random state and autocast."""
+
     def jvp(v: Vector) -> list[Tensor]:
-        with scope(), torch.no_grad():
+        with torch.no_grad():
             return list(graph(*boundary, *[t.detach() for t in v]))
 
     return jvp
