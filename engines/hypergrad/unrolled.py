@@ -59,9 +59,13 @@ from ..errors import GraphError
 from . import diff_optim
 from .common import deliver, hop_options, report, zeros_for_none
 
-__all__ = ["EXACT_OPTIONS", "RecordedStep", "Trajectory", "exact", "record_step", "window"]
+__all__ = ["EXACT_OPTIONS", "REPLAY_GAP_WARNING", "RecordedStep", "Trajectory", "exact", "record_step", "window"]
 
 EXACT_OPTIONS: dict[str, tuple[str | None, Any]] = {"truncate": (None, None), "checkpoint": (None, False)}
+# A replay that ends farther than this (relative L2) from the real iterate is warned about, once per hop:
+# a float64 replay lands within ~1e-15 and a float32 one within ~1e-6, while a drift of a few tenths of a
+# percent already changes the hypergradient (it is taken at the wrong point of the wrong trajectory).
+REPLAY_GAP_WARNING = 1e-3
 
 
 @dataclass
@@ -70,6 +74,9 @@ class RecordedStep:
     rng: Any
     indirect: list[Tensor] | None
     hyper: list[dict[str, Any]]  # the optimizer's param-group settings at this step (lr may be scheduled)
+    # per trainable parameter, whether its gradient was None in the real step (torch.optim skipped it);
+    # None: every parameter had one
+    skipped: list[bool] | None = None
 
 
 @dataclass
@@ -113,6 +120,7 @@ def record_step(level: Any, batch: Any) -> None:
                 rng=level.last_step_rng,
                 indirect=None if indirect is None else [g.detach() for g in indirect],
                 hyper=diff_optim.group_settings(level.optimizer),
+                skipped=diff_optim.without_gradient(level.trainable_parameters()),
             )
         )
 
@@ -173,12 +181,13 @@ def _replay_step(
     create_graph: bool,
 ) -> tuple[list[Tensor], list[dict[str, Any]]]:
     """One recorded lower step re-enacted functionally: gradient at ``values`` on the step's batch and random
-    state (plus the hypergradient the level received then), then the optimizer's update."""
+    state (plus the hypergradient the level received then), then the optimizer's update, which leaves the
+    parameters that had no gradient in the real step where they were (``torch.optim`` skipped them)."""
     loss = curr.functional_loss(values, buffers, step.batch, step.rng)
     grads = zeros_for_none(torch.autograd.grad(loss, values, create_graph=create_graph, allow_unused=True), values)
     if step.indirect is not None:
         grads = [g + ind for g, ind in zip(grads, step.indirect)]
-    return diff_optim.update(curr.optimizer, params, grads, values, states, step.hyper)
+    return diff_optim.update(curr.optimizer, params, grads, values, states, step.hyper, step.skipped)
 
 
 def _detached(states: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -310,11 +319,11 @@ def _check_replay(curr: Any, prev: Any, replayed: list[Tensor], params: list[Ten
         relative = float(gap / scale)
     report(curr, prev, replay_gap=relative)
     warned = curr.__dict__.setdefault("_replay_warned", set())
-    if relative > 0.05 and prev.name not in warned:
+    if relative > REPLAY_GAP_WARNING and prev.name not in warned:
         warned.add(prev.name)
         warnings.warn(
-            f"exact: replaying level '{curr.name}' for '{prev.name}' ended {relative:.2e} (relative L2) away from its "
-            "real iterate: its loss is random beyond the random state the engine restores, its upper parameters "
+            f"exact: replaying level '{curr.name}' for '{prev.name}' ended {relative:.2e} (relative L2, warned above "
+            f"{REPLAY_GAP_WARNING:g}) away from its real iterate, so its hypergradient may be wrong: its loss is random beyond the random state the engine restores, its upper parameters "
             "changed since the steps were taken, or its optimizer amplifies rounding differences (e.g. Adam on "
             "parameters whose gradient is ~0)",
             RuntimeWarning,

@@ -189,7 +189,8 @@ def test_a_linearisation_is_retaken_when_the_loss_changes_behind_its_back():
     def lower(level, batch):
         x, y, idx = batch
         logits = level.module(x * temperature["t"])
-        return nn.functional.cross_entropy(logits, y)
+        weights = torch.sigmoid(level.weights.module(idx)).squeeze(1)
+        return (weights * nn.functional.cross_entropy(logits, y, reduction="none")).mean()
 
     g = cnn_graph(loss=lower)
     run(g, 2, device="cpu", progress=False)
@@ -261,7 +262,8 @@ def test_without_module_outputs_auto_is_the_hessian_and_gauss_newton_says_what_i
         x, y, idx = batch
         net = level.module
         logits = net[2](net[1](net[0](x)))
-        return nn.functional.cross_entropy(logits, y)
+        weights = torch.sigmoid(level.weights.module(idx)).squeeze(1)
+        return (weights * nn.functional.cross_entropy(logits, y, reduction="none")).mean()
 
     g = mlp_graph(loss=by_parts)
     run(g, 1, device="cpu", progress=False)
@@ -330,9 +332,18 @@ def test_exact_checkpointing_through_batchnorm_dropout_and_adam_equals_the_full_
     assert relative(got["truncated"], got["full"]) > 1e-3  # truncation changes it: the test can tell them apart
 
 
-def test_exact_refuses_a_bad_checkpoint_option():
-    with pytest.raises(GraphError, match="exact option checkpoint must be False, True or a segment length >= 1"):
-        run(cnn_graph("exact", {"checkpoint": 0}, unroll=2), 2, device="cpu", progress=False)
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "yes"])
+def test_exact_refuses_a_bad_checkpoint_option_when_the_level_is_built(bad):
+    with pytest.raises(ValueError, match=r"level 'net'.*option 'checkpoint' must be True or False or an integer >= 1"):
+        cnn_graph("exact", {"checkpoint": bad}, unroll=2)
+
+
+@pytest.mark.parametrize("method", ["cg", "neumann"])
+def test_implicit_methods_refuse_an_unknown_jvp_mode_when_the_level_is_built(method):
+    with pytest.raises(
+        ValueError, match=r"level 'net'.*option 'jvp' must be one of \['linearize', 'forward', 'reverse'\]"
+    ):
+        cnn_graph(method, {"jvp": "fast"})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,112 @@
+"""Regenerate the committed study reports: every recipe's ``--preset study`` into ``docs/results/<recipe>/``.
+
+    python benchmarks/studies.py                      # all five recipes, one after the other
+    python benchmarks/studies.py --recipe taskcorr    # one (or several) of them
+    python benchmarks/studies.py --resume             # continue interrupted studies (finished runs are kept)
+
+Each study is sized to show its paper's main effects on two CPU cores within an hour (see the
+recipe's page in docs/recipes/). The script runs the recipe as its own process, so a study sees
+exactly what a user's command sees, with its run folders (checkpoints, logs) under
+``runs/studies/<recipe>/``; the report — ``results.md``, ``results.json`` and ``figures/`` — is then
+copied to ``docs/results/<recipe>/`` and the wall time of each study is recorded in
+``docs/results/README.md``. Studies are never run by the
+test suite; ``tests/test_study_plans.py`` checks that each study's plan is the one its page states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("e2eaug", "rmmetal", "dumeta", "metarecon", "taskcorr")
+RESULTS = ROOT / "docs" / "results"
+RUNS = ROOT / "runs" / "studies"
+REPORT_FILES = ("results.md", "results.json", "figures")
+
+
+def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
+    """Run one recipe's study preset (runs under runs/studies/<recipe>), copy its report to
+    docs/results/<recipe>; returns the study's wall time in seconds. Without ``resume`` an earlier
+    study's run folders are removed first, so the report is regenerated from scratch."""
+    out = RUNS / recipe
+    if out.exists() and not resume:
+        print(f"== removing the earlier study in {out} (pass --resume to continue it instead)")
+        shutil.rmtree(out)
+    command = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--preset", "study", "--out", str(out)]
+    if resume:
+        command.append("--resume")
+    command += ["--no-progress", *extra]
+    print(f"== {' '.join(command[1:])}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
+    elapsed = time.perf_counter() - t0
+    report = RESULTS / recipe
+    if report.exists():
+        shutil.rmtree(report)
+    report.mkdir(parents=True)
+    for name in REPORT_FILES:
+        source = out / name
+        if source.is_dir():
+            shutil.copytree(source, report / name)
+        elif source.is_file():
+            shutil.copy2(source, report / name)
+    return elapsed
+
+
+def write_index(times: dict[str, float]) -> Path:
+    """docs/results/README.md: one line per study with its wall time and its claims table's link."""
+    index = RESULTS / "times.json"
+    known = json.loads(index.read_text()) if index.is_file() else {}
+    known.update(
+        {
+            r: {
+                "wall_time_s": round(t, 1),
+                "cpus": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+            }
+            for r, t in times.items()
+        }
+    )
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    lines = [
+        "# Study reports",
+        "",
+        "Regenerate with `python benchmarks/studies.py` (all) or `python benchmarks/studies.py --recipe NAME`.",
+        "Each folder holds the recipe's `results.md` (claims with paired differences over seeds, 95 %",
+        "intervals and verdicts, then the paper-style tables), `results.json` and `figures/`.",
+        "",
+        "| recipe | report | wall time (2 CPU cores) |",
+        "|---|---|---|",
+    ]
+    for recipe in RECIPES:
+        if recipe in known:
+            minutes = known[recipe]["wall_time_s"] / 60
+            lines.append(f"| {recipe} | [{recipe}/results.md]({recipe}/results.md) | {minutes:.0f} min |")
+    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
+    return RESULTS / "README.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", nargs="+", choices=RECIPES, default=list(RECIPES), help="which studies to run")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted studies")
+    args, extra = parser.parse_known_args(argv)
+    times = {}
+    for recipe in args.recipe:
+        times[recipe] = run_study(recipe, args.resume, extra)
+        print(f"== {recipe}: {times[recipe] / 60:.1f} min", flush=True)
+        write_index(times)
+    print(f"wrote {write_index(times)}")
+
+
+if __name__ == "__main__":
+    main()
