@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from core_toys import mlp_graph
 from torch import nn
 
 from engines import DataStream, Graph, GraphError, Level, closed_form, run
@@ -81,46 +82,6 @@ def cnn_graph(method="cg", options=None, *, unroll=1, gates=False, compiled=Fals
         )
     )
     g.add(Level("weights", Weights().double(), functools.partial(torch.optim.Adam, lr=0.05), upper))
-    g.bilevel("net", "weights")
-    return g
-
-
-def mlp_graph(method="cg", options=None, *, mark=False, regulariser=True, loss=None, module=None):
-    """A non-convex MLP classifier (lower) with per-example weights (upper)."""
-    torch.manual_seed(0)
-    g_ = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=g_, dtype=torch.float64)
-    y = (x[:, 0] * x[:, 1] > 0).long()
-    data = torch.utils.data.TensorDataset(x, y, torch.arange(64))
-    x_val, y_val = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
-
-    def lower(level, batch):
-        xb, yb, idx = batch
-        logits = level.module(xb)
-        if mark:
-            logits = level.mark_output(logits)
-        weights = torch.sigmoid(level.weights.module(idx)).squeeze(1)
-        ce = (weights * nn.functional.cross_entropy(logits, yb, reduction="none")).mean()
-        reg = 1e-3 * sum(p.pow(2).sum() for p in level.module.parameters()) if regulariser else 0.0
-        return ce + reg
-
-    def upper(level, _):
-        return nn.functional.cross_entropy(level.net.module(x_val), y_val)
-
-    g = Graph("mlp")
-    net = module if module is not None else nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
-    g.add(
-        Level(
-            "net",
-            net,
-            functools.partial(torch.optim.SGD, lr=0.2),
-            loss or lower,
-            DataStream(data, 16),
-            hypergrad=method,
-            options=options,
-        )
-    )
-    g.add(Level("weights", nn.Embedding(64, 1).double(), functools.partial(torch.optim.Adam, lr=0.05), upper))
     g.bilevel("net", "weights")
     return g
 
