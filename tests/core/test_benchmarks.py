@@ -175,3 +175,13 @@ def test_precision_and_preconditioning_benchmarks_write_their_tables(tmp_path):
     _run("hypergrad_precision.py", tmp_path, "--batch", "8", "--warmup", "1")
     rows = json.loads((tmp_path / "hypergrad_precision.json").read_text())
     assert all(r["fp32"]["cosine"] > 0.9 for r in rows if r["hypergrad"] in ("exact", "neumann"))
+
+
+@pytest.mark.slow
+def test_the_non_convex_default_benchmark_gives_gauss_newton_without_marks(tmp_path):
+    _run("nonconvex_default.py", tmp_path, "--steps", "10")
+    rows = {r["run"]: r for r in json.loads((tmp_path / "nonconvex_default.json").read_text())}
+    default, marked = rows["cg (defaults)"], rows["cg, outputs marked"]
+    assert default["curvature"] == "gauss_newton" and rows['cg, curvature="hessian"']["curvature"] == "hessian"
+    assert default["max_residual"] <= 1e-2
+    assert abs(default["validation_mse"] - marked["validation_mse"]) < 1e-10
