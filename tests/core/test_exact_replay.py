@@ -19,6 +19,7 @@ OPTIMIZERS = {
     "sgd": functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.2),
     "adam": functools.partial(torch.optim.Adam, lr=0.05, weight_decay=0.2),
     "adamw": functools.partial(torch.optim.AdamW, lr=0.05, weight_decay=0.2),
+    "rmsprop": functools.partial(torch.optim.RMSprop, lr=0.01, momentum=0.9, weight_decay=0.2),
 }
 
 
@@ -70,4 +71,4 @@ def test_the_replay_keeps_a_parameter_without_gradient_where_the_real_step_left_
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     gaps = [ln["hypergradient"]["up<-low"]["low->up"]["replay_gap"] for ln in lines if ln["level"] == "up"]
     assert len(gaps) == 3
-    assert all(gap < 1e-12 for gap in gaps), gaps  # without the skip, weight decay moved `unused`: gap ~1e-1
+    assert all(gap < 1e-12 for gap in gaps), gaps  # without the skip, weight decay moved `unused`: gap 0.03-0.26
