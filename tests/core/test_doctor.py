@@ -119,6 +119,16 @@ def test_methods_a_level_cannot_use_are_reported_not_crashed_on():
     assert "`sama` (unsupported)" in text and "`penalty` (unsupported)" in text
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"maxiter": 0}, "maxiter"), ({"damping": -1.0}, "damping"), ({"max_iter": 5}, "not understood")],
+)
+def test_options_given_to_the_doctor_go_through_the_methods_checks(options, message):
+    cf = closed_form.quadratic("cg", unroll=3)
+    with pytest.raises(ValueError, match=rf"methods= entry 'cg/bad'.*{message}"):
+        diagnose(cf.graph, rounds=1, fd_directions=0, methods=[("cg/bad", "cg", options)])
+
+
 def test_a_window_the_reference_cannot_replay_is_said_so():
     cf = closed_form.quadratic("cg", unroll=3, lower_optimizer=functools.partial(torch.optim.Adam, amsgrad=True))
     report = diagnose(cf.graph, rounds=1, fd_directions=1, methods=["cg", "exact", "one_step"])
