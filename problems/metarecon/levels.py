@@ -58,10 +58,8 @@ __all__ = [
     "adaptation_graph",
     "conventional_graph",
     "meta_graph",
-    "reconstruct",
     "simulate_kspace",
     "task_losses",
-    "zero_filled",
 ]
 
 SEEN_TASKS = tuple(SamplingTask("radial", r) for r in (0.1, 0.2, 0.3, 0.4))
@@ -309,36 +307,3 @@ def adaptation_graph(
     graph = Graph("adaptation")
     graph.add(omega)
     return graph
-
-
-@torch.no_grad()
-def reconstruct(
-    network: LOANetwork,
-    images: Tensor,
-    mask: Tensor,
-    weight: float | Tensor,
-    *,
-    phases: int | None = None,
-    batch_size: int = 16,
-) -> tuple[Tensor, dict[str, float]]:
-    """LOA reconstructions ``[N, H, W]`` (complex) of reference slices ``[N, H, W]`` sampled with
-    ``mask`` ``[H, W]`` at regulariser weight ``weight``, and the safeguard statistics."""
-    device = next(network.parameters()).device
-    dtype = network.eps0.dtype
-    out, summaries = [], []
-    for start in range(0, len(images), batch_size):
-        target = images[start : start + batch_size].to(device, dtype)
-        m = mask.to(device, dtype).expand_as(target)
-        kappa = torch.as_tensor(weight, dtype=dtype, device=device).expand(len(target))
-        recon, trace = network(simulate_kspace(target, m), SingleCoil(m), kappa, phases=phases, trace=True)
-        out.append(recon.cpu())
-        summaries.append((len(target), trace.summary()))
-    n = sum(k for k, _ in summaries)
-    stats = {key: sum(k * s[key] for k, s in summaries) / n for key in summaries[0][1]}
-    return torch.cat(out), stats
-
-
-def zero_filled(images: Tensor, mask: Tensor) -> Tensor:
-    """The zero-filled reconstructions ``A^H y`` ``[N, H, W]`` of reference slices (the network's x_0)."""
-    m = mask.to(images.dtype).expand_as(images)
-    return SingleCoil(m).adjoint(simulate_kspace(images, m))

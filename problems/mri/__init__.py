@@ -21,6 +21,7 @@ from .data import (
     SplitCounts,
     load_slices,
     read_volume,
+    split_sizes,
 )
 from .masks import PATTERNS, RATIO_TOLERANCE, SamplingTask, achieved_ratio, mask_cache_dir, sampling_mask
 from .metrics import (
@@ -65,6 +66,7 @@ __all__ = [
     "root_sum_of_squares",
     "sampling_mask",
     "simulate_coil_maps",
+    "split_sizes",
     "ssim",
     "summarize_rows",
     "write_per_slice_csv",

@@ -37,6 +37,7 @@ volumes must be 3D (a trailing singleton axis is dropped). Public API::
     MRISlices(name, source, contrast, stand_in, description, splits)
     load_slices(root=None, *, contrast="t1", spec=SliceSpec(), counts=PAPER_COUNTS, seed=0,
                 grades=("HGG",), limit=None) -> MRISlices
+    split_sizes(root=None, *, spec, counts, grades, limit) -> {split: slices}   # no volume read
     read_volume(path) -> np.ndarray [X, Y, Z];  axial_slices(volume, spec) -> np.ndarray [n, H, W]
     center_crop(image, shape);  embedded_volume(contrast) -> np.ndarray [X, Y, Z]
     MRIDataError                                  # every bad input (a ValueError)
@@ -70,6 +71,7 @@ __all__ = [
     "embedded_volume",
     "load_slices",
     "read_volume",
+    "split_sizes",
 ]
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # BraTS modality file suffixes
@@ -235,29 +237,38 @@ def _embedded_brain_area() -> np.ndarray:
     return (datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0.5).sum((0, 1))
 
 
-def _embedded(contrast: str, spec: SliceSpec) -> tuple[dict[str, SliceSet], str]:
+def _embedded_indices() -> dict[str, list[int]]:
+    """Axial slice indices of each split of the embedded stand-in (see the module docstring)."""
     area = _embedded_brain_area()
     usable = np.nonzero(area >= 0.5 * area.max())[0]
     first = int(usable[0])
     n_blocks = (int(usable[-1]) - first + 1) // _EMBEDDED_BLOCK
-    volume = embedded_volume(contrast)
-    splits: dict[str, SliceSet] = {}
-    for split in SPLITS:
-        indices = [
+    return {
+        split: [
             first + b * _EMBEDDED_BLOCK + i
             for b in range(n_blocks)
             if _EMBEDDED_PATTERN[b % len(_EMBEDDED_PATTERN)] == split
             for i in range(_EMBEDDED_BLOCK)
         ]
-        images, kept = axial_slices(volume, spec, indices)
+        for split in SPLITS
+    }
+
+
+def _embedded(contrast: str, spec: SliceSpec) -> tuple[dict[str, SliceSet], str]:
+    volume = embedded_volume(contrast)
+    indices = _embedded_indices()
+    splits: dict[str, SliceSet] = {}
+    for split in SPLITS:
+        images, kept = axial_slices(volume, spec, indices[split])
         splits[split] = SliceSet(torch.from_numpy(images), ["mni152"] * len(kept), kept)
     what = (
         "the real MNI152 2009 T1 template"
         if contrast == "t1"
         else "a T2-like contrast synthesised from the MNI152 2009 GM/WM/brain-mask maps"
     )
+    every = sorted(i for v in indices.values() for i in v)
     description = (
-        f"Stand-in: axial slices {first}-{first + n_blocks * _EMBEDDED_BLOCK - 1} of {what} "
+        f"Stand-in: axial slices {every[0]}-{every[-1]} of {what} "
         f"(one brain, shipped with nilearn), blocks of {_EMBEDDED_BLOCK} adjacent slices dealt to "
         "train/val/test; not BraTS 2018 patients."
     )
@@ -403,3 +414,34 @@ def load_slices(
         if len(slices) == 0:
             raise MRIDataError(f"{name}: the {split} split has no slices")
     return MRISlices(name, source, contrast, stand_in, description, splits)
+
+
+def split_sizes(
+    root: Path | str | None = None,
+    *,
+    spec: SliceSpec = SliceSpec(),
+    counts: SplitCounts = PAPER_COUNTS,
+    grades: tuple[str, ...] = ("HGG",),
+    limit: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """Slices per split that :func:`load_slices` with the same arguments gives, without reading a volume.
+
+    Exact for the embedded stand-in; for a real layout it counts the cases (a directory listing)
+    and assumes ``spec.slices_per_volume`` slices each, an upper bound when a volume is thinner or
+    has all-zero slices. Planning a budget in epochs needs these numbers before any data is loaded.
+    """
+    if root is None:
+        sizes = {k: len(v) for k, v in _embedded_indices().items()}
+    else:
+        root = Path(root)
+        if not root.is_dir():
+            raise MRIDataError(f"data root {root} is not a folder")
+        if _is_brats(root):
+            n = len(brats_cases(root, tuple(grades)))
+        else:
+            n = sum(1 for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file())
+        if n < len(SPLITS):
+            raise MRIDataError(f"{root}: found {n} volume(s); train, validation and test need at least one each")
+        cases = {k: len(v) for k, v in _split_cases(list(range(n)), counts, 0).items()}
+        sizes = {k: v * spec.slices_per_volume for k, v in cases.items()}
+    return {k: min(v, (limit or {}).get(k, v)) for k, v in sizes.items()}

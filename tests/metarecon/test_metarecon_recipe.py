@@ -44,9 +44,10 @@ def test_smoke_writes_every_output_labelled_as_stand_in(smoke):
         "figures/reconstructions_t1_seen.png",
         "figures/reconstructions_t1_radial.png",
         "figures/reconstructions_t1_cartesian.png",
-        "runs/t1/meta/model.pt",
-        "runs/t1/adapt/radial-15/result.json",
-        "runs/t1/conventional/cartesian-30/result.json",
+        "figures/claims.png",
+        "runs/meta__contrastt1__seed0/model.pt",
+        "runs/adapt__contrastt1__taskradial-15__seed0/result.json",
+        "runs/conventional__contrastt1__taskcartesian-30__seed0/result.json",
     ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
@@ -83,9 +84,9 @@ def test_smoke_rows_cover_every_task_method_and_metric(smoke):
 
 def test_resume_skips_finished_runs(smoke):
     out, results = smoke
-    stamp = (out / "runs/t1/meta/model.pt").stat().st_mtime
+    stamp = (out / "runs/meta__contrastt1__seed0/model.pt").stat().st_mtime
     again = metarecon.main([*FAST, "--out", str(out), "--resume"])
-    assert (out / "runs/t1/meta/model.pt").stat().st_mtime == stamp
+    assert (out / "runs/meta__contrastt1__seed0/model.pt").stat().st_mtime == stamp
     same = {(r["task"], r["method"], r["metric"]): r["value"] for r in results["rows"]}
     assert {(r["task"], r["method"], r["metric"]): r["value"] for r in again["rows"]} == pytest.approx(same)
 

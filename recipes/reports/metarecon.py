@@ -1,0 +1,463 @@
+"""The report of ``recipes/metarecon.py``: the paper's claims as paired differences over seeds, then
+Tables 1-5 of Bian et al. (Journal of Imaging 2021) beside the paper's numbers, σ(ω_i) against the
+sampling ratio, and figures.
+
+Every number comes from the runs' ``result.json`` (per-slice test rows, σ(ω_i), wall times); this
+module trains nothing and reads no image data except each run's saved example reconstructions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import planning
+import reporting
+import torch
+from matplotlib.patches import Rectangle
+
+from engines import Graph
+from problems.mri import MRISlices, summarize_rows, write_per_slice_csv
+
+__all__ = ["METRICS", "TABLES", "claims", "summary_rows", "write"]
+
+TABLES = {
+    ("t1", "seen"): "table1",
+    ("t1", "adapted radial"): "table2",
+    ("t2", "seen"): "table3",
+    ("t2", "adapted radial"): "table4",
+    ("t2", "adapted cartesian"): "table5",
+}
+"""The paper's table of each (contrast, task group); the paper's seen tasks are radial 10-40 %."""
+METRICS = ("psnr", "ssim", "nmse")
+GROUPS = {
+    "seen": "seen tasks (meta-trained)",
+    "adapted radial": "unseen radial ratios (ω adapted, θ frozen)",
+    "adapted cartesian": "unseen random Cartesian pattern (ω adapted, θ frozen)",
+}
+
+
+def task_group(row: Mapping[str, Any]) -> str:
+    """``seen`` (ω meta-learned) or ``adapted <pattern>`` (ω adapted with θ frozen): the paper's tables."""
+    return "seen" if row["seen"] else f"adapted {row['pattern']}"
+
+
+def _paper_group(row: Mapping[str, Any]) -> str:
+    return "seen" if row["tasks"] == "seen" else f"adapted {row['pattern']}"
+
+
+def summary_rows(per_slice: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over test slices for every (contrast, seed, task, method, metric); σ(ω_i) as a metric."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in per_slice:
+        groups.setdefault((r["contrast"], r["seed"], r["task"], r["method"]), []).append(r)
+    out = []
+    for (contrast, seed, task, method), members in groups.items():
+        first = members[0]
+        base = {"contrast": contrast, "seed": seed, "task": task, "method": method}
+        base.update({k: first[k] for k in ("pattern", "ratio", "seen", "achieved_ratio")})
+        for metric, s in summarize_rows(members, METRICS).items():
+            out.append({**base, "metric": metric, "value": s["mean"], "std": s["std"], "n": s["n"]})
+        if "sigma_omega" in first:
+            out.append({**base, "metric": "sigma_omega", "value": first["sigma_omega"], "std": 0.0, "n": 1})
+    return out
+
+
+# ---------------------------------------------------------------------------------------- claims
+def _gain(rows: Sequence[Mapping[str, Any]], contrast: str, group: str, baseline: str) -> dict[int, float]:
+    """Per seed: test PSNR of meta-learning minus ``baseline``, averaged over the group's tasks."""
+    keep = [
+        {k: v for k, v in r.items() if k not in ("std", "n")}
+        for r in rows
+        if r["metric"] == "psnr" and r["contrast"] == contrast and task_group(r) == group
+    ]
+    return reporting.margins(keep, "method", "meta", [baseline])
+
+
+def _sigma_drop(rows: Sequence[Mapping[str, Any]], contrast: str) -> dict[int, float]:
+    """Per seed: σ(ω_i) of the lowest seen ratio minus σ(ω_i) of the highest."""
+    out = {}
+    sigma = [r for r in rows if r["metric"] == "sigma_omega" and r["contrast"] == contrast and r["seen"]]
+    for seed in dict.fromkeys(r["seed"] for r in sigma):
+        points = sorted((r["ratio"], r["value"]) for r in sigma if r["seed"] == seed)
+        if len(points) > 1:
+            out[seed] = points[0][1] - points[-1][1]
+    return out
+
+
+def _time_saved(runs: Mapping[str, Mapping[str, Any]], plan: planning.Plan, contrast: str) -> dict[int, float]:
+    """Per seed: the fraction of conventional training time that adapting ω saves on the unseen tasks,
+    minus one half (> 0: more than half saved)."""
+    out = {}
+    for seed in plan.seeds:
+        times = {"adapt": 0.0, "conventional": 0.0}
+        for spec in plan.runs:
+            unseen = spec.method == "adapt" or spec.get("task") in plan.settings["unseen"]
+            if spec.seed == seed and spec.get("contrast") == contrast and unseen and spec.name in runs:
+                times[spec.method] += runs[spec.name]["wall_time_s"]
+        if times["adapt"] > 0 and times["conventional"] > 0:
+            out[seed] = 1.0 - times["adapt"] / times["conventional"] - 0.5
+    return out
+
+
+def claims(
+    rows: Sequence[Mapping[str, Any]], runs: Mapping[str, Mapping[str, Any]], plan: planning.Plan, paper: Mapping
+) -> list[reporting.Claim]:
+    """The paper's claims, per contrast, as paired differences over seeds (> 0 when the claim holds)."""
+    said = paper["claims"]
+    out = []
+    for contrast in dict.fromkeys(r["contrast"] for r in rows):
+        c = contrast.upper()
+        groups = {task_group(r) for r in rows if r["contrast"] == contrast}
+        seen_gain = said.get(f"meta_gain_seen_{contrast}_db")
+        seen_where = "Table 1" if contrast == "t1" else "Table 3"
+        gain_text = f"; paper +{seen_gain} dB" if seen_gain else ""
+        out.append(
+            reporting.Claim(
+                f"Meta-learning beats conventional learning on the seen ratios, {c} ({seen_where}{gain_text})",
+                f"meta − conventional, test PSNR (dB), {c}, mean over the seen tasks",
+                _gain(rows, contrast, "seen", "conventional"),
+            )
+        )
+        out.append(
+            reporting.Claim(
+                f"Meta-learning beats zero-filling on the seen ratios, {c} ({seen_where})",
+                f"meta − zero-filled, test PSNR (dB), {c}, mean over the seen tasks",
+                _gain(rows, contrast, "seen", "zero-filled"),
+            )
+        )
+        for group, where in (
+            ("adapted radial", "Tables 2, 4; paper +1.22 dB"),
+            ("adapted cartesian", "Table 5; paper +1.87 dB"),
+        ):
+            pattern = group.split()[1]
+            out.append(
+                reporting.Claim(
+                    f"Adapting ω alone beats conventional learning on unseen {pattern} tasks, {c} ({where})",
+                    f"adapted meta − conventional, test PSNR (dB), {c}, mean over the unseen {pattern} tasks",
+                    _gain(rows, contrast, group, "conventional") if group in groups else {},
+                    "" if group in groups else f"no unseen {pattern} task was run",
+                )
+            )
+        out.append(
+            reporting.Claim(
+                f"A lower sampling ratio learns a larger σ(ω_i), {c} (Section 5.3, {seen_where})",
+                f"σ(ω_i) at the lowest − at the highest seen ratio, {c}",
+                _sigma_drop(rows, contrast),
+            )
+        )
+        out.append(
+            reporting.Claim(
+                f"Adaptation saves half of conventional learning's training time on unseen ratios, {c} (abstract)",
+                f"1 − adaptation / conventional wall time − 0.5, {c}, unseen tasks",
+                _time_saved(runs, plan, contrast),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------- results
+def write(
+    out: Path,
+    plan: planning.Plan,
+    runs: Mapping[str, Mapping[str, Any]],
+    *,
+    data: Mapping[str, MRISlices],
+    compare: Sequence[Mapping[str, Any]],
+    graph: Graph,
+) -> dict[str, Any]:
+    """Write results.json, results.md, per_slice.csv and figures/ into ``out``; returns results.json's content."""
+    out = Path(out)
+    per_slice = [r for result in runs.values() for r in result["rows"]]
+    rows = summary_rows(per_slice)
+    paper = reporting.load_paper("metarecon")
+    tested = claims(rows, runs, plan, paper)
+    first = next(iter(data.values()))
+    results = {
+        "recipe": "metarecon",
+        "preset": plan.preset,
+        "plan": plan.describe(),
+        "data": {
+            "name": first.name,
+            "source": first.source,
+            "stand_in": first.stand_in,
+            "description": first.description,
+            "contrasts": list(data),
+            "counts": first.counts(),
+        },
+        "claims": [c.as_dict() for c in tested],
+        "rows": [{**r, "paper_table": TABLES.get((r["contrast"], task_group(r)))} for r in rows],
+        "runs": {name: {k: v for k, v in r.items() if k != "rows"} for name, r in runs.items()},
+        "sigma_claim": sigma_trend(rows, paper),
+        "hypergradient_comparison": list(compare),
+    }
+    write_per_slice_csv(out / "per_slice.csv", per_slice)
+    reporting.write_results(out, results, markdown(results, tested, paper))
+    figures = out / "figures"
+    reporting.plot_claims(tested, figures / "claims.png", title="Bian et al.: paired differences over seeds")
+    plot_sigma(rows, paper, figures / "sigma_vs_ratio.png", first.stand_in)
+    for (contrast, group), examples in example_groups(plan, out).items():
+        tag = " (stand-in data)" if first.stand_in else ""
+        plot_reconstructions(
+            examples,
+            figures / f"reconstructions_{contrast}_{group}.png",
+            f"{contrast.upper()} {group} tasks: reconstructions, zoom, |error|, masks{tag}",
+        )
+    graph.draw(figures / "graph.png")
+    return results
+
+
+def sigma_trend(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Section 5.3: lower sampling ratios learn larger σ(ω_i); the seed-mean σ(ω_i) of every task group
+    (seen, adapted radial, adapted Cartesian) per contrast, ours and the paper's."""
+    from scipy.stats import spearmanr
+
+    def verdict(points: list[tuple[float, float]]) -> dict[str, Any]:
+        ratios, sigmas = zip(*sorted(points))
+        decreasing = all(b < a for a, b in itertools.pairwise(sigmas))
+        if len(set(sigmas)) == 1:
+            rho = float("nan")  # σ(ω) did not move: no ordering to measure
+        elif len(points) > 2:
+            rho = float(spearmanr(ratios, sigmas).statistic)
+        else:
+            rho = -1.0 if decreasing else 1.0
+        return {
+            "ratios": list(ratios),
+            "sigma_omega": list(sigmas),
+            "strictly_decreasing": decreasing,
+            "spearman_rho": rho,
+        }
+
+    ours = reporting.aggregate([r for r in rows if r["metric"] == "sigma_omega" and r["method"] == "meta"])
+    out = []
+    for contrast, group in dict.fromkeys((r["contrast"], task_group(r)) for r in ours):
+        points = [(r["ratio"], r["value"]) for r in ours if r["contrast"] == contrast and task_group(r) == group]
+        if len(points) < 2:
+            continue
+        theirs = [
+            (r["ratio"], r["value"])
+            for r in paper["rows"]
+            if r["metric"] == "sigma_omega" and r["contrast"] == contrast and _paper_group(r) == group
+        ]
+        out.append(
+            {
+                "contrast": contrast,
+                "group": group,
+                **verdict(points),
+                "paper": verdict(theirs) if len(theirs) > 1 else None,
+            }
+        )
+    return out
+
+
+def markdown(results: Mapping[str, Any], tested: Sequence[reporting.Claim], paper: Mapping[str, Any]) -> str:
+    """results.md: claims, data, the summary numbers beside the paper's, Tables 1-5, σ(ω_i), safeguard."""
+    plan = results["plan"]
+    lines = ["# Meta-learned LOA reconstruction (Bian et al., Journal of Imaging 2021)", ""]
+    lines += ["## The paper's claims, tested", ""]
+    lines += reporting.claims_table(tested, digits=3)
+    lines += ["", "![claims](figures/claims.png)", ""]
+    data = results["data"]
+    lines += [reporting.data_statement("stand-in" if data["stand_in"] else "real", data["description"]), ""]
+    body = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in plan.items()]
+    lines += ["## Plan", "", *reporting.markdown_table(["setting", "value"], body)]
+    lines += [
+        "",
+        "Paper: BraTS 2018 HGG, 160×180, 11 phases with stair training, 100 epochs of meta-learning, 2000 of "
+        "conventional learning. Cells: mean over seeds ± std over seeds (one seed: ± std over test slices); the "
+        f"paper's PSNR (mean ± std over its 60 test slices) in brackets. {paper['missing']}",
+        "",
+    ]
+    lines += tables(results["rows"], paper)
+    lines += sigma_section(results["sigma_claim"])
+    compare = results["hypergradient_comparison"]
+    if compare:
+        lines += [
+            "",
+            f"## Hypergradient methods at equal wall-clock ({compare[0]['budget_seconds']:g} s of meta-learning each, "
+            f"{compare[0]['contrast']}; machine-dependent)",
+            "",
+        ]
+        body = [[r["method"], r["outer_steps"], f"{r['seconds']:.1f}", f"{r['value']:.3f}"] for r in compare]
+        lines += reporting.markdown_table(["method", "outer steps", "seconds", "validation PSNR (dB)"], body)
+    lines += ["", "## The safeguard of Algorithm 1", "", "Fraction of phase-samples whose u-step was refused:", ""]
+    for name, run in results["runs"].items():
+        if "safeguard" in run:
+            taken = run["safeguard"]["safeguard_taken_mean"]
+            lines.append(
+                f"- {name}: {taken:.3f} during meta-learning (best validation at step {run['best_step']}, {run['phases']} phases)"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def tables(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Any]) -> list[str]:
+    """Tables 1-5 layout: per (contrast, task group), every task × method with PSNR, SSIM, NMSE, σ(ω_i)."""
+    key = ("table", "pattern", "ratio", "method", "metric")
+    theirs = {tuple(round(r[k], 4) if k == "ratio" else r[k] for k in key): r for r in paper["rows"]}
+    seeds = len({r["seed"] for r in rows})
+    merged = (
+        reporting.aggregate([{k: v for k, v in r.items() if k not in ("std", "n")} for r in rows])
+        if seeds > 1
+        else rows
+    )
+    index = {(r["contrast"], r["task"], r["method"], r["metric"]): r for r in merged}
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in merged:
+        if r["method"] == "meta" and r["metric"] == "psnr":
+            groups.setdefault((r["contrast"], task_group(r)), []).append(r["task"])
+    lines = []
+    for (contrast, group), tasks in groups.items():
+        table = TABLES.get((contrast, group))
+        heading = f"Table {table[-1]} layout" if table else "no counterpart in the paper"
+        lines += [f"## {contrast.upper()}, {GROUPS.get(group, group)} — {heading}", ""]
+        body = []
+        for task, method in itertools.product(dict.fromkeys(tasks), ("zero-filled", "conventional", "meta")):
+            first = index.get((contrast, task, method, "psnr"))
+            if first is None:
+                continue
+            cells = []
+            for metric in (*METRICS, "sigma_omega"):
+                r = index.get((contrast, task, method, metric))
+                ref = theirs.get((table, first["pattern"], round(first["ratio"], 4), method, metric))
+                digits = 2 if metric == "psnr" else 4
+                text = "–" if r is None else reporting.cell(r["value"], r["std"], n=r["n"], digits=digits)
+                if ref is not None:
+                    text += f" ({ref['value']:.2f} ± {ref['std']:.2f})" if "std" in ref else f" ({ref['value']:.4f})"
+                cells.append(text)
+            body.append([f"{first['ratio'] * 100:g}%", method, *cells])
+        lines += reporting.markdown_table(["CS ratio", "method", "PSNR (dB)", "SSIM", "NMSE", "σ(ω_i)"], body)
+        lines.append("")
+    return lines
+
+
+def sigma_section(trends: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "## Does a lower sampling ratio learn a larger σ(ω_i)?",
+        "",
+        'Section 5.3: "small CS ratio needs higher value of σ(ω_i)".',
+        "",
+    ]
+    body = []
+    for c in trends:
+        theirs = "–" if c["paper"] is None else ("yes" if c["paper"]["strictly_decreasing"] else "no")
+        ratios = ", ".join(f"{100 * x:g}%" for x in c["ratios"])
+        sigmas = ", ".join(f"{s:.3f}" for s in c["sigma_omega"])
+        body.append(
+            [
+                c["contrast"],
+                c["group"],
+                ratios,
+                sigmas,
+                "yes" if c["strictly_decreasing"] else "no",
+                f"{c['spearman_rho']:.2f}",
+                theirs,
+            ]
+        )
+    header = [
+        "contrast",
+        "tasks",
+        "ratios",
+        "σ(ω_i), mean over seeds",
+        "strictly decreasing",
+        "Spearman ρ",
+        "paper: decreasing",
+    ]
+    return [*lines, *reporting.markdown_table(header, body)]
+
+
+# ---------------------------------------------------------------------------------------- figures
+def example_groups(plan: planning.Plan, out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The first seed's saved example reconstructions, per (contrast, task group): seen, then unseen by pattern."""
+    merged: dict[str, dict[str, Any]] = {}
+    for spec in plan.runs:
+        path = out / "runs" / spec.name / "examples.pt"
+        if spec.seed != plan.seeds[0] or not path.is_file():
+            continue
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        contrast = merged.setdefault(spec.get("contrast"), {"reference": saved["reference"], "tasks": {}})
+        for task, example in saved["examples"].items():
+            contrast["tasks"].setdefault(task, {}).update(example)
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    seen = set(plan.settings["seen"])
+    for contrast, found in merged.items():
+        for task, example in found["tasks"].items():
+            group = "seen" if task in seen else task.split("-")[0]
+            entry = groups.setdefault((contrast, group), {"reference": found["reference"], "tasks": {}})
+            entry["tasks"][task] = example
+    return groups
+
+
+def plot_reconstructions(examples: Mapping[str, Any], path: Path, title: str) -> Path:
+    """Meta and conventional reconstructions with a zoomed inset, their error maps and the masks."""
+    reference = examples["reference"].abs()
+    keys = [k for k, ex in examples["tasks"].items() if "meta" in ex and "conventional" in ex]
+    h, w = reference.shape
+    box = (h // 3, w // 3, max(8, h // 4), max(8, w // 4))  # zoom region: row, col, height, width
+    methods = (("meta", "meta-learning"), ("conventional", "conventional"))
+    fig, axes = plt.subplots(5, len(keys) + 1, figsize=(2.2 * (len(keys) + 1), 11), squeeze=False)
+    errors = [examples["tasks"][k][m] - reference for k in keys for m, _ in methods]
+    vmax = max([float(e.abs().max()) for e in errors] + [1e-12])
+    for ax in axes.flat:
+        ax.set_axis_off()
+    _image_with_zoom(axes[0, 0], reference, box, "ground truth")
+    im = None
+    for c, key in enumerate(keys, start=1):
+        ex = examples["tasks"][key]
+        for r, (method, label) in enumerate(methods):
+            _image_with_zoom(axes[r, c], ex[method], box, f"{label}\n{key}" if r == 0 else label)
+            im = axes[r + 2, c].imshow((ex[method] - reference).abs().numpy(), cmap="inferno", vmin=0, vmax=vmax)
+            axes[r + 2, c].set_title(f"|error| {label}", fontsize=7)
+        axes[4, c].imshow(ex["mask"].numpy(), cmap="gray")
+        axes[4, c].set_title(f"mask {100 * float(ex['mask'].mean()):.1f}%", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes[2:4, :].ravel().tolist(), fraction=0.02)
+    fig.suptitle(title, fontsize=9)
+    return reporting.save_figure(fig, path)
+
+
+def _image_with_zoom(ax: plt.Axes, image: torch.Tensor, box: tuple[int, int, int, int], title: str) -> None:
+    r, c, hh, ww = box
+    ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.add_patch(Rectangle((c, r), ww, hh, fill=False, edgecolor="red", linewidth=0.8))
+    inset = ax.inset_axes([0.55, 0.55, 0.45, 0.45])
+    inset.imshow(image[r : r + hh, c : c + ww].numpy(), cmap="gray", vmin=0, vmax=1)
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor("red")
+    ax.set_title(title, fontsize=7)
+
+
+def plot_sigma(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Any], path: Path, stand_in: bool) -> Path:
+    """σ(ω_i) against the sampling ratio per contrast and task group: ours (solid, seeds as dots) and the paper's (dashed)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ours = [r for r in rows if r["metric"] == "sigma_omega" and r["method"] == "meta"]
+    for contrast, group in dict.fromkeys((r["contrast"], task_group(r)) for r in ours):
+        mine = [r for r in ours if r["contrast"] == contrast and task_group(r) == group]
+        ratios = sorted({r["ratio"] for r in mine})
+        means = [statistics.fmean(r["value"] for r in mine if r["ratio"] == x) for x in ratios]
+        line = ax.plot([100 * x for x in ratios], means, marker="o", label=f"ours {contrast} {group}")[0]
+        ax.plot([100 * r["ratio"] for r in mine], [r["value"] for r in mine], ".", color=line.get_color(), alpha=0.5)
+        theirs = sorted(
+            (100 * r["ratio"], r["value"])
+            for r in paper["rows"]
+            if r["metric"] == "sigma_omega" and r["contrast"] == contrast and _paper_group(r) == group
+        )
+        if theirs:
+            ax.plot(
+                *zip(*theirs), marker="x", linestyle="--", color=line.get_color(), label=f"paper {contrast} {group}"
+            )
+    ax.set_xlabel("sampling ratio (%)")
+    ax.set_ylabel("σ(ω_i)")
+    ax.set_title(
+        "Learned regulariser weight against sampling ratio" + (" (stand-in data)" if stand_in else ""), fontsize=9
+    )
+    ax.legend(fontsize=6)
+    return reporting.save_figure(fig, path)
