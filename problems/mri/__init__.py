@@ -10,10 +10,13 @@ Complex tensors throughout (native torch complex dtypes, spatial axes last); see
 """
 
 from .data import (
+    ADJACENT_BLOCKS,
     CONTRASTS,
     EMBEDDED_CONTRASTS,
     PAPER_COUNTS,
+    SLABS_WITH_GAPS,
     SPLITS,
+    EmbeddedLayout,
     MRIDataError,
     MRISlices,
     SliceSet,
@@ -37,14 +40,17 @@ from .metrics import (
 from .operators import CoilImages, MultiCoil, SingleCoil, fft2c, ifft2c, root_sum_of_squares, simulate_coil_maps
 
 __all__ = [
+    "ADJACENT_BLOCKS",
     "CONTRASTS",
     "EMBEDDED_CONTRASTS",
     "METRIC_NAMES",
     "PAPER_COUNTS",
     "PATTERNS",
     "RATIO_TOLERANCE",
+    "SLABS_WITH_GAPS",
     "SPLITS",
     "CoilImages",
+    "EmbeddedLayout",
     "MRIDataError",
     "MRISlices",
     "MultiCoil",
