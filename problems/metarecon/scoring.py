@@ -9,8 +9,9 @@ of phases it was trained with; PSNR, SSIM and NMSE compare the magnitude with th
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ from .loa import LOANetwork, LOASettings
 
 __all__ = [
     "ValidationPSNR",
+    "eps_rule_sweep",
     "graph_network",
     "network_from",
     "reconstruct",
     "safeguard_summary",
+    "score_checkpoint",
     "score_rows",
     "test_rows",
     "zero_filled",
@@ -95,10 +98,18 @@ class ValidationPSNR:
 
     ``masks`` ``[T, H, W]`` are the graph's tasks in the order of its weights (one mask for
     conventional learning and adaptation); the value is what the runner's best checkpoint keeps.
+    ``extra(graph)`` adds more logged values (e.g. a :class:`~problems.metarecon.balance.BalanceProbe`).
     """
 
-    def __init__(self, images: Tensor, masks: Tensor, schedule: StairSchedule, batch: int):
-        self.images, self.masks, self.schedule, self.batch = images, masks, schedule, batch
+    def __init__(
+        self,
+        images: Tensor,
+        masks: Tensor,
+        schedule: StairSchedule,
+        batch: int,
+        extra: Callable[[Graph], dict[str, float]] | None = None,
+    ):
+        self.images, self.masks, self.schedule, self.batch, self.extra = images, masks, schedule, batch, extra
 
     def __call__(self, graph: Graph) -> dict[str, float]:
         phases = self.schedule(graph.engine.global_step)
@@ -107,7 +118,8 @@ class ValidationPSNR:
         for i, mask in enumerate(self.masks):
             recon, _ = reconstruct(network, self.images, mask, float(weights[i]), phases=phases, batch_size=self.batch)
             values.append(float(reconstruction_metrics(recon, self.images)["psnr"].mean()))
-        return {"val_psnr": sum(values) / len(values), "phases": float(phases)}
+        out = {"val_psnr": sum(values) / len(values), "phases": float(phases)}
+        return {**out, **self.extra(graph)} if self.extra is not None else out
 
 
 def safeguard_summary(metrics: Path, level: str) -> dict[str, float]:
@@ -160,3 +172,88 @@ def test_rows(
             rows += per_slice_rows(reconstruction_metrics(zf, images), **ident, method="zero-filled")
             examples[task.key]["zero-filled"] = zf[middle].abs()
     return rows, examples, stats
+
+
+def eps_rule_sweep(
+    network: LOANetwork,
+    images: Tensor,
+    masks: Tensor,
+    weights: Sequence[float],
+    sigmas: Sequence[float],
+    *,
+    batch_size: int = 16,
+) -> list[dict[str, float]]:
+    """Line 15 of Algorithm 1 (ε ← γε when ‖∇φ_ε(x_{t+1})‖ < σγε) with other values of its constant σ,
+    on a trained network at test time: for every σ, the fraction of phase-samples where ε was reduced,
+    the median ‖∇φ_ε‖ / σγε, and the mean test PSNR over the tasks (``masks[i]`` at ``weights[i]``).
+    The network was trained with its own σ; this shows where the rule starts to operate and what it
+    changes, not what training with that σ would give."""
+    trained = network.settings
+    out = []
+    try:
+        for sigma in sigmas:
+            network.settings = dataclasses.replace(trained, sigma=float(sigma))
+            psnrs, reduced, ratios = [], [], []
+            for mask, weight in zip(masks, weights):
+                recon, stats = reconstruct(
+                    network, images, mask, float(weight), phases=network.active_phases, batch_size=batch_size
+                )
+                psnrs.append(float(reconstruction_metrics(recon, images)["psnr"].mean()))
+                reduced.append(stats["eps_reduced"])
+                ratios.append(stats["grad_over_eps_threshold"])
+            n = len(psnrs)
+            out.append(
+                {
+                    "sigma": float(sigma),
+                    "eps_reduced": sum(reduced) / n,
+                    "grad_over_eps_threshold": sorted(ratios)[n // 2],
+                    "psnr": sum(psnrs) / n,
+                }
+            )
+    finally:
+        network.settings = trained
+    return out
+
+
+def score_checkpoint(
+    levels: Mapping[str, Any],
+    network: LOANetwork,
+    *,
+    tasks: Sequence[SamplingTask],
+    masks: Tensor,
+    images: Tensor,
+    method: str,
+    batch_size: int = 16,
+    eps_sigmas: Sequence[float] = (),
+    **identity: Any,
+) -> dict[str, Any]:
+    """The meta-test protocol of every run: score a checkpoint's network on the test ``images`` of its tasks.
+
+    ``levels`` is the checkpoint's ``levels`` entry; ``network`` runs the phases the checkpoint
+    was trained with. The regulariser weight of task ``i`` is σ(ω_i) of the checkpoint's ``omega``
+    level, or 1 without one (conventional learning). Returns the per-slice ``rows`` (zero-filled too
+    for conventional learning), ``examples`` (the middle slice, for figures), the Algorithm 1
+    statistics ``loa_at_test``, ``sigma`` per task and, with ``eps_sigmas``, :func:`eps_rule_sweep`.
+    """
+    omega = levels.get("omega", {}).get("module", {}).get("omega")
+    weights = torch.sigmoid(omega).tolist() if omega is not None else [1.0] * len(tasks)
+    rows, examples, stats = test_rows(
+        network,
+        images,
+        tasks,
+        masks,
+        weights,
+        method=method,
+        batch_size=batch_size,
+        with_zero_filled=method == "conventional",
+        **identity,
+    )
+    out = {
+        "rows": rows,
+        "examples": examples,
+        "loa_at_test": stats,
+        "sigma": dict(zip([t.key for t in tasks], weights)),
+    }
+    if eps_sigmas:
+        out["eps_rule"] = eps_rule_sweep(network, images, masks, weights, eps_sigmas, batch_size=batch_size)
+    return {**out, "phases": network.active_phases, "eps0": float(network.eps0.detach().abs())}
