@@ -1,7 +1,7 @@
 """What every recipe's command line shares: options, presets, run folders (results files: reporting.py).
 
 Common options mean the same in every recipe: --dataset, --data-root, --download,
---preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
+--preset {smoke,small,paper,study}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
 Without --preset a recipe picks the one that finishes in minutes where it runs (smoke on CPU,
 small on a GPU) and says so.
 """
@@ -19,7 +19,7 @@ import torch
 
 from engines import METHODS, resolve_device
 
-PRESETS = ("smoke", "small", "paper")
+PRESETS = ("smoke", "small", "paper", "study")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[str], default_dataset: str) -> None:
@@ -40,8 +40,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--preset",
         choices=PRESETS,
         default=None,
-        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
-        "default: smoke on CPU, small on GPU",
+        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), study (the "
+        "paper's claims over seeds on the embedded data, 2 CPU cores, under an hour); default: smoke on CPU, small on GPU",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (shorthand for --seeds S)")
@@ -82,6 +82,17 @@ positive_int = _integer_at_least(1, "a positive integer")
 """argparse type: an integer >= 1 (steps, sizes, counts)."""
 non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, weights, epochs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
 
 
 def choose_preset(requested: str | None, device: torch.device) -> str:

@@ -3,37 +3,27 @@
 Paper: W. Bian, Y. Chen, X. Ye, Q. Zhang, "An Optimization-Based Meta-Learning Model for MRI
 Reconstruction with Diverse Dataset", Journal of Imaging, 2021.
 
-    python recipes/metarecon.py [--data-root DIR] [--contrasts t1 t2] [--preset smoke|small|paper] [--out DIR]
-                                [--seeds 0 1 2] [--seen-tasks radial:10 ...] [--unseen-tasks radial:15 cartesian:10 ...]
-                                [--hypergrad METHOD] [--compare-hypergrad METHOD ...] [--compare-seconds S]
+    python recipes/metarecon.py [--preset smoke|small|paper|study] [--data-root DIR] [--contrasts t1 t2]
+        [--seeds 0 1 2] [--seen-tasks radial-10 ...] [--unseen-tasks radial-15 cartesian-10 ...] [--out DIR]
+        [--hypergrad METHOD] [--lambdas 1e-3 1e-1 ...] [--ablation-hypergrad exact cg]
 
-For every seed and contrast it makes these runs, each in its own folder ``<out>/runs/<run>/``:
-
-1. ``meta``: meta-learning (problems/metarecon/levels.py) of the LOA network's θ (lower level
-   ``theta``, Eq. 14b) and the task weights ω (upper level ``omega``, Eq. 14a) on cross-task
-   mini-batches of the seen tasks (radial 10/20/30/40 %), with the penalty method of Algorithm 2
-   (``--hypergrad`` picks any other method); the checkpoint with the best validation PSNR is kept;
-2. ``adapt``: for every unseen task (radial 15/25/35 %, random Cartesian 10-40 %), θ frozen and
-   only a new ω trained on ``adapt_samples`` training slices (paper: 100 slices, 50 epochs);
-3. ``conventional``: the same network trained on each task alone, without ω, on the training and
-   validation slices merged, for ``baseline_epoch_ratio`` times the meta-learning epochs (paper:
-   2000 against 100, batch 25).
-
-Every run is scored on the test slices (PSNR, SSIM, NMSE per slice; zero-filled for reference).
-``--compare-hypergrad`` also compares hypergradient methods at equal wall-clock.
-
-Writes to --out: results.md (the paper's claims tested as paired differences over seeds, then
-Tables 1-5 beside the paper's numbers), results.json, per_slice.csv, figures/ and runs/. --resume
-reads finished runs back and resumes interrupted ones.
+Per seed and contrast, each run in its own folder ``<out>/runs/<run>/``: ``meta`` (θ and the task
+weights ω meta-learned on the seen tasks with the penalty method of Algorithm 2 on the paper's literal
+objective, the penalty part of each level's gradient logged at every validation); ``adapt`` (every
+unseen task: θ frozen, a new ω trained); ``conventional`` (the network trained on each task alone,
+without ω, on the training and validation slices merged); the λ ablation (``meta`` at every
+``--lambdas`` value and with every ``--ablation-hypergrad`` method). One protocol scores every run: the
+checkpoint with the best validation PSNR, with the phases it ran, on the test slices. Writes results.md
+(the paper's claims as paired differences over seeds, then its tables beside ours), results.json,
+per_slice.csv, figures/ and runs/ to --out; --resume reads finished runs back.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +40,13 @@ from engines.checkpoint import load_checkpoint, save_atomic
 from problems import mri
 
 DEFAULT_HYPERGRAD = "penalty"
-"""Algorithm 2's penalty method."""
+"""Algorithm 2's penalty method, the paper's."""
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Everything the three trainings need; the defaults are the paper's (Sections 4.2, 5.1-5.2).
-    Epochs are over each task's training slices."""
+    """Everything the runs need; the defaults are the paper's (Sections 4.2, 5.1-5.2). Epochs are over
+    each task's training slices. docs/recipes/metarecon.md says why each departure from the paper."""
 
     crop: tuple[int, int] = (160, 180)
     size: tuple[int, int] | None = None  # resize after cropping (None: keep the crop)
@@ -66,19 +56,21 @@ class Preset:
     inner_steps: int = 5  # K: θ steps per ω step
     batch_per_task: int = 2  # J: slices of every task in a cross-task batch (batch 8 over 4 tasks)
     epochs: float = 100.0  # meta-learning epochs
-    valid_times: int = 20  # validations (and checkpoints) during meta-learning
+    valid_times: int = 20  # validations (and checkpoints) of every run
     baseline_epoch_ratio: float = 20.0  # conventional / meta-learning epochs (2000 / 100)
     baseline_batch: int = 25
     adapt_samples: int = 100
     adapt_epochs: float = 50.0
     adapt_batch: int = 8
-    lr: float = 1e-3  # Adam, both levels
-    # Adam on the single new ω. It starts at 0 (σ = 0.5) like every ω, and Adam moves one scalar by about
-    # its learning rate per step: the paper's 50 epochs over 100 slices in batches of 8 are 625 steps, so
-    # 1e-3 would keep σ(ω) within about [0.35, 0.65]. The paper states no rate; we use 1e-2.
-    adapt_lr: float = 1e-2
-    compare_methods: tuple[str, ...] = (DEFAULT_HYPERGRAD, "darts", "cg", "exact")  # at equal wall-clock
-    compare_seconds: float = 1800.0
+    lr: float = 1e-3  # Adam on θ (meta-learning and conventional)
+    omega_lr: float = 1e-3  # Adam on ω during meta-learning
+    adapt_lr: float = 1e-2  # Adam on the new ω (not stated in the paper)
+    grad_clip: float = 0.0  # clip every level's gradient norm at this (0: no clipping, the paper's)
+    lam: float = 1e-5  # λ0 of the penalty method (ν_λ = 1.001 per round)
+    penalty_rounds: int = 1  # rounds of (K θ-steps, one ω-step) on one pair of batches
+    ablation_lams: tuple[float, ...] = ()  # λ0 of extra meta-learning runs (the λ ablation)
+    ablation_methods: tuple[str, ...] = ()  # hypergradient methods of extra meta-learning runs
+    eps_sigmas: tuple[float, ...] = (1.0, 1e2, 1e4, 1e6)  # σ of Algorithm 1's line 15, tried at test time
     contrasts: tuple[str, ...] = ("t1", "t2")
     eval_batch: int = 16
 
@@ -91,31 +83,35 @@ class Preset:
         return dict(zip(mri.SPLITS, self.limit)) if self.limit else None
 
 
+STUDY = Preset(
+    crop=(160, 160),
+    size=(64, 64),
+    phases=5,
+    stair=False,
+    batch_per_task=1,
+    epochs=10.0,
+    valid_times=10,
+    baseline_epoch_ratio=2.0,
+    baseline_batch=8,
+    adapt_samples=36,
+    adapt_epochs=20.0,
+    adapt_batch=6,
+    lr=5e-3,
+    omega_lr=4e-2,
+    adapt_lr=5e-2,
+    grad_clip=1e3,
+    contrasts=("t1",),
+)
+"""The paper's claims over three seeds on the embedded T1 stand-in, sized for 2 CPU cores (docs/recipes/metarecon.md)."""
 PRESETS = {
-    "smoke": Preset(
-        crop=(160, 160),
-        size=(64, 64),
-        limit=(16, 8, 4),
-        phases=3,
-        stair=False,
-        inner_steps=2,
-        batch_per_task=1,
-        epochs=1.0,
-        valid_times=1,
-        baseline_epoch_ratio=2.0,
-        baseline_batch=4,
-        adapt_samples=8,
-        adapt_epochs=1.0,
-        adapt_batch=4,
-        lr=1e-2,
-        adapt_lr=0.1,
-        compare_methods=(DEFAULT_HYPERGRAD, "darts"),
-        compare_seconds=4.0,
-        contrasts=("t1",),
+    "smoke": replace(
+        STUDY, limit=(16, 8, 4), phases=3, inner_steps=2, epochs=1.0, valid_times=1, adapt_samples=8, adapt_epochs=1.0
     ),
-    "small": Preset(phases=5, stair=False, epochs=20.0, valid_times=10, compare_seconds=300.0),
+    "small": Preset(phases=5, stair=False, epochs=20.0, valid_times=10),
     "paper": Preset(),
+    "study": STUDY,
 }
+STUDY_SEEDS = (0, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------- presets -> plan
@@ -124,62 +120,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_arguments(parser, datasets=("brats2018",), default_dataset="brats2018")
-    add = parser.add_argument
-    add(
-        "--contrasts", nargs="+", default=None, help=f"contrasts (BraTS {list(mri.CONTRASTS)}; the stand-in has t1, t2)"
-    )
-    add(
-        "--seen-tasks",
-        nargs="+",
-        default=[t.key for t in loa.SEEN_TASKS],
-        help="meta-training tasks: pattern:fraction (radial:0.2), pattern:percent%% (radial:20%%) or "
-        "pattern-percent (radial-20); patterns radial, cartesian, poisson",
-    )
+    add, positive = parser.add_argument, common.positive_float
+    add("--contrasts", nargs="+", default=None, help=f"BraTS {list(mri.CONTRASTS)}; the stand-in has t1, t2")
+    seen, unseen = [t.key for t in loa.SEEN_TASKS], [t.key for t in (*loa.UNSEEN_RADIAL, *loa.UNSEEN_CARTESIAN)]
+    add("--seen-tasks", nargs="+", default=seen, help="meta-training tasks: radial-20, radial:0.2 or radial:20%%")
     add(
         "--unseen-tasks",
         nargs="+",
-        default=[t.key for t in (*loa.UNSEEN_RADIAL, *loa.UNSEEN_CARTESIAN)],
-        help="adapted tasks",
+        default=unseen,
+        help="tasks adapted with θ frozen (patterns radial, cartesian, poisson)",
     )
     add("--phases", type=common.positive_int, default=None, help="LOA phases (paper: 11)")
     add("--stair", action=argparse.BooleanOptionalAction, default=None, help="stair training: phases one at a time")
     add("--inner-steps", type=common.positive_int, default=None, help="K: θ steps per ω step")
-    add("--baseline-epoch-ratio", type=float, default=None, help="conventional / meta-learning epochs (paper: 20)")
-    add("--adapt-epochs", type=float, default=None, help="epochs of ω adaptation on each unseen task (paper: 50)")
-    add("--compare-hypergrad", nargs="*", default=None, help="methods compared at equal wall-clock (none: skip)")
-    add("--compare-seconds", type=float, default=None, help="wall-clock per compared method")
+    add("--baseline-epoch-ratio", type=positive, default=None, help="conventional / meta-learning epochs (paper: 20)")
+    add("--adapt-epochs", type=positive, default=None, help="epochs of ω adaptation on each unseen task (paper: 50)")
+    add("--lambdas", type=positive, nargs="*", default=None, help="λ0 of extra penalty-method runs (λ ablation)")
+    add("--ablation-hypergrad", nargs="*", default=None, help="methods of extra meta-learning runs (exact, cg...)")
     return parser.parse_args(argv)
 
 
 @dataclass(frozen=True)
-class Budget:
-    """Global steps of the three trainings, from the preset's epochs (or --steps for meta-learning)."""
-
-    meta_steps: int
-    stage_steps: int | None
-    valid_every: int
-    baseline_steps: int
-    adapt_steps: int
-
-
-def budget(preset: Preset, sizes: dict[str, int], override_steps: int | None) -> Budget:
-    k, j, n_train = preset.inner_steps, preset.batch_per_task, sizes["train"]
-    meta = override_steps if override_steps is not None else math.ceil(preset.epochs * n_train / j)
-    meta = k * max(1, math.ceil(meta / k))  # whole outer rounds
-    stage = k * max(1, meta // (k * preset.phases)) if preset.stair and preset.phases > 1 else None
-    valid_every = k * max(1, meta // (k * max(1, preset.valid_times)))
-    merged = n_train + sizes["val"]
-    baseline = math.ceil(
-        preset.baseline_epoch_ratio * (meta * j / n_train) * merged / min(preset.baseline_batch, merged)
-    )
-    adapt_n = min(preset.adapt_samples, n_train)
-    adapt = math.ceil(preset.adapt_epochs * adapt_n / min(preset.adapt_batch, adapt_n))
-    return Budget(meta, stage, valid_every, max(1, baseline), max(1, adapt))
-
-
-@dataclass(frozen=True)
 class Setup:
-    """What the command line resolves to; :func:`make_plan` lists its runs, :func:`train` makes them."""
+    """What the command line resolves to: :func:`plan_for` lists its runs, :func:`train` makes them."""
 
     preset_name: str
     preset: Preset
@@ -187,12 +150,16 @@ class Setup:
     seen: tuple[mri.SamplingTask, ...]
     unseen: tuple[mri.SamplingTask, ...]
     hypergrad: str
-    budget: Budget
+    budget: loa.Budget
+    data: str  # what the runs read and how many slices (part of the settings a finished run is checked against)
 
 
-def _tasks(texts: list[str], what: str) -> tuple[mri.SamplingTask, ...]:
+def _tasks(texts: list[str], what: str, shape: tuple[int, int], seed: int) -> tuple[mri.SamplingTask, ...]:
+    """Parsed tasks whose masks reach their ratio on this grid, or a SystemExit naming the option."""
     try:
         tasks = tuple(mri.SamplingTask.parse(t) for t in texts)
+        for task in tasks:
+            task.mask(shape, seed=seed)
     except ValueError as err:
         raise SystemExit(f"error: {what}: {err}") from None
     if len(set(tasks)) != len(tasks):
@@ -203,13 +170,11 @@ def _tasks(texts: list[str], what: str) -> tuple[mri.SamplingTask, ...]:
 def setup(args: argparse.Namespace) -> Setup:
     """Check every option (before any data is read) and resolve the preset, tasks and budget."""
     _, name, seeds = common.resolve(args)
+    seeds = tuple(seeds or (STUDY_SEEDS if name == "study" else [0]))
     if args.precision != "fp32":
         raise SystemExit(f"error: --precision {args.precision}: the LOA network's FFTs and safeguard tests run in fp32")
     if args.download:
         raise SystemExit("error: --download: BraTS 2018 needs registration (CBICA IPP); pass its folder to --data-root")
-    for flag in ("baseline_epoch_ratio", "adapt_epochs", "compare_seconds"):
-        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     preset = common.override(
         PRESETS[name],
         phases=args.phases,
@@ -217,44 +182,48 @@ def setup(args: argparse.Namespace) -> Setup:
         baseline_epoch_ratio=args.baseline_epoch_ratio,
         adapt_epochs=args.adapt_epochs,
         inner_steps=args.inner_steps,
-        compare_seconds=args.compare_seconds,
         contrasts=tuple(args.contrasts) if args.contrasts else None,
-        compare_methods=tuple(args.compare_hypergrad) if args.compare_hypergrad is not None else None,
+        ablation_lams=tuple(args.lambdas) if args.lambdas is not None else None,
+        ablation_methods=tuple(args.ablation_hypergrad) if args.ablation_hypergrad is not None else None,
     )
     hypergrad = common.parse_hypergrad(args.hypergrad, ("theta",)).get("theta", DEFAULT_HYPERGRAD)
-    for method in preset.compare_methods:
+    for method in preset.ablation_methods:
         common.parse_hypergrad(method, ("theta",))
     try:
-        sizes = mri.split_sizes(args.data_root, spec=preset.slices, counts=mri.PAPER_COUNTS, limit=preset.limits)
+        sizes = mri.split_sizes(args.data_root, spec=preset.slices, limit=preset.limits, layout=mri.SLABS_WITH_GAPS)
     except mri.MRIDataError as err:
         raise SystemExit(f"error: {err}") from None
-    seen, unseen = _tasks(args.seen_tasks, "--seen-tasks"), _tasks(args.unseen_tasks, "--unseen-tasks")
-    for task in (*seen, *unseen):  # every mask must reach its ratio on this grid before anything is read
-        try:
-            task.mask(preset.slices.shape, seed=(seeds or [0])[0])
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
-    b = budget(preset, sizes, args.steps)
-    return Setup(name, preset, tuple(seeds or [0]), seen, unseen, hypergrad, b)
+    seen = _tasks(args.seen_tasks, "--seen-tasks", preset.slices.shape, seeds[0])
+    unseen = _tasks(args.unseen_tasks, "--unseen-tasks", preset.slices.shape, seeds[0])
+    epochs = {k: getattr(preset, k) for k in ("epochs", "batch_per_task", "inner_steps", "phases", "stair")}
+    adapt = {k: getattr(preset, k) for k in ("valid_times", "adapt_samples", "adapt_epochs", "adapt_batch")}
+    baseline = {k: getattr(preset, k) for k in ("baseline_epoch_ratio", "baseline_batch")}
+    n = {"n_train": sizes["train"], "n_val": sizes["val"], "meta_steps": args.steps}
+    data = "embedded MNI152 stand-in" if args.data_root is None else "BraTS 2018 or NIfTI folder (--data-root)"
+    data += f", {'/'.join(str(sizes[k]) for k in mri.SPLITS)} train/val/test slices per task"
+    b = loa.Budget.from_epochs(**n, **epochs, **adapt, **baseline)
+    return Setup(name, preset, seeds, seen, unseen, hypergrad, b, data)
 
 
 def plan_for(s: Setup) -> planning.Plan:
-    """Per seed and contrast: meta-learning, then every task's adaptation (unseen) and conventional run."""
-    runs = []
-    for seed in s.seeds:
-        for contrast in s.preset.contrasts:
-            runs.append(planning.RunSpec("meta", seed, (("contrast", contrast),)))
-            for task in (*s.seen, *s.unseen):
-                if task in s.unseen:
-                    runs.append(planning.RunSpec("adapt", seed, (("contrast", contrast), ("task", task.key))))
-                runs.append(planning.RunSpec("conventional", seed, (("contrast", contrast), ("task", task.key))))
-    fixed = {k: v for k, v in asdict(s.preset).items() if k not in ("compare_methods", "compare_seconds")}
-    settings = {**fixed, **asdict(s.budget), "seen": [t.key for t in s.seen], "unseen": [t.key for t in s.unseen]}
-    return planning.Plan("metarecon", s.preset_name, runs, {**settings, "hypergrad": s.hypergrad})
+    """Per seed and contrast: meta-learning, every task's adaptation (unseen) and conventional run, then
+    the ablation's meta-learning runs (seeds outermost, so a partial study has complete pairs)."""
+    runs, p = [], s.preset
+    ablation = [("lam", x) for x in p.ablation_lams if x != p.lam] if s.hypergrad == "penalty" else []
+    ablation += [("hypergrad", m) for m in p.ablation_methods if m != s.hypergrad]
+    for seed, contrast in ((seed, c) for seed in s.seeds for c in p.contrasts):
+        runs.append(planning.RunSpec("meta", seed, (("contrast", contrast),)))
+        for task in (*s.seen, *s.unseen):
+            for method in ("adapt", "conventional") if task in s.unseen else ("conventional",):
+                runs.append(planning.RunSpec(method, seed, (("contrast", contrast), ("task", task.key))))
+        runs += [planning.RunSpec("meta", seed, (("contrast", contrast), variant)) for variant in ablation]
+    settings = {"data": s.data, **asdict(p), **asdict(s.budget), "hypergrad": s.hypergrad}
+    settings.update(seen=[t.key for t in s.seen], unseen=[t.key for t in s.unseen])
+    return planning.Plan("metarecon", s.preset_name, runs, settings)
 
 
 def make_plan(args: argparse.Namespace) -> planning.Plan:
-    """The runs and settings of a command line, without reading or training anything."""
+    """The runs and settings of a command line, without reading data or training anything."""
     return plan_for(setup(args))
 
 
@@ -270,170 +239,131 @@ class Context:
     workers: int = 0
     progress: bool = False
 
-    def task(self, spec: planning.RunSpec) -> mri.SamplingTask:
-        return mri.SamplingTask.parse(spec.get("task"))
+    def tasks(self, spec: planning.RunSpec) -> tuple[mri.SamplingTask, ...]:
+        """The run's tasks: the seen ones for meta-learning, else its own."""
+        return self.setup.seen if spec.method == "meta" else (mri.SamplingTask.parse(spec.get("task")),)
 
-    def masks(self, tasks: tuple[mri.SamplingTask, ...], spec: planning.RunSpec) -> torch.Tensor:
-        """The tasks' masks ``[T, H, W]`` on this contrast's grid (seeded by the run's seed)."""
+    def masks(self, spec: planning.RunSpec) -> torch.Tensor:
+        """The run's masks ``[T, H, W]`` on its contrast's grid (seeded by the run's seed)."""
         shape = self.data[spec.get("contrast")].shape
-        return torch.stack([t.mask(shape, seed=spec.seed) for t in tasks])
+        return torch.stack([t.mask(shape, seed=spec.seed) for t in self.tasks(spec)])
 
-    def stage_steps(self, steps: int) -> int | None:
-        """Stair stages of a training of ``steps`` steps: the same share of it as in meta-learning."""
-        b = self.setup.budget
-        return None if b.stage_steps is None else max(1, round(b.stage_steps * steps / b.meta_steps))
+    def split(self, spec: planning.RunSpec, name: str) -> torch.Tensor:
+        return self.data[spec.get("contrast")].splits[name].images
 
 
-def meta_spec(spec: planning.RunSpec) -> planning.RunSpec:
-    """The meta-learning run an adaptation run starts from."""
-    return planning.RunSpec("meta", spec.seed, (("contrast", spec.get("contrast")),))
-
-
-def graph_for(spec: planning.RunSpec, ctx: Context, *, hypergrad: str | None = None, all_phases: bool = False) -> Graph:
-    """One run's graph, ready for a :class:`~engines.Runner` (``hypergrad``/``all_phases`` override a
-    meta-learning run's method and stair schedule)."""
-    p, s, slices = ctx.setup.preset, ctx.setup, ctx.data[spec.get("contrast")]
-    settings = loa.LOASettings(phases=p.phases)
-    train, val = slices.splits["train"].images, slices.splits["val"].images
+def graph_for(spec: planning.RunSpec, ctx: Context) -> Graph:
+    """One run's graph, ready for a :class:`~engines.Runner`."""
+    p, b, masks, seed = ctx.setup.preset, ctx.setup.budget, ctx.masks(spec), spec.seed
+    settings, train, val = loa.LOASettings(phases=p.phases), ctx.split(spec, "train"), ctx.split(spec, "val")
     if spec.method == "meta":
-        masks = ctx.masks(s.seen, spec)
+        method = spec.get("hypergrad", ctx.setup.hypergrad)
+        options = {"lam": spec.get("lam", p.lam), "max_rounds": p.penalty_rounds} if method == "penalty" else None
         return loa.meta_graph(
-            train=loa.CrossTaskSlices(train, masks, seed=spec.seed),
-            val=loa.CrossTaskSlices(val, masks, seed=spec.seed + 1),
+            train=loa.CrossTaskSlices(train, masks, seed=seed),
+            val=loa.CrossTaskSlices(val, masks, seed=seed + 1),
             settings=settings,
-            schedule=loa.StairSchedule(p.phases, None if all_phases else s.budget.stage_steps),
+            schedule=loa.StairSchedule(p.phases, b.stage_steps),
             batch_per_task=p.batch_per_task,
             val_batch_per_task=p.batch_per_task,
             unroll=p.inner_steps,
-            hypergrad=hypergrad or s.hypergrad,
+            hypergrad=method,
+            hypergrad_options=options,
             theta_lr=p.lr,
-            omega_lr=p.lr,
-            seed=spec.seed,
+            omega_lr=p.omega_lr,
+            grad_clip=p.grad_clip,
+            seed=seed,
             workers=ctx.workers,
         )
-    mask = ctx.masks((ctx.task(spec),), spec)
     if spec.method == "conventional":
         merged = torch.cat([train, val])
         return loa.conventional_graph(
-            train=loa.CrossTaskSlices(merged, mask, seed=spec.seed),
+            train=loa.CrossTaskSlices(merged, masks, seed=seed),
             settings=settings,
-            schedule=loa.StairSchedule(p.phases, ctx.stage_steps(s.budget.baseline_steps)),
+            schedule=loa.StairSchedule(p.phases, b.conventional_stage_steps()),
             batch_size=min(p.baseline_batch, len(merged)),
             lr=p.lr,
-            seed=spec.seed,
+            grad_clip=p.grad_clip,
+            seed=seed,
             workers=ctx.workers,
         )
-    model = torch.load(ctx.out / "runs" / meta_spec(spec).name / "model.pt", weights_only=True)
+    meta = planning.RunSpec("meta", seed, (("contrast", spec.get("contrast")),))
+    model = torch.load(ctx.out / "runs" / meta.name / "model.pt", weights_only=True)
+    images = ctx.data[spec.get("contrast")].splits["train"].subset(p.adapt_samples).images
     network = loa.network_from(model["network"], settings, model["phases"])
-    images = slices.splits["train"].subset(p.adapt_samples).images
+    train_set, batch = loa.CrossTaskSlices(images, masks, seed=seed), min(p.adapt_batch, len(images))
     return loa.adaptation_graph(
-        network=network,
-        train=loa.CrossTaskSlices(images, mask, seed=spec.seed),
-        batch_size=min(p.adapt_batch, len(images)),
-        lr=p.adapt_lr,
-        seed=spec.seed,
-        workers=ctx.workers,
+        network=network, train=train_set, batch_size=batch, lr=p.adapt_lr, grad_clip=p.grad_clip, seed=seed
     )
 
 
 # ---------------------------------------------------------------------------------------- run
 def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, Any]:
-    """Train one run (resuming from its checkpoint), score it on the test slices, keep an example."""
-    p, b = ctx.setup.preset, ctx.setup.budget
+    """Train one run (resuming from its checkpoint) and score its best-validation checkpoint."""
+    p, b, masks = ctx.setup.preset, ctx.setup.budget, ctx.masks(spec)
     graph = graph_for(spec, ctx)
     steps = {"meta": b.meta_steps, "conventional": b.baseline_steps, "adapt": b.adapt_steps}[spec.method]
-    validation = None
+    every = b.valid_every if spec.method == "meta" else max(1, steps // p.valid_times)
+    probe = None
     if spec.method == "meta":
-        schedule = graph["theta"].schedule
-        validation = loa.ValidationPSNR(
-            ctx.data[spec.get("contrast")].splits["val"].images, ctx.masks(ctx.setup.seen, spec), schedule, p.eval_batch
-        )
+        lam = spec.get("lam", p.lam) if graph["theta"].hypergrad == "penalty" else None
+        train_images, val_images = ctx.split(spec, "train"), ctx.split(spec, "val")
+        probe = loa.BalanceProbe(train_images, val_images, masks, p.batch_per_task, lam=lam, seed=spec.seed)
+    adapted = graph["omega"].network.active_phases if spec.method == "adapt" else 0
+    schedule = loa.StairSchedule(adapted) if adapted else graph["theta"].schedule
+    validate = loa.ValidationPSNR(ctx.split(spec, "val"), masks, schedule, p.eval_batch, extra=probe)
     result = Runner(
         graph,
         steps,
         out=run_dir,
         device=ctx.device,
         seed=spec.seed,
-        validate=validation,
-        valid_every=b.valid_every if validation else 0,
-        monitor="val_psnr" if validation else None,
-        mode="max" if validation else None,
-        checkpoint_every=b.valid_every if validation else max(1, steps // 4),
+        validate=validate,
+        valid_every=every,
+        monitor="val_psnr",
+        mode="max",
+        checkpoint_every=every,
         resume=planning.has_checkpoint(run_dir),
         progress=ctx.progress,
         config={"run": spec.as_row(), "budget": asdict(b), "command": common.command_line()},
     ).run()
-    return score(spec, graph, result, run_dir, ctx)
-
-
-def score(spec: planning.RunSpec, graph: Graph, result: Any, run_dir: Path, ctx: Context) -> dict[str, Any]:
-    """Test rows of a trained run (meta: its best-validation checkpoint; others: the last step)."""
-    p, settings = ctx.setup.preset, loa.LOASettings(phases=ctx.setup.preset.phases)
-    out: dict[str, Any] = {"steps": result.steps}
-    if spec.method == "meta":
-        best = load_checkpoint(run_dir / "checkpoint_best.pt", map_location="cpu")
-        phases = graph["theta"].schedule(best["step"])
-        network = loa.network_from(best["levels"]["theta"]["module"], settings, phases)
-        weights = torch.sigmoid(best["levels"]["omega"]["module"]["omega"])
-        tasks = ctx.setup.seen
-        out.update(best_step=best["step"], best_val_psnr=result.best["metrics"]["val_psnr"])
-        out["safeguard"] = loa.safeguard_summary(run_dir / "metrics.jsonl", "theta")
-    elif spec.method == "conventional":
-        phases = graph["theta"].schedule(result.steps)
-        network = loa.network_from(graph["theta"].module.state_dict(), settings, phases)
-        tasks, weights, out["final_loss"] = (ctx.task(spec),), torch.ones(1), result.losses["theta"][-1]
+    best = load_checkpoint(run_dir / "checkpoint_best.pt", map_location="cpu")["levels"]
+    if spec.method == "adapt":
+        network = graph["omega"].network
     else:
-        network, weights, tasks = graph["omega"].network, graph["omega"].module.sigma(), (ctx.task(spec),)
-        phases = network.active_phases
-    save_atomic({"network": network.state_dict(), "phases": phases, "sigma": weights}, run_dir / "model.pt")
-    test = ctx.data[spec.get("contrast")].splits["test"].images
-    rows, examples, out["safeguard_at_test"] = loa.test_rows(
+        phases = graph["theta"].schedule(result.best["step"])
+        network = loa.network_from(best["theta"]["module"], loa.LOASettings(phases=p.phases), phases)
+    save_atomic({"network": network.state_dict(), "phases": network.active_phases}, run_dir / "model.pt")
+    test, ablation = ctx.split(spec, "test"), {k: v for k, v in spec.variant if k in ("lam", "hypergrad")}
+    scored = loa.score_checkpoint(
+        best,
         network.to(ctx.device),
-        test,
-        tasks,
-        ctx.masks(tasks, spec),
-        weights.tolist(),
+        tasks=ctx.tasks(spec),
+        masks=masks,
+        images=test,
         method="conventional" if spec.method == "conventional" else "meta",
         batch_size=p.eval_batch,
-        with_zero_filled=spec.method == "conventional",
+        eps_sigmas=p.eps_sigmas if spec.method == "meta" else (),
         contrast=spec.get("contrast"),
         seed=spec.seed,
-        seen=tasks[0] in ctx.setup.seen,
+        seen=ctx.tasks(spec)[0] in ctx.setup.seen,
+        **({"ablation": ",".join(f"{k}={v}" for k, v in ablation.items())} if ablation else {}),
     )
-    save_atomic({"examples": examples, "reference": test[len(test) // 2]}, run_dir / "examples.pt")
-    return {**out, "phases": phases, "sigma": dict(zip([t.key for t in tasks], weights.tolist())), "rows": rows}
-
-
-def compare_methods(spec: planning.RunSpec, ctx: Context) -> list[dict[str, Any]]:
-    """Validation PSNR of every ``compare_methods`` after ``compare_seconds`` of meta-learning (all phases:
-    the comparison is about the hypergradient), on the first run's contrast and seed."""
-    p = ctx.setup.preset
-    images = ctx.data[spec.get("contrast")].splits["val"].images
-    validation = loa.ValidationPSNR(images, ctx.masks(ctx.setup.seen, spec), loa.StairSchedule(p.phases), p.eval_batch)
-    rows = loa.compare_at_equal_wallclock(
-        lambda method: graph_for(spec, ctx, hypergrad=method, all_phases=True),
-        p.compare_methods,
-        p.compare_seconds,
-        validation,
-        inner_steps=p.inner_steps,
-        device=ctx.device,
-        seed=spec.seed,
-    )
-    for r in rows:
-        print(f"[metarecon] {r['method']}: {r['outer_steps']} outer steps in {r['seconds']:.1f} s, {r['value']:.3f} dB")
-    return [{**r, "contrast": spec.get("contrast")} for r in rows]
+    save_atomic({"examples": scored.pop("examples"), "reference": test[len(test) // 2]}, run_dir / "examples.pt")
+    if spec.method == "meta":
+        scored["safeguard"] = loa.safeguard_summary(run_dir / "metrics.jsonl", "theta")
+    return {"steps": result.steps, "best_step": result.best["step"], **result.best["metrics"], **scored}
 
 
 def load_data(s: Setup, data_root: Path | None) -> dict[str, mri.MRISlices]:
+    """Every contrast's slices (the embedded stand-in in slabs with gaps), or a SystemExit naming the file."""
     datasets: dict[str, mri.MRISlices] = {}
+    kwargs = {"spec": s.preset.slices, "limit": s.preset.limits, "layout": mri.SLABS_WITH_GAPS}
     try:
         for contrast in s.preset.contrasts:
-            slices = mri.load_slices(
-                data_root, contrast=contrast, spec=s.preset.slices, counts=mri.PAPER_COUNTS, limit=s.preset.limits
-            )
+            slices = mri.load_slices(data_root, contrast=contrast, **kwargs)
             datasets[slices.contrast] = slices
-            if slices.source == "nifti":
-                print("[metarecon] a plain NIfTI folder has one contrast: --contrasts does not apply")
+            if slices.source == "nifti":  # a plain NIfTI folder has one contrast
                 break
     except mri.MRIDataError as err:
         raise SystemExit(f"error: {err}") from None
@@ -445,21 +375,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     s = setup(args)
     plan = plan_for(s)
     data = load_data(s, args.data_root)
-    first = next(iter(data.values()))
     source = "embedded" if args.data_root is None else "brats2018"
     out = common.prepare_out(args.out or Path("runs") / f"metarecon-{source}-{s.preset_name}", args.resume)
     device = common.resolve_device(args.device)
-    print(f"[metarecon] data: {first.description}")
-    print(f"[metarecon] preset '{s.preset_name}' on {device}: {common.preset_table(s.preset)}")
-    print(f"[metarecon] budget: {asdict(s.budget)}")
+    print(f"[metarecon] data: {next(iter(data.values())).description}")
+    print(f"[metarecon] preset '{s.preset_name}' on {device}: {len(plan.runs)} runs; budget {asdict(s.budget)}")
     ctx = Context(s, data, device, out, workers=args.workers, progress=not args.no_progress)
     runs = planning.execute(plan, out, functools.partial(train, ctx=ctx))
-    compare = compare_methods(plan.runs[0], ctx) if s.preset.compare_methods else []
-    results = report.write(out, plan, runs, data=data, compare=compare, graph=graph_for(plan.runs[0], ctx))
+    results = report.write(out, plan, runs, data=data, graph=graph_for(plan.runs[0], ctx))
     print((out / "results.md").read_text())
-    print(
-        f"[metarecon] wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'per_slice.csv'} and {out / 'figures'}/"
-    )
+    print(f"[metarecon] wrote results.json, results.md, per_slice.csv and figures/ to {out}")
     return results
 
 

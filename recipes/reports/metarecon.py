@@ -54,15 +54,17 @@ def _paper_group(row: Mapping[str, Any]) -> str:
 
 
 def summary_rows(per_slice: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over test slices for every (contrast, seed, task, method, metric); σ(ω_i) as a metric."""
+    """Mean ± std over test slices for every (contrast, seed, task, method, ablation, metric); σ(ω_i) as a
+    metric. Rows of the λ ablation's runs carry ``ablation`` (``lam=0.001``, ``hypergrad=exact``)."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in per_slice:
-        groups.setdefault((r["contrast"], r["seed"], r["task"], r["method"]), []).append(r)
+        groups.setdefault((r["contrast"], r["seed"], r["task"], r["method"], r.get("ablation")), []).append(r)
     out = []
-    for (contrast, seed, task, method), members in groups.items():
+    for (contrast, seed, task, method, ablation), members in groups.items():
         first = members[0]
         base = {"contrast": contrast, "seed": seed, "task": task, "method": method}
         base.update({k: first[k] for k in ("pattern", "ratio", "seen", "achieved_ratio")})
+        base.update({"ablation": ablation} if ablation else {})
         for metric, s in summarize_rows(members, METRICS).items():
             out.append({**base, "metric": metric, "value": s["mean"], "std": s["std"], "n": s["n"]})
         if "sigma_omega" in first:
@@ -170,16 +172,21 @@ def write(
     runs: Mapping[str, Mapping[str, Any]],
     *,
     data: Mapping[str, MRISlices],
-    compare: Sequence[Mapping[str, Any]],
     graph: Graph,
 ) -> dict[str, Any]:
     """Write results.json, results.md, per_slice.csv and figures/ into ``out``; returns results.json's content."""
     out = Path(out)
     per_slice = [r for result in runs.values() for r in result["rows"]]
-    rows = summary_rows(per_slice)
+    every = summary_rows(per_slice)
+    rows = [r for r in every if "ablation" not in r]
     paper = reporting.load_paper("metarecon")
     tested = claims(rows, runs, plan, paper)
     first = next(iter(data.values()))
+    main_meta = {
+        spec.name: runs[spec.name]
+        for spec in plan.runs
+        if spec.method == "meta" and spec.name in runs and not {"lam", "hypergrad"} & dict(spec.variant).keys()
+    }
     results = {
         "recipe": "metarecon",
         "preset": plan.preset,
@@ -193,10 +200,12 @@ def write(
             "counts": first.counts(),
         },
         "claims": [c.as_dict() for c in tested],
+        "paper_summary": paper_summary(tested, paper),
         "rows": [{**r, "paper_table": TABLES.get((r["contrast"], task_group(r)))} for r in rows],
+        "ablation": ablation_rows(every, runs, plan),
+        "eps_rule": eps_rule_rows(main_meta),
         "runs": {name: {k: v for k, v in r.items() if k != "rows"} for name, r in runs.items()},
         "sigma_claim": sigma_trend(rows, paper),
-        "hypergradient_comparison": list(compare),
     }
     write_per_slice_csv(out / "per_slice.csv", per_slice)
     reporting.write_results(out, results, markdown(results, tested, paper))
@@ -210,8 +219,122 @@ def write(
             figures / f"reconstructions_{contrast}_{group}.png",
             f"{contrast.upper()} {group} tasks: reconstructions, zoom, |error|, masks{tag}",
         )
+    first_seed = {
+        run_label(spec): out / "runs" / spec.name
+        for spec in plan.runs
+        if spec.method == "meta"
+        and spec.seed == plan.seeds[0]
+        and spec.get("contrast") == plan.settings["contrasts"][0]
+    }
+    for key in ("theta_ratio", "omega_ratio"):
+        reporting.plot_learning_curves(
+            first_seed, figures / f"{key}.png", level="validation", key=key, title=f"{key} during meta-learning"
+        )
     graph.draw(figures / "graph.png")
     return results
+
+
+def run_label(spec: planning.RunSpec, settings: Mapping[str, Any] | None = None) -> str:
+    """``penalty λ0=1e-05`` or ``exact``: how a meta-learning run's hypergradient is named in tables."""
+    method = spec.get("hypergrad", (settings or {}).get("hypergrad", "penalty"))
+    lam = spec.get("lam", (settings or {}).get("lam"))
+    return f"penalty λ0={lam:g}" if method == "penalty" and lam is not None else method
+
+
+def ablation_rows(
+    every: Sequence[Mapping[str, Any]], runs: Mapping[str, Mapping[str, Any]], plan: planning.Plan
+) -> list[dict[str, Any]]:
+    """Per meta-learning setting (the main run and every ablation run) and seed: mean test PSNR over the
+    seen tasks, σ(ω_i) per task and the two ratios of :mod:`problems.metarecon.balance` at the kept checkpoint."""
+    out = []
+    for spec in plan.runs:
+        if spec.method != "meta" or spec.name not in runs:
+            continue
+        run = runs[spec.name]
+        label = ",".join(f"{k}={v}" for k, v in spec.variant if k in ("lam", "hypergrad")) or None
+        psnr = [
+            r["value"]
+            for r in every
+            if r.get("ablation") == label
+            and r["metric"] == "psnr"
+            and r["method"] == "meta"
+            and r["seen"]
+            and r["seed"] == spec.seed
+            and r["contrast"] == spec.get("contrast")
+        ]
+        out.append(
+            {
+                "setting": run_label(spec, plan.settings),
+                "contrast": spec.get("contrast"),
+                "seed": spec.seed,
+                "psnr": statistics.fmean(psnr) if psnr else float("nan"),
+                "sigma": run["sigma"],
+                **{k: run.get(k, float("nan")) for k in ("theta_ratio", "omega_ratio", "lam")},
+            }
+        )
+    return out
+
+
+def eps_rule_rows(main_meta: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Line 15 of Algorithm 1 at every σ tried, averaged over the main meta-learning runs (seeds)."""
+    by_sigma: dict[float, list[Mapping[str, Any]]] = {}
+    for run in main_meta.values():
+        for r in run.get("eps_rule", []):
+            by_sigma.setdefault(r["sigma"], []).append(r)
+    keys = ("eps_reduced", "grad_over_eps_threshold", "psnr")
+    eps0 = [run["eps0"] for run in main_meta.values() if "eps0" in run]
+    return [
+        {
+            "sigma": sigma,
+            **{k: statistics.fmean(r[k] for r in rs) for k in keys},
+            "n": len(rs),
+            "eps0": statistics.fmean(eps0),
+        }
+        for sigma, rs in sorted(by_sigma.items())
+    ]
+
+
+def paper_summary(tested: Sequence[reporting.Claim], paper: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The paper's summary numbers (abstract, Sections 5.3-5.4) beside ours: the per-seed values of the
+    matching claims, pooled over the contrasts run."""
+    said = paper["claims"]
+    wanted = [  # (what, the claim's test starts with, and holds, the paper's number under this key)
+        (
+            "PSNR gain of meta over conventional, seen ratios, T1",
+            "meta − conventional",
+            ", T1,",
+            "meta_gain_seen_t1_db",
+        ),
+        (
+            "PSNR gain of meta over conventional, seen ratios, T2",
+            "meta − conventional",
+            ", T2,",
+            "meta_gain_seen_t2_db",
+        ),
+        (
+            "PSNR gain of adapted ω over conventional, unseen radial",
+            "adapted meta",
+            "radial",
+            "meta_gain_unseen_radial_db",
+        ),
+        (
+            "PSNR gain of adapted ω over conventional, unseen Cartesian",
+            "adapted meta",
+            "cartesian",
+            "meta_gain_cartesian_t2_db",
+        ),
+        ("share of conventional training time saved by adapting ω", "1 − adaptation", "", "adaptation_time_fraction"),
+    ]
+    out = []
+    for what, start, inside, key in wanted:
+        values = [v for c in tested if c.test.startswith(start) and inside in c.test for v in c.per_seed.values()]
+        time = key == "adaptation_time_fraction"
+        s = reporting.summarize([v + 0.5 for v in values] if time else values)  # back to the share saved
+        fmt = "{:.2f}" if time else "{:+.2f} dB"
+        ours = "not run" if s.n == 0 else f"{fmt.format(s.mean)} (± {s.std:.2f}, {s.n} seed × contrast)"
+        theirs = f"≥ {said[key]:.2f}" if time else fmt.format(said[key])
+        out.append({"summary": what, "where": said[f"{key}_where"], "paper": theirs, "ours": ours})
+    return out
 
 
 def sigma_trend(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -275,26 +398,72 @@ def markdown(results: Mapping[str, Any], tested: Sequence[reporting.Claim], pape
         f"paper's PSNR (mean ± std over its 60 test slices) in brackets. {paper['missing']}",
         "",
     ]
+    lines += ["## The paper's summary numbers beside ours", ""]
+    body = [[r["summary"], r["where"], r["paper"], r["ours"]] for r in results["paper_summary"]]
+    lines += [*reporting.markdown_table(["summary claim", "where", "paper", "ours"], body), ""]
     lines += tables(results["rows"], paper)
     lines += sigma_section(results["sigma_claim"])
-    compare = results["hypergradient_comparison"]
-    if compare:
-        lines += [
-            "",
-            f"## Hypergradient methods at equal wall-clock ({compare[0]['budget_seconds']:g} s of meta-learning each, "
-            f"{compare[0]['contrast']}; machine-dependent)",
-            "",
-        ]
-        body = [[r["method"], r["outer_steps"], f"{r['seconds']:.1f}", f"{r['value']:.3f}"] for r in compare]
-        lines += reporting.markdown_table(["method", "outer steps", "seconds", "validation PSNR (dB)"], body)
+    lines += ablation_section(results["ablation"])
+    lines += eps_section(results["eps_rule"])
     lines += ["", "## The safeguard of Algorithm 1", "", "Fraction of phase-samples whose u-step was refused:", ""]
     for name, run in results["runs"].items():
         if "safeguard" in run:
             taken = run["safeguard"]["safeguard_taken_mean"]
             lines.append(
-                f"- {name}: {taken:.3f} during meta-learning (best validation at step {run['best_step']}, {run['phases']} phases)"
+                f"- {name}: {taken:.3f} during meta-learning (kept step {run['best_step']}, {run['phases']} phases)"
             )
     return "\n".join(lines) + "\n"
+
+
+def ablation_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The λ ablation: is the penalty method bilevel at this λ, and what does λ change?"""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Is the penalty method bilevel here? The λ ablation",
+        "",
+        "θ-ratio = λ‖∇²_θθ L_tr ∇_θ L_tr‖ / ‖∇_θ L_val‖, the share of θ's step that comes from the training "
+        "split (0 for other methods, whose θ descends L_tr); ω-ratio = ‖hypergradient through θ‖ / ‖∇_ω L_val‖. "
+        "Both on fixed batches at the kept checkpoint (figures/theta_ratio.png, figures/omega_ratio.png: "
+        "during training). Mean over seeds (± std).",
+        "",
+    ]
+    body = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == setting]
+        tasks = list(mine[0]["sigma"])
+        cells = [reporting.cell(*_mean_std([r["psnr"] for r in mine]), n=len(mine), digits=3)]
+        cells += [f"{statistics.fmean(r[k] for r in mine):.3g}" for k in ("theta_ratio", "omega_ratio")]
+        cells.append(", ".join(f"{statistics.fmean(r['sigma'][t] for r in mine):.3f}" for t in tasks))
+        body.append([setting, *cells, len(mine)])
+    header = ["meta-learning", "test PSNR, seen tasks (dB)", "θ-ratio", "ω-ratio", "σ(ω_i) (seen tasks)", "seeds"]
+    return [*lines, *reporting.markdown_table(header, body)]
+
+
+def eps_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Line 15 of Algorithm 1: does ε ever shrink, and at which σ would it?"""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## The ε reduction of Algorithm 1 (line 15)",
+        "",
+        f"ε ← γε when ‖∇φ_ε(x_{{t+1}})‖ < σγε. The trained networks (learned ε₀ = {rows[0]['eps0']:.3g}) were "
+        "run on the test slices of the seen tasks with other values of σ (trained with σ = 1): the fraction of "
+        "phase-samples where ε was reduced, the median of ‖∇φ_ε‖ / σγε (the rule fires below 1) and the PSNR.",
+        "",
+    ]
+    body = [
+        [f"{r['sigma']:g}", f"{r['eps_reduced']:.3f}", f"{r['grad_over_eps_threshold']:.3g}", f"{r['psnr']:.2f}"]
+        for r in rows
+    ]
+    return [*lines, *reporting.markdown_table(["σ", "ε reduced", "median ‖∇φ_ε‖ / σγε", "test PSNR (dB)"], body)]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    s = reporting.summarize(values)
+    return s.mean, s.std
 
 
 def tables(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Any]) -> list[str]:
