@@ -72,6 +72,8 @@ class Preset:
     ablation_methods: tuple[str, ...] = ()  # hypergradient methods of extra meta-learning runs
     eps_sigmas: tuple[float, ...] = (1.0, 1e2, 1e4, 1e6)  # σ of Algorithm 1's line 15, tried at test time
     contrasts: tuple[str, ...] = ("t1", "t2")
+    seen: tuple[str, ...] = tuple(t.key for t in loa.SEEN_TASKS)  # radial 10-40 %
+    unseen: tuple[str, ...] = tuple(t.key for t in (*loa.UNSEEN_RADIAL, *loa.UNSEEN_CARTESIAN))
     eval_batch: int = 16
 
     @property
@@ -86,7 +88,7 @@ class Preset:
 STUDY = Preset(
     crop=(160, 160),
     size=(64, 64),
-    phases=5,
+    phases=4,
     stair=False,
     batch_per_task=1,
     epochs=10.0,
@@ -100,12 +102,22 @@ STUDY = Preset(
     omega_lr=4e-2,
     adapt_lr=5e-2,
     grad_clip=1e3,
+    ablation_methods=("exact",),
     contrasts=("t1",),
+    unseen=("radial-15", "radial-25", "radial-35", "cartesian-10", "cartesian-30"),
 )
 """The paper's claims over three seeds on the embedded T1 stand-in, sized for 2 CPU cores (docs/recipes/metarecon.md)."""
 PRESETS = {
     "smoke": replace(
-        STUDY, limit=(16, 8, 4), phases=3, inner_steps=2, epochs=1.0, valid_times=1, adapt_samples=8, adapt_epochs=1.0
+        STUDY,
+        limit=(16, 8, 4),
+        phases=3,
+        inner_steps=2,
+        epochs=1.0,
+        valid_times=1,
+        adapt_samples=8,
+        adapt_epochs=1.0,
+        ablation_methods=(),
     ),
     "small": Preset(phases=5, stair=False, epochs=20.0, valid_times=10),
     "paper": Preset(),
@@ -122,14 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_common_arguments(parser, datasets=("brats2018",), default_dataset="brats2018")
     add, positive = parser.add_argument, common.positive_float
     add("--contrasts", nargs="+", default=None, help=f"BraTS {list(mri.CONTRASTS)}; the stand-in has t1, t2")
-    seen, unseen = [t.key for t in loa.SEEN_TASKS], [t.key for t in (*loa.UNSEEN_RADIAL, *loa.UNSEEN_CARTESIAN)]
-    add("--seen-tasks", nargs="+", default=seen, help="meta-training tasks: radial-20, radial:0.2 or radial:20%%")
-    add(
-        "--unseen-tasks",
-        nargs="+",
-        default=unseen,
-        help="tasks adapted with θ frozen (patterns radial, cartesian, poisson)",
-    )
+    add("--seen-tasks", nargs="+", default=None, help="meta-training tasks: radial-20, radial:0.2 or radial:20%%")
+    add("--unseen-tasks", nargs="+", default=None, help="tasks adapted with θ frozen (radial, cartesian, poisson)")
     add("--phases", type=common.positive_int, default=None, help="LOA phases (paper: 11)")
     add("--stair", action=argparse.BooleanOptionalAction, default=None, help="stair training: phases one at a time")
     add("--inner-steps", type=common.positive_int, default=None, help="K: θ steps per ω step")
@@ -193,8 +199,8 @@ def setup(args: argparse.Namespace) -> Setup:
         sizes = mri.split_sizes(args.data_root, spec=preset.slices, limit=preset.limits, layout=mri.SLABS_WITH_GAPS)
     except mri.MRIDataError as err:
         raise SystemExit(f"error: {err}") from None
-    seen = _tasks(args.seen_tasks, "--seen-tasks", preset.slices.shape, seeds[0])
-    unseen = _tasks(args.unseen_tasks, "--unseen-tasks", preset.slices.shape, seeds[0])
+    seen = _tasks(args.seen_tasks or preset.seen, "--seen-tasks", preset.slices.shape, seeds[0])
+    unseen = _tasks(args.unseen_tasks or preset.unseen, "--unseen-tasks", preset.slices.shape, seeds[0])
     epochs = {k: getattr(preset, k) for k in ("epochs", "batch_per_task", "inner_steps", "phases", "stair")}
     adapt = {k: getattr(preset, k) for k in ("valid_times", "adapt_samples", "adapt_epochs", "adapt_batch")}
     baseline = {k: getattr(preset, k) for k in ("baseline_epoch_ratio", "baseline_batch")}
@@ -218,7 +224,7 @@ def plan_for(s: Setup) -> planning.Plan:
                 runs.append(planning.RunSpec(method, seed, (("contrast", contrast), ("task", task.key))))
         runs += [planning.RunSpec("meta", seed, (("contrast", contrast), variant)) for variant in ablation]
     settings = {"data": s.data, **asdict(p), **asdict(s.budget), "hypergrad": s.hypergrad}
-    settings.update(seen=[t.key for t in s.seen], unseen=[t.key for t in s.unseen])
+    settings.update(seen=[t.key for t in s.seen], unseen=[t.key for t in s.unseen])  # as parsed from the options
     return planning.Plan("metarecon", s.preset_name, runs, settings)
 
 
