@@ -47,8 +47,11 @@ class _StorageTracker(TorchDispatchMode):
         self.live -= self._sizes.pop(key, 0)
 
     def _track(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
+        try:
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # a storage without data that some backward kernels return: nothing to count
+            return
         if size == 0 or key in self._sizes or t.device.type != "cpu":
             return
         self._sizes[key] = size

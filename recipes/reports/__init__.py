@@ -1,2 +1,2 @@
-"""The paper-shaped report of each recipe: results.md (the paper's claims tested first, then its
-tables beside our numbers), results.json and figures, built on :mod:`reporting`."""
+"""The paper-shaped report of each recipe: results.md (claims first, then the paper's tables), results.json
+and figures, built on recipes/reporting.py."""
