@@ -5,7 +5,7 @@ Reconstruction with Diverse Dataset", Journal of Imaging, 2021.
 
     python recipes/metarecon.py [--preset smoke|small|paper|study] [--data-root DIR] [--contrasts t1 t2]
         [--seeds 0 1 2] [--seen-tasks radial-10 ...] [--unseen-tasks radial-15 cartesian-10 ...] [--out DIR]
-        [--hypergrad METHOD] [--lambdas 1e-3 1e-1 ...] [--ablation-hypergrad exact cg]
+        [--hypergrad METHOD] [--lambdas 1e-3 1e-1 ...] [--ablation-hypergrad exact cg] [--doctor] [--audit-every N]
 
 Per seed and contrast, each run in its own folder ``<out>/runs/<run>/``: ``meta`` (θ and the task
 weights ω meta-learned on the seen tasks with the penalty method of Algorithm 2 on the paper's literal
@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+import doctor
 import planning
 from reports import metarecon as report
 
@@ -39,8 +40,7 @@ from engines import Graph, Runner
 from engines.checkpoint import load_checkpoint, save_atomic
 from problems import mri
 
-DEFAULT_HYPERGRAD = "penalty"
-"""Algorithm 2's penalty method, the paper's."""
+DEFAULT_HYPERGRAD = "penalty"  # Algorithm 2's penalty method, the paper's
 
 
 @dataclass(frozen=True)
@@ -107,18 +107,9 @@ STUDY = Preset(
     unseen=("radial-15", "radial-25", "radial-35", "cartesian-10", "cartesian-30"),
 )
 """The paper's claims over three seeds on the embedded T1 stand-in, sized for 2 CPU cores (docs/recipes/metarecon.md)."""
+TINY = {"limit": (16, 8, 4), "phases": 3, "inner_steps": 2, "epochs": 1.0, "valid_times": 1, "adapt_samples": 8}
 PRESETS = {
-    "smoke": replace(
-        STUDY,
-        limit=(16, 8, 4),
-        phases=3,
-        inner_steps=2,
-        epochs=1.0,
-        valid_times=1,
-        adapt_samples=8,
-        adapt_epochs=1.0,
-        ablation_methods=(),
-    ),
+    "smoke": replace(STUDY, **TINY, adapt_epochs=1.0, ablation_methods=()),
     "small": Preset(phases=5, stair=False, epochs=20.0, valid_times=10),
     "paper": Preset(),
     "study": STUDY,
@@ -244,6 +235,8 @@ class Context:
     out: Path
     workers: int = 0
     progress: bool = False
+    doctor: bool = False  # --doctor: the hypergradient doctor's table of each meta-learning graph before it trains
+    audit_every: int = 0  # --audit-every: the runner audits the meta-learning runs' hypergradients
 
     def tasks(self, spec: planning.RunSpec) -> tuple[mri.SamplingTask, ...]:
         """The run's tasks: the seen ones for meta-learning, else its own."""
@@ -307,6 +300,8 @@ def graph_for(spec: planning.RunSpec, ctx: Context) -> Graph:
 def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, Any]:
     """Train one run (resuming from its checkpoint) and score its best-validation checkpoint."""
     p, b, masks = ctx.setup.preset, ctx.setup.budget, ctx.masks(spec)
+    if ctx.doctor and spec.method == "meta" and not planning.has_checkpoint(run_dir):
+        doctor.write_doctor(lambda: graph_for(spec, ctx), run_dir, device=ctx.device)
     graph = graph_for(spec, ctx)
     steps = {"meta": b.meta_steps, "conventional": b.baseline_steps, "adapt": b.adapt_steps}[spec.method]
     every = b.valid_every if spec.method == "meta" else max(1, steps // p.valid_times)
@@ -331,6 +326,7 @@ def train(spec: planning.RunSpec, run_dir: Path, *, ctx: Context) -> dict[str, A
         checkpoint_every=every,
         resume=planning.has_checkpoint(run_dir),
         progress=ctx.progress,
+        audit_every=ctx.audit_every if spec.method == "meta" else 0,
         config={"run": spec.as_row(), "budget": asdict(b), "command": common.command_line()},
     ).run()
     best = load_checkpoint(run_dir / "checkpoint_best.pt", map_location="cpu")["levels"]
@@ -386,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = common.resolve_device(args.device)
     print(f"[metarecon] data: {next(iter(data.values())).description}")
     print(f"[metarecon] preset '{s.preset_name}' on {device}: {len(plan.runs)} runs; budget {asdict(s.budget)}")
-    ctx = Context(s, data, device, out, workers=args.workers, progress=not args.no_progress)
+    ctx = Context(s, data, device, out, args.workers, not args.no_progress, args.doctor, args.audit_every)
     runs = planning.execute(plan, out, functools.partial(train, ctx=ctx))
     results = report.write(out, plan, runs, data=data, graph=graph_for(plan.runs[0], ctx))
     print((out / "results.md").read_text())
