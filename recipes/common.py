@@ -1,7 +1,7 @@
 """What every recipe's command line shares: options, presets, run folders (results files: reporting.py).
 
 Common options mean the same in every recipe: --dataset, --data-root, --download,
---preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad,
+--preset {smoke,small,paper,study}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad,
 --doctor (recipes/doctor.py) and --audit-every (the runner's audit_every).
 Without --preset a recipe picks the one that finishes in minutes where it runs (smoke on CPU,
 small on a GPU) and says so.
@@ -98,6 +98,17 @@ positive_int = _integer_at_least(1, "a positive integer")
 """argparse type: an integer >= 1 (steps, sizes, counts)."""
 non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, weights, epochs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
 
 
 def finite_non_negative_float(text: str) -> float:

@@ -7,15 +7,25 @@ regulariser of the LOA network (:mod:`problems.metarecon.loa`) in that task (Eq.
 
 The bilevel problem (Eq. 14):
 
-* ``theta`` (lower): ``θ(ω) = argmin_θ Σ_i ℓ_τi(θ, ω_i; D_tr)`` — :class:`ThetaLevel`, on
-  cross-task mini-batches of the training split (every batch holds ``J`` slices of every task).
-* ``omega`` (upper): ``min_ω Σ_i ℓ_τi(θ(ω), ω_i; D_val)`` — :class:`OmegaLevel`, on cross-task
-  batches of the validation split.
+* ``theta`` (lower): ``θ(ω) = argmin_θ L(θ, ω; D_tr)`` with ``L = Σ_i ℓ_τi`` — :class:`ThetaLevel`,
+  whose loss is on cross-task mini-batches of the training split (every batch holds ``J``
+  slices of every task).
+* ``omega`` (upper): ``min_ω L(θ(ω), ω; D_val)`` — :class:`OmegaLevel`, on cross-task batches of
+  the validation split.
 
-``ℓ_τi`` is the mean over the task's slices in the batch of ``ℓ = ½ mean_pixels |F(y) − x̂|²``
-(Eq. 13, divided by the number of pixels; the sum over tasks as Eq. 14, so the penalty weight λ
-of Algorithm 2 has the scale of the authors' code). k-space is simulated from each real
-reference slice as ``y = P_i F x̂`` (noise-free, as the experiments).
+The losses are the paper's, literally: ``ℓ = ½‖F(y) − x̂‖²`` summed over the pixels (Eq. 13),
+``ℓ_τi`` summed over the task's slices in the batch (Eq. 12) and ``L`` summed over the tasks (Eq.
+14), so that the penalty weight λ of Algorithm 2 (Eq. 17) means what it means in the paper: the
+penalty ``λ/2 ‖∇_θ L_tr‖²`` grows with the square of these sums, the validation loss with them.
+
+Which split θ learns from depends on the hypergradient method. With an implicit or unrolled
+method (``cg``, ``exact``, ``darts``...) θ descends ``L_tr`` and ω the hypergradient of ``L_val``.
+With the penalty method (Algorithm 2, the paper's) θ descends ``L̃ = L_val + λ/2 ‖∇_θ L_tr‖²``: its
+step is the validation gradient plus λ times the training Hessian applied to the training
+gradient. :mod:`problems.metarecon.balance` measures how large that second part is (at the
+paper's λ = 1e-5 it is a small fraction: θ is then mostly fit on the validation split).
+
+k-space is simulated from each real reference slice as ``y = P_i F x̂`` (noise-free, as the experiments).
 
 The same two level classes also give the paper's other trainings:
 
@@ -58,10 +68,8 @@ __all__ = [
     "adaptation_graph",
     "conventional_graph",
     "meta_graph",
-    "reconstruct",
     "simulate_kspace",
     "task_losses",
-    "zero_filled",
 ]
 
 SEEN_TASKS = tuple(SamplingTask("radial", r) for r in (0.1, 0.2, 0.3, 0.4))
@@ -144,20 +152,22 @@ def simulate_kspace(target: Tensor, mask: Tensor) -> Tensor:
 def task_losses(
     network: LOANetwork, batch: dict[str, Tensor], weight: Tensor, *, phases: int
 ) -> tuple[Tensor, LOATrace]:
-    """``ℓ_τi`` of every task ``[T]`` (Eq. 12-13) on a cross-task batch ``[J, T, H, W]``, with the
-    regulariser weight ``weight`` ``[J, T]`` of each sample, and the network's trace."""
+    """``ℓ_τi`` of every task ``[T]`` (Eq. 12-13: sums over pixels and slices) on a cross-task batch
+    ``[J, T, H, W]``, with the regulariser weight ``weight`` ``[J, T]`` of each sample, and the
+    network's trace."""
     target, mask = batch["target"], batch["mask"]
     j, t = target.shape[:2]
     target, mask = target.flatten(0, 1), mask.flatten(0, 1)
     recon, trace = network(
         simulate_kspace(target, mask), SingleCoil(mask), weight.reshape(-1), phases=phases, trace=True
     )
-    per_slice = 0.5 * (recon - target).abs().pow(2).flatten(1).mean(1)  # ℓ = ½ |F(y) − x̂|² / N_pixels (Eq. 13)
-    return per_slice.view(j, t).mean(0), trace
+    per_slice = 0.5 * (recon - target).abs().pow(2).flatten(1).sum(1)  # ℓ = ½ ‖F(y) − x̂‖² (Eq. 13)
+    return per_slice.view(j, t).sum(0), trace  # ℓ_τi: the sum over the task's slices (Eq. 12)
 
 
 class ThetaLevel(Level):
-    """``theta``: ``Σ_i ℓ_τi(θ, ω_i; B_tr)`` (Eq. 14b), the task-invariant LOA parameters θ.
+    """``theta``: ``Σ_i ℓ_τi(θ, ω_i; B_tr)`` (Eq. 14b), the task-invariant LOA parameters θ (the
+    penalty method replaces the gradient of this loss by that of Eq. 17, see the module docstring).
 
     ``weights_from`` names the level holding the task weights ω (its module is a
     :class:`TaskWeights`); None fixes the regulariser weight to 1 (conventional training).
@@ -225,13 +235,16 @@ def meta_graph(
     hypergrad_options: dict[str, Any] | None = None,
     theta_lr: float = 1e-3,
     omega_lr: float = 1e-3,
+    grad_clip: float = 0.0,
     seed: int = 0,
     workers: int = 0,
 ) -> Graph:
     """The bilevel program of Eq. 14: ``theta`` (K = ``unroll`` steps per ω step) below ``omega``.
 
     Both levels use Adam (β = 0.9, 0.999; the paper's learning rate 1e-3). The network and ω are
-    initialised from ``seed`` (Xavier kernels, ω = 0).
+    initialised from ``seed`` (Xavier kernels, ω = 0). ``grad_clip`` > 0 clips the norm of each
+    level's gradient (the paper does not; the LOA's gradients are heavy-tailed, and one rare spike
+    fills Adam's second moment for hundreds of steps).
     """
     torch.manual_seed(seed)
     network = LOANetwork(settings)
@@ -242,6 +255,7 @@ def meta_graph(
         schedule=schedule,
         weights_from="omega",
         optimizer=functools.partial(torch.optim.Adam, lr=theta_lr, betas=(0.9, 0.999)),
+        grad_clip=grad_clip,
         data=DataStream(train, batch_per_task, seed=seed, num_workers=workers),
         hypergrad=hypergrad,
         unroll=unroll,
@@ -254,6 +268,7 @@ def meta_graph(
         schedule=schedule,
         optimizer=functools.partial(torch.optim.Adam, lr=omega_lr, betas=(0.9, 0.999)),
         data=DataStream(val, val_batch_per_task, seed=seed + 1, num_workers=workers),
+        grad_clip=grad_clip,
         probe=_probe_sigma,
     )
     graph = Graph("metarecon")
@@ -269,10 +284,12 @@ def conventional_graph(
     schedule: StairSchedule,
     batch_size: int,
     lr: float = 1e-3,
+    grad_clip: float = 0.0,
     seed: int = 0,
     workers: int = 0,
 ) -> Graph:
-    """Conventional supervised training of the same network on one task (regulariser weight 1, no ω)."""
+    """Conventional supervised training of the same network on one task (regulariser weight 1, no ω);
+    ``grad_clip`` > 0 clips θ's gradient norm as :func:`meta_graph` does."""
     if len(train.masks) != 1:
         raise ValueError(f"conventional training is per task: give one mask, got {len(train.masks)}")
     torch.manual_seed(seed)
@@ -283,6 +300,7 @@ def conventional_graph(
         weights_from=None,
         optimizer=functools.partial(torch.optim.Adam, lr=lr, betas=(0.9, 0.999)),
         data=DataStream(train, batch_size, seed=seed, num_workers=workers),
+        grad_clip=grad_clip,
     )
     graph = Graph("conventional")
     graph.add(theta)
@@ -290,9 +308,17 @@ def conventional_graph(
 
 
 def adaptation_graph(
-    *, network: LOANetwork, train: CrossTaskSlices, batch_size: int, lr: float = 1e-3, seed: int = 0, workers: int = 0
+    *,
+    network: LOANetwork,
+    train: CrossTaskSlices,
+    batch_size: int,
+    lr: float = 1e-3,
+    grad_clip: float = 0.0,
+    seed: int = 0,
+    workers: int = 0,
 ) -> Graph:
-    """Quick adaptation to an unseen task: only a new ω is trained, with a frozen copy of θ."""
+    """Quick adaptation to an unseen task: only a new ω is trained, with a frozen copy of θ running the
+    phases it is scored with (``network.active_phases``: the meta-learning checkpoint's stair stage)."""
     if len(train.masks) != 1:
         raise ValueError(f"adaptation is per task: give one mask, got {len(train.masks)}")
     frozen = copy.deepcopy(network).requires_grad_(False)
@@ -301,44 +327,12 @@ def adaptation_graph(
         "omega",
         TaskWeights(1),
         network=frozen,
-        schedule=StairSchedule(network.phases),
+        schedule=StairSchedule(network.active_phases),
         optimizer=functools.partial(torch.optim.Adam, lr=lr, betas=(0.9, 0.999)),
         data=DataStream(train, batch_size, seed=seed, num_workers=workers),
         probe=_probe_sigma,
+        grad_clip=grad_clip,
     )
     graph = Graph("adaptation")
     graph.add(omega)
     return graph
-
-
-@torch.no_grad()
-def reconstruct(
-    network: LOANetwork,
-    images: Tensor,
-    mask: Tensor,
-    weight: float | Tensor,
-    *,
-    phases: int | None = None,
-    batch_size: int = 16,
-) -> tuple[Tensor, dict[str, float]]:
-    """LOA reconstructions ``[N, H, W]`` (complex) of reference slices ``[N, H, W]`` sampled with
-    ``mask`` ``[H, W]`` at regulariser weight ``weight``, and the safeguard statistics."""
-    device = next(network.parameters()).device
-    dtype = network.eps0.dtype
-    out, summaries = [], []
-    for start in range(0, len(images), batch_size):
-        target = images[start : start + batch_size].to(device, dtype)
-        m = mask.to(device, dtype).expand_as(target)
-        kappa = torch.as_tensor(weight, dtype=dtype, device=device).expand(len(target))
-        recon, trace = network(simulate_kspace(target, m), SingleCoil(m), kappa, phases=phases, trace=True)
-        out.append(recon.cpu())
-        summaries.append((len(target), trace.summary()))
-    n = sum(k for k, _ in summaries)
-    stats = {key: sum(k * s[key] for k, s in summaries) / n for key in summaries[0][1]}
-    return torch.cat(out), stats
-
-
-def zero_filled(images: Tensor, mask: Tensor) -> Tensor:
-    """The zero-filled reconstructions ``A^H y`` ``[N, H, W]`` of reference slices (the network's x_0)."""
-    m = mask.to(images.dtype).expand_as(images)
-    return SingleCoil(m).adjoint(simulate_kspace(images, m))

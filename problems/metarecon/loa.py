@@ -164,7 +164,9 @@ class LOATrace:
     """What every phase decided, per sample: ``accepted_u`` [B] (line 6 taken), ``backtracks`` [B]
     (α reductions of the safeguard; −1 where u was accepted or the sample had converged),
     ``objective`` [B] φ_ε(x_{t+1}) (with the ε of that phase), ``objective_before`` [B] φ_ε(x_t),
-    ``eps`` [B] ε_{t+1}, ``active`` [B] (not yet terminated by line 16)."""
+    ``eps`` [B] ε_{t+1}, ``active`` [B] (not yet terminated by line 16), ``grad_norm`` [B]
+    ‖∇φ_ε(x_{t+1})‖ and ``threshold`` [B] σγε_t, the two sides of line 15's test, and ``eps_reduced``
+    [B] (line 15 fired: ε_{t+1} = γε_t)."""
 
     accepted_u: list[Tensor] = field(default_factory=list)
     backtracks: list[Tensor] = field(default_factory=list)
@@ -172,17 +174,26 @@ class LOATrace:
     objective: list[Tensor] = field(default_factory=list)
     eps: list[Tensor] = field(default_factory=list)
     active: list[Tensor] = field(default_factory=list)
+    grad_norm: list[Tensor] = field(default_factory=list)
+    threshold: list[Tensor] = field(default_factory=list)
+    eps_reduced: list[Tensor] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        """Fractions over phases and samples: u accepted, safeguard taken; mean backtracks when taken."""
+        """Over active phases and samples: fractions with u accepted, the safeguard taken and line 15
+        fired; mean backtracks when the safeguard was taken; the median of ‖∇φ_ε(x_{t+1})‖ / σγε_t
+        (line 15 fires below 1)."""
         accepted = torch.stack(self.accepted_u).float()
         active = torch.stack(self.active).float()
         steps = torch.stack(self.backtracks).float()
         safeguard = (steps >= 0).float()
+        reduced = torch.stack(self.eps_reduced).float()
+        ratio = (torch.stack(self.grad_norm) / torch.stack(self.threshold))[torch.stack(self.active)]
         return {
             "u_accepted": float((accepted * active).sum() / active.sum().clamp_min(1)),
             "safeguard_taken": float((safeguard * active).sum() / active.sum().clamp_min(1)),
             "backtracks_when_taken": float((steps.clamp_min(0) * safeguard).sum() / safeguard.sum().clamp_min(1)),
+            "eps_reduced": float((reduced * active).sum() / active.sum().clamp_min(1)),
+            "grad_over_eps_threshold": float(ratio.median()) if ratio.numel() else float("nan"),
         }
 
 
@@ -325,7 +336,8 @@ class LOANetwork(nn.Module):
         with torch.no_grad():
             phi_next = torch.where(active, phi_next, phi_x)
             grad_next = torch.where(_per_sample(active, x), grad_next, grad_phi_x)
-            reduce = active & (_sample_norm(grad_next) < s.sigma * s.gamma * eps)  # line 15
+            grad_norm, threshold = _sample_norm(grad_next), s.sigma * s.gamma * eps.detach()
+            reduce = active & (grad_norm < threshold)  # line 15
         eps_next = torch.where(reduce, s.gamma * eps, eps)
         if bool(reduce.any()):  # ∇φ and φ change with ε: recompute them at x_{t+1} for the next phase
             with torch.no_grad():
@@ -336,6 +348,9 @@ class LOANetwork(nn.Module):
         record.objective.append(phi_next)
         record.eps.append(eps_next.detach())
         record.active.append(active)
+        record.grad_norm.append(grad_norm)
+        record.threshold.append(threshold)
+        record.eps_reduced.append(reduce)
         active_next = active & (s.sigma * eps.detach() >= s.eps_tol)  # line 16
         return x_next, eps_next, phi_next, grad_next, active_next
 

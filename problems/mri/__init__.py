@@ -10,10 +10,13 @@ Complex tensors throughout (native torch complex dtypes, spatial axes last); see
 """
 
 from .data import (
+    ADJACENT_BLOCKS,
     CONTRASTS,
     EMBEDDED_CONTRASTS,
     PAPER_COUNTS,
+    SLABS_WITH_GAPS,
     SPLITS,
+    EmbeddedLayout,
     MRIDataError,
     MRISlices,
     SliceSet,
@@ -21,6 +24,7 @@ from .data import (
     SplitCounts,
     load_slices,
     read_volume,
+    split_sizes,
 )
 from .masks import PATTERNS, RATIO_TOLERANCE, SamplingTask, achieved_ratio, mask_cache_dir, sampling_mask
 from .metrics import (
@@ -36,14 +40,17 @@ from .metrics import (
 from .operators import CoilImages, MultiCoil, SingleCoil, fft2c, ifft2c, root_sum_of_squares, simulate_coil_maps
 
 __all__ = [
+    "ADJACENT_BLOCKS",
     "CONTRASTS",
     "EMBEDDED_CONTRASTS",
     "METRIC_NAMES",
     "PAPER_COUNTS",
     "PATTERNS",
     "RATIO_TOLERANCE",
+    "SLABS_WITH_GAPS",
     "SPLITS",
     "CoilImages",
+    "EmbeddedLayout",
     "MRIDataError",
     "MRISlices",
     "MultiCoil",
@@ -65,6 +72,7 @@ __all__ = [
     "root_sum_of_squares",
     "sampling_mask",
     "simulate_coil_maps",
+    "split_sizes",
     "ssim",
     "summarize_rows",
     "write_per_slice_csv",

@@ -22,10 +22,17 @@ Sources (:func:`load_slices`):
 * ``embedded`` (no root) — axial slices of the real MNI152 2009 T1 template shipped inside the
   nilearn wheel (1 mm, 197×233×189), and a *synthesised* T2-like contrast from its GM/WM
   probability maps and brain mask (CSF = mask − GM − WM; T2w = 1.0·CSF + 0.55·GM + 0.3·WM) as a
-  second domain. One brain only, so there are no patients to split: the 90 axial slices with at
-  least half the largest brain area are cut into blocks of 3 adjacent slices dealt to the splits
-  in the pattern train, val, train, test, train (54 / 18 / 18). Always a **stand-in**
-  (``MRISlices.stand_in``), and every output says so.
+  second domain. One brain only, so there are no patients to split: the axial slices with at
+  least half the largest brain area (39-130) are cut into slabs of adjacent slices dealt to the
+  splits by an :class:`EmbeddedLayout`. The default, :data:`ADJACENT_BLOCKS`, deals blocks of 3 in
+  the pattern train, val, train, test, train with no gap (54 / 18 / 18; a test slice is then 1 mm
+  from a training slice); :data:`SLABS_WITH_GAPS` leaves 3 slices out between slabs of 6 train /
+  3 val / 3 test slices (36 / 9 / 9; every test slice at least 4 mm from any training slice), so
+  that generalisation is not measured on near-copies of training slices. The description states
+  the separation measured: the nearest training slice of each test slice and the median PSNR
+  between the two. Always a **stand-in** (``MRISlices.stand_in``), and every output says so.
+
+Slices whose maximum is 0 (nothing to scale) are dropped; how many is stated in the description.
 
 Axial slice ``k`` of a volume ``[X, Y, Z]`` is ``volume[:, :, k]`` (rows = first voxel axis); all
 volumes must be 3D (a trailing singleton axis is dropped). Public API::
@@ -33,10 +40,12 @@ volumes must be 3D (a trailing singleton axis is dropped). Public API::
     CONTRASTS, EMBEDDED_CONTRASTS, SPLITS, PAPER_COUNTS
     SliceSpec(crop=(160, 180), size=None, slices_per_volume=10)
     SplitCounts(train=30, val=15, test=6)
-    SliceSet(images, cases, slice_index)          # one split; .subset(n)
+    SliceSet(images, cases, slice_index, dropped)  # one split; .subset(n)
+    EmbeddedLayout(slabs, pattern, gap); ADJACENT_BLOCKS, SLABS_WITH_GAPS
     MRISlices(name, source, contrast, stand_in, description, splits)
     load_slices(root=None, *, contrast="t1", spec=SliceSpec(), counts=PAPER_COUNTS, seed=0,
-                grades=("HGG",), limit=None) -> MRISlices
+                grades=("HGG",), limit=None, layout=ADJACENT_BLOCKS) -> MRISlices
+    split_sizes(root=None, *, spec, counts, grades, limit, layout) -> {split: slices}   # no volume read
     read_volume(path) -> np.ndarray [X, Y, Z];  axial_slices(volume, spec) -> np.ndarray [n, H, W]
     center_crop(image, shape);  embedded_volume(contrast) -> np.ndarray [X, Y, Z]
     MRIDataError                                  # every bad input (a ValueError)
@@ -54,11 +63,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ADJACENT_BLOCKS",
     "BRATS_FOLDER",
     "CONTRASTS",
     "EMBEDDED_CONTRASTS",
     "PAPER_COUNTS",
+    "SLABS_WITH_GAPS",
     "SPLITS",
+    "EmbeddedLayout",
     "MRIDataError",
     "MRISlices",
     "SliceSet",
@@ -70,6 +82,7 @@ __all__ = [
     "embedded_volume",
     "load_slices",
     "read_volume",
+    "split_sizes",
 ]
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # BraTS modality file suffixes
@@ -77,8 +90,6 @@ EMBEDDED_CONTRASTS = ("t1", "t2")
 SPLITS = ("train", "val", "test")
 BRATS_FOLDER = "MICCAI_BraTS_2018_Data_Training"
 GRADES = ("HGG", "LGG")
-_EMBEDDED_BLOCK = 3
-_EMBEDDED_PATTERN = ("train", "val", "train", "test", "train")
 
 
 class MRIDataError(ValueError):
@@ -113,6 +124,46 @@ class SplitCounts:
 PAPER_COUNTS = SplitCounts(30, 15, 6)
 
 
+@dataclass(frozen=True)
+class EmbeddedLayout:
+    """How the embedded stand-in's usable axial slices are dealt to the splits: slabs of adjacent
+    slices, ``slabs[split]`` thick, in the cyclic order ``pattern``, with ``gap`` slices left out after
+    every slab; dealing stops at the first slab that does not fit."""
+
+    slabs: tuple[tuple[str, int], ...] = (("train", 3), ("val", 3), ("test", 3))
+    pattern: tuple[str, ...] = ("train", "val", "train", "test", "train")
+    gap: int = 0
+
+    def __post_init__(self) -> None:
+        thickness = dict(self.slabs)
+        if set(thickness) != set(SPLITS) or set(self.pattern) != set(SPLITS):
+            raise MRIDataError(f"EmbeddedLayout: slabs and pattern must name every split {list(SPLITS)}, got {self}")
+        if min(thickness.values()) < 1 or self.gap < 0:
+            raise MRIDataError(f"EmbeddedLayout: slabs must be >= 1 slice and the gap >= 0, got {self}")
+
+    def deal(self, first: int, last: int) -> dict[str, list[int]]:
+        """Slice indices of each split for the usable slices ``first..last``."""
+        thickness, out = dict(self.slabs), {split: [] for split in SPLITS}
+        z, i = first, 0
+        while z + thickness[self.pattern[i % len(self.pattern)]] - 1 <= last:
+            n = thickness[self.pattern[i % len(self.pattern)]]
+            out[self.pattern[i % len(self.pattern)]] += list(range(z, z + n))
+            z, i = z + n + self.gap, i + 1
+        return out
+
+    def describe(self) -> str:
+        slabs = "/".join(f"{n} {split}" for split, n in self.slabs)
+        gap = f", {self.gap} slice(s) left out between slabs" if self.gap else ", no gap"
+        return f"slabs of {slabs} adjacent slices dealt in the order {', '.join(self.pattern)}{gap}"
+
+
+ADJACENT_BLOCKS = EmbeddedLayout()
+"""Blocks of 3 adjacent slices, no gap (54 / 18 / 18 slices): a test slice is 1 mm from a training slice."""
+SLABS_WITH_GAPS = EmbeddedLayout((("train", 6), ("val", 3), ("test", 3)), ("train", "val", "train", "test"), gap=3)
+"""Slabs of 6 train / 3 val / 3 test slices with 3 slices left out between slabs (36 / 9 / 9 slices):
+every test slice lies at least 4 mm from any training slice."""
+
+
 @dataclass
 class SliceSet:
     """One split: images ``[N, H, W]`` (real, each slice max-normalised) and where each came from."""
@@ -120,6 +171,7 @@ class SliceSet:
     images: Tensor
     cases: list[str]
     slice_index: list[int]
+    dropped: int = 0  # slices of this split dropped as all-zero when it was read
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -131,7 +183,9 @@ class SliceSet:
         if n < 1:
             raise MRIDataError(f"a split needs at least one slice, asked for {n}")
         keep = np.linspace(0, len(self) - 1, n).round().astype(int).tolist()
-        return SliceSet(self.images[keep], [self.cases[i] for i in keep], [self.slice_index[i] for i in keep])
+        return SliceSet(
+            self.images[keep], [self.cases[i] for i in keep], [self.slice_index[i] for i in keep], self.dropped
+        )
 
 
 @dataclass
@@ -155,7 +209,9 @@ class MRISlices:
 
 # ---------------------------------------------------------------------------------------- volumes
 def read_volume(path: Path) -> np.ndarray:
-    """A NIfTI volume as float32 ``[X, Y, Z]``; trailing singleton axes are dropped."""
+    """A NIfTI volume as float32 ``[X, Y, Z]``; trailing singleton axes are dropped. A volume holding
+    NaN or infinite voxels is an :class:`MRIDataError` naming the file (its slices would otherwise
+    vanish without a word: a NaN maximum is not > 0)."""
     import nibabel as nib
 
     path = Path(path)
@@ -172,7 +228,11 @@ def read_volume(path: Path) -> np.ndarray:
         raise MRIDataError(
             f"{path}: expected a 3D volume [X, Y, Z] (axial slices along the last axis), got shape {tuple(image.shape)}"
         )
-    return np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
+    volume = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
+    bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
+    if bad:
+        raise MRIDataError(f"{path}: {bad} voxel(s) are NaN or infinite; expected finite intensities")
+    return volume
 
 
 def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -235,31 +295,50 @@ def _embedded_brain_area() -> np.ndarray:
     return (datasets.load_mni152_brain_mask(resolution=1).get_fdata() > 0.5).sum((0, 1))
 
 
-def _embedded(contrast: str, spec: SliceSpec) -> tuple[dict[str, SliceSet], str]:
+def _embedded_indices(layout: EmbeddedLayout) -> dict[str, list[int]]:
+    """Axial slice indices of each split of the embedded stand-in (see the module docstring)."""
     area = _embedded_brain_area()
     usable = np.nonzero(area >= 0.5 * area.max())[0]
-    first = int(usable[0])
-    n_blocks = (int(usable[-1]) - first + 1) // _EMBEDDED_BLOCK
+    return layout.deal(int(usable[0]), int(usable[-1]))
+
+
+def _separation(splits: dict[str, SliceSet]) -> str:
+    """How far the test slices lie from the training slices of the same brain: the smallest distance
+    in slices (1 mm each), and the median PSNR of each test slice against its nearest training slice."""
+    train = np.asarray(splits["train"].slice_index)
+    if train.size == 0 or not splits["test"].slice_index:
+        return ""
+    distances, psnrs = [], []
+    for k, index in enumerate(splits["test"].slice_index):
+        nearest = int(np.argmin(np.abs(train - index)))
+        distances.append(abs(int(train[nearest]) - index))
+        reference = splits["test"].images[k].double()
+        error = (splits["train"].images[nearest].double() - reference).pow(2).mean()
+        psnrs.append(float(10 * torch.log10(reference.max() ** 2 / error)))
+    return (
+        f" Every test slice lies at least {min(distances)} mm from a training slice (median PSNR between a "
+        f"test slice and its nearest training slice: {float(np.median(psnrs)):.1f} dB)."
+    )
+
+
+def _embedded(contrast: str, spec: SliceSpec, layout: EmbeddedLayout) -> tuple[dict[str, SliceSet], str]:
     volume = embedded_volume(contrast)
+    indices = _embedded_indices(layout)
     splits: dict[str, SliceSet] = {}
     for split in SPLITS:
-        indices = [
-            first + b * _EMBEDDED_BLOCK + i
-            for b in range(n_blocks)
-            if _EMBEDDED_PATTERN[b % len(_EMBEDDED_PATTERN)] == split
-            for i in range(_EMBEDDED_BLOCK)
-        ]
-        images, kept = axial_slices(volume, spec, indices)
-        splits[split] = SliceSet(torch.from_numpy(images), ["mni152"] * len(kept), kept)
+        images, kept = axial_slices(volume, spec, indices[split])
+        splits[split] = SliceSet(
+            torch.from_numpy(images), ["mni152"] * len(kept), kept, len(indices[split]) - len(kept)
+        )
     what = (
         "the real MNI152 2009 T1 template"
         if contrast == "t1"
         else "a T2-like contrast synthesised from the MNI152 2009 GM/WM/brain-mask maps"
     )
+    every = sorted(i for v in indices.values() for i in v)
     description = (
-        f"Stand-in: axial slices {first}-{first + n_blocks * _EMBEDDED_BLOCK - 1} of {what} "
-        f"(one brain, shipped with nilearn), blocks of {_EMBEDDED_BLOCK} adjacent slices dealt to "
-        "train/val/test; not BraTS 2018 patients."
+        f"Stand-in: axial slices {every[0]}-{every[-1]} of {what} (one brain, shipped with nilearn), "
+        f"{layout.describe()}; not BraTS 2018 patients.{_separation(splits)}"
     )
     return splits, description
 
@@ -309,13 +388,15 @@ def _split_cases(cases: list, counts: SplitCounts, seed: int) -> dict[str, list]
 
 
 def _slices_of(files: list[tuple[str, Path]], spec: SliceSpec) -> SliceSet:
-    images, cases, indices = [], [], []
+    images, cases, indices, dropped = [], [], [], 0
     for case, path in files:
-        stack, kept = axial_slices(read_volume(path), spec)
+        volume = read_volume(path)
+        stack, kept = axial_slices(volume, spec)
         images.append(torch.from_numpy(stack))
         cases += [case] * len(kept)
         indices += kept
-    return SliceSet(torch.cat(images), cases, indices)
+        dropped += min(spec.slices_per_volume, volume.shape[-1]) - len(kept)
+    return SliceSet(torch.cat(images), cases, indices, dropped)
 
 
 def _brats(
@@ -367,6 +448,7 @@ def load_slices(
     seed: int = 0,
     grades: tuple[str, ...] = ("HGG",),
     limit: dict[str, int] | None = None,
+    layout: EmbeddedLayout = ADJACENT_BLOCKS,
 ) -> MRISlices:
     """Slices of ``contrast`` from ``root`` (BraTS 2018 layout or a NIfTI folder) or the embedded MNI152.
 
@@ -379,11 +461,12 @@ def load_slices(
         seed: the case permutation.
         grades: BraTS grades to draw cases from.
         limit: at most this many slices per split (evenly spaced), e.g. ``{"train": 24}``.
+        layout: how the embedded stand-in's slices are dealt to the splits (ignored for real data).
     """
     if spec.slices_per_volume < 1:
         raise MRIDataError(f"slices_per_volume must be >= 1, got {spec.slices_per_volume}")
     if root is None:
-        splits, description = _embedded(contrast, spec)
+        splits, description = _embedded(contrast, spec, layout)
         source, name, stand_in = "embedded", f"mni152-{contrast}", True
     else:
         root = Path(root)
@@ -402,4 +485,38 @@ def load_slices(
     for split, slices in splits.items():
         if len(slices) == 0:
             raise MRIDataError(f"{name}: the {split} split has no slices")
+    dropped = [splits[k].dropped for k in SPLITS]
+    description += f" {sum(dropped)} slice(s) dropped as all-zero (train/val/test: {'/'.join(map(str, dropped))})."
     return MRISlices(name, source, contrast, stand_in, description, splits)
+
+
+def split_sizes(
+    root: Path | str | None = None,
+    *,
+    spec: SliceSpec = SliceSpec(),
+    counts: SplitCounts = PAPER_COUNTS,
+    grades: tuple[str, ...] = ("HGG",),
+    limit: dict[str, int] | None = None,
+    layout: EmbeddedLayout = ADJACENT_BLOCKS,
+) -> dict[str, int]:
+    """Slices per split that :func:`load_slices` with the same arguments gives, without reading a volume.
+
+    Exact for the embedded stand-in; for a real layout it counts the cases (a directory listing)
+    and assumes ``spec.slices_per_volume`` slices each, an upper bound when a volume is thinner or
+    has all-zero slices. Planning a budget in epochs needs these numbers before any data is loaded.
+    """
+    if root is None:
+        sizes = {k: len(v) for k, v in _embedded_indices(layout).items()}
+    else:
+        root = Path(root)
+        if not root.is_dir():
+            raise MRIDataError(f"data root {root} is not a folder")
+        if _is_brats(root):
+            n = len(brats_cases(root, tuple(grades)))
+        else:
+            n = sum(1 for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file())
+        if n < len(SPLITS):
+            raise MRIDataError(f"{root}: found {n} volume(s); train, validation and test need at least one each")
+        cases = {k: len(v) for k, v in _split_cases(list(range(n)), counts, 0).items()}
+        sizes = {k: v * spec.slices_per_volume for k, v in cases.items()}
+    return {k: min(v, (limit or {}).get(k, v)) for k, v in sizes.items()}

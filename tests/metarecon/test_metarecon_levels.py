@@ -16,11 +16,12 @@ from problems.metarecon import (
     TaskWeights,
     adaptation_graph,
     conventional_graph,
+    gradient_balance,
     meta_graph,
     task_losses,
 )
-from problems.metarecon.loa import LOASettings
-from problems.mri import SliceSpec, load_slices
+from problems.metarecon.loa import LOANetwork, LOASettings
+from problems.mri import SingleCoil, SliceSpec, load_slices
 
 GOLDENS = Path(__file__).resolve().parents[2] / "assets" / "goldens"
 METHOD = "penalty" if "penalty" in METHODS else "darts"
@@ -77,6 +78,79 @@ def test_each_sample_is_regularised_with_the_weight_of_its_own_task(slices, mask
         omega.module.omega[1] = 3.0
     after, _ = task_losses(theta.module, batch, omega.module(batch["task"]), phases=2)
     assert torch.equal(before[0], after[0]) and not torch.equal(before[1], after[1])
+
+
+def test_the_task_losses_are_the_papers_sums(slices, masks):
+    """Eq. 12-13 literally: ½‖F(y) − x̂‖² summed over pixels, then over the task's slices of the batch."""
+    torch.manual_seed(0)
+    network = LOANetwork(LOASettings(phases=2)).double()
+    data = CrossTaskSlices(slices.splits["train"].images.double(), masks.double())
+    batch = torch.utils.data.default_collate([data[0], data[1], data[2]])  # J = 3 slices of each of 2 tasks
+    weight = torch.tensor([[0.3, 0.7]] * 3, dtype=torch.float64)
+    losses, _ = task_losses(network, batch, weight, phases=2)
+    for task in range(2):
+        target, mask = batch["target"][:, task], batch["mask"][:, task]
+        recon = network(SingleCoil(mask)(target.to(torch.complex128)), SingleCoil(mask), weight[:, task], phases=2)
+        expected = sum(0.5 * (recon[j] - target[j]).abs().pow(2).sum() for j in range(3))
+        assert torch.allclose(losses[task], expected, rtol=1e-12)
+    assert losses.shape == (2,) and float(losses.detach().min()) > 1.0  # sums, not per-pixel means (those are < 0.1)
+
+
+def test_adaptation_trains_omega_at_the_phases_it_is_scored_with(slices, masks):
+    torch.manual_seed(0)
+    network = LOANetwork(LOASettings(phases=3))
+    network.active_phases = 1  # e.g. the best checkpoint of stair training had one phase
+    graph = adaptation_graph(
+        network=network, train=CrossTaskSlices(slices.splits["train"].images, masks[:1]), batch_size=2
+    )
+    omega = graph["omega"]
+    batch = torch.utils.data.default_collate(
+        [CrossTaskSlices(slices.splits["train"].images, masks[:1])[k] for k in range(2)]
+    )
+    weight = omega.module(batch["task"])
+    at_one, _ = task_losses(network, batch, weight, phases=1)
+    at_three, _ = task_losses(network, batch, weight, phases=3)
+    assert omega.schedule(1) == omega.schedule(100) == 1
+    assert torch.equal(omega.loss(batch)["loss"], at_one.sum()) and not torch.equal(at_one, at_three)
+
+
+def test_gradient_balance_measures_the_penalty_part_of_each_gradient(slices, masks):
+    """λ‖∇²_θθ L_tr ∇_θ L_tr‖ against a central difference of ∇_θ L_tr along ∇_θ L_tr, in float64."""
+    graph = build(slices, masks)
+    graph.build(torch.device("cpu"))  # wires the levels to each other (theta reads omega's weights)
+    theta, omega = graph["theta"], graph["omega"]
+    theta.module.double(), omega.module.double()
+    train = torch.utils.data.default_collate(
+        [CrossTaskSlices(slices.splits["train"].images.double(), masks.double())[0]]
+    )
+    val = torch.utils.data.default_collate([CrossTaskSlices(slices.splits["val"].images.double(), masks.double())[0]])
+    params = list(theta.module.parameters())
+
+    def grad_tr():
+        return torch.autograd.grad(theta.loss(train)["loss"], params)
+
+    g = [x.detach() for x in grad_tr()]
+    h = 1e-7 / float(torch.cat([x.flatten() for x in g]).norm())  # small: no smoothed-ReLU kink or branch is crossed
+    with torch.no_grad():
+        for p, d in zip(params, g):
+            p.add_(h * d)
+    plus = grad_tr()
+    with torch.no_grad():
+        for p, d in zip(params, g):
+            p.sub_(2 * h * d)
+    minus = grad_tr()
+    with torch.no_grad():
+        for p, d in zip(params, g):
+            p.add_(h * d)
+    hg = torch.cat([((a - b) / (2 * h)).flatten() for a, b in zip(plus, minus)])
+    val_grad = torch.cat([x.flatten() for x in torch.autograd.grad(omega.loss(val)["loss"], params)])
+    out = gradient_balance(theta, omega, train, val, lam=1e-3)
+    assert out["penalty_theta"] == pytest.approx(1e-3 * float(hg.norm()), rel=1e-4)
+    assert out["theta_ratio"] == pytest.approx(1e-3 * float(hg.norm() / val_grad.norm()), rel=1e-4)
+    doubled = gradient_balance(theta, omega, train, val, lam=2e-3)
+    assert doubled["omega_ratio"] == pytest.approx(2 * out["omega_ratio"], rel=1e-12) and out["omega_ratio"] > 0
+    other = gradient_balance(theta, omega, train, val, lam=None, indirect=[torch.ones(2, dtype=torch.float64)])
+    assert other["theta_ratio"] == 0 and other["omega_ratio"] == pytest.approx(2**0.5 / out["val_grad_omega"])
 
 
 def test_sigma_omega_receives_a_gradient_from_the_validation_loss(slices, masks):

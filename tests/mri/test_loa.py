@@ -125,6 +125,27 @@ def test_epsilon_reduction_and_termination():
     assert torch.equal(one, four) and len(trace.active) == 1
 
 
+def test_the_trace_records_both_sides_of_the_epsilon_test():
+    images, op, y = problem()
+    weight = torch.full((3,), 0.5, dtype=torch.float64)
+    net = network(phases=3)
+    _, trace = net(y, op, weight, trace=True)
+    for t in range(3):  # the record is the test of line 15: ‖∇φ_ε(x_{t+1})‖ against σγε_t
+        x_next = net(y, op, weight, phases=t + 1)
+        eps = trace.eps[t - 1] if t else net.eps0.detach().abs().expand(3)
+        _, grad = net.objective_and_gradient(x_next, y, op, weight, eps)
+        assert torch.allclose(trace.grad_norm[t], grad.flatten(1).norm(dim=1))
+        assert torch.allclose(trace.threshold[t], 0.9 * eps)
+    summary = trace.summary()
+    assert summary["eps_reduced"] == 0.0 and summary["grad_over_eps_threshold"] > 1
+    ratio = torch.stack(trace.grad_norm) / torch.stack(trace.threshold)
+    assert summary["grad_over_eps_threshold"] == pytest.approx(float(ratio.flatten().median()))
+    big = network(phases=3, sigma=10 * summary["grad_over_eps_threshold"] * float(ratio.max() / ratio.min()))
+    _, trace = big(y, op, weight, trace=True)  # σ beyond every ratio: ε shrinks at every phase
+    assert big.settings.sigma > 1 and trace.summary()["eps_reduced"] == 1.0
+    assert torch.allclose(trace.eps[2], net.eps0.detach().abs() * 0.9**3)
+
+
 def test_phases_and_settings_are_checked():
     images, op, y = problem()
     net = network(phases=3)

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from problems.mri import MRIDataError, SliceSpec, SplitCounts, load_slices, read_volume
+from problems.mri import (
+    SLABS_WITH_GAPS,
+    EmbeddedLayout,
+    MRIDataError,
+    SliceSpec,
+    SplitCounts,
+    load_slices,
+    read_volume,
+    split_sizes,
+)
 from problems.mri.data import BRATS_FOLDER, center_crop
 
 SMALL = SliceSpec(crop=(32, 36), slices_per_volume=4)
@@ -96,3 +105,50 @@ def test_plain_nifti_folder_and_unknown_folders(tmp_path):
         load_slices(tmp_path / "empty", spec=SMALL)
     with pytest.raises(MRIDataError, match="is not a folder"):
         load_slices(tmp_path / "nowhere", spec=SMALL)
+
+
+def test_slabs_with_gaps_keep_test_slices_away_from_training_slices():
+    data = load_slices(None, spec=SliceSpec(crop=(160, 180)), layout=SLABS_WITH_GAPS)
+    index = {split: np.asarray(s.slice_index) for split, s in data.splits.items()}
+    assert data.counts() == {"train": 36, "val": 9, "test": 9} == split_sizes(None, layout=SLABS_WITH_GAPS)
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):  # 3 slices left out between slabs
+        assert np.abs(index[a][:, None] - index[b][None, :]).min() == (4 if a == "train" else 13), (a, b)
+    assert "at least 4 mm from a training slice" in data.description
+    # the default deals adjacent blocks: a test slice is then 1 mm from a training slice
+    adjacent = load_slices(None, spec=SliceSpec(crop=(160, 180)))
+    assert (
+        np.abs(np.subtract.outer(adjacent.splits["train"].slice_index, adjacent.splits["test"].slice_index)).min() == 1
+    )
+    assert split_sizes(None) == adjacent.counts() == {"train": 54, "val": 18, "test": 18}
+    with pytest.raises(MRIDataError, match="must name every split"):
+        EmbeddedLayout((("train", 3), ("test", 3)), ("train", "test"))
+    with pytest.raises(MRIDataError, match="gap >= 0"):
+        EmbeddedLayout(gap=-1)
+
+
+def test_a_volume_with_nan_voxels_is_an_error_naming_the_file(tmp_path):
+    base = brats_tree(tmp_path)
+    case = "Brats18_TEST_HGG_1_1"
+    data = write_volume(base / "HGG" / case / f"{case}_t1.nii.gz", seed=5)
+    data[10:14, 10:14, 9:11] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(base / "HGG" / case / f"{case}_t1.nii.gz"))
+    with pytest.raises(MRIDataError, match=rf"{case}_t1\.nii\.gz: 32 voxel\(s\) are NaN or infinite"):
+        load_slices(tmp_path, contrast="t1", spec=SMALL)
+    data[10:14, 10:14, 9:11] = np.inf
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "inf.nii.gz"))
+    with pytest.raises(MRIDataError, match=r"inf\.nii\.gz: 32 voxel"):
+        read_volume(tmp_path / "inf.nii.gz")
+    assert load_slices(tmp_path, contrast="t2", spec=SMALL).counts()["train"] > 0  # other modalities are clean
+
+
+def test_slices_dropped_as_empty_are_counted_in_the_description(tmp_path):
+    for i in range(3):
+        data = write_volume(tmp_path / "vols" / f"subject{i}.nii.gz", seed=i)
+        if i == 0:  # two of the four central slices of subject0 are all zero
+            data[:, :, 8:10] = 0.0
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "vols" / "subject0.nii.gz"))
+    loaded = load_slices(tmp_path / "vols", spec=SMALL)
+    split = next(k for k, s in loaded.splits.items() if "subject0.nii.gz" in s.cases)
+    assert len(loaded.splits[split]) == 2 and loaded.splits[split].dropped == 2
+    expected = "/".join("2" if k == split else "0" for k in ("train", "val", "test"))
+    assert f"2 slice(s) dropped as all-zero (train/val/test: {expected})" in loaded.description
