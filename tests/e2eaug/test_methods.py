@@ -6,6 +6,7 @@ import torch
 
 from engines import Runner
 from problems.e2eaug.data import SampleSizes, load_data
+from problems.e2eaug.levels import segmentation_model
 from problems.e2eaug.methods import METHODS, SIMPLE_METHODS, Execution, Settings, build_graph, check_settings
 from problems.e2eaug.pretraining import pretrain_generators
 from problems.segdata import ensure_dataset
@@ -38,6 +39,22 @@ def test_each_method_trains_the_levels_it_names(method, data, pretrained):
     assert set(graph.levels) == expected
     seg = graph["seg"]
     assert (seg.synthesize is None) == (method in SIMPLE_METHODS)  # GAN-based methods draw their images
+    trained = {id(p) for p in seg.trainable_parameters()}
+    assert trained == {id(p) for p in seg.module.parameters() if p.requires_grad}
+
+
+def test_the_segmenter_trains_only_the_parameters_its_forward_uses():
+    """At 32 px the U-Net's encoder has 3 stages, but smp keeps resnet18's deeper ones: they stay
+    out of the trainable set (and out of every optimizer and hypergradient)."""
+    model = segmentation_model("unet", encoder="resnet18", in_channels=3, image_size=32)
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(name.startswith(("encoder.layer3.", "encoder.layer4.")) for name in frozen)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()  # train mode: batch statistics
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+    assert all(
+        p.requires_grad
+        for p in segmentation_model("unet", encoder="resnet18", in_channels=3, image_size=64).parameters()
+    )
 
 
 def test_every_generator_gets_the_same_update_budget(pretrained):
