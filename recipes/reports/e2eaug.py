@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def claims(seed_rows_by_study: Mapping[str, list[dict]], key: str) -> list[Claim
 
     for scope in ("in distribution", "out of distribution"):
         add(
-            f"Ours improves {scope} performance over no augmentation (Tables 2/3, §4.2)",
+            f"Ours improves {scope.replace(' ', '-')} performance over no augmentation (Tables 2/3, §4.2)",
             "e2eaug",
             ["none"],
             "Ours − none",
@@ -250,6 +250,26 @@ def _ops_label(v: str) -> str:
     return "all three (random order)" if v == FULL_OPERATIONS else f"{v} only"
 
 
+@dataclass(frozen=True)
+class Variants:
+    """An ablation that varies one setting of E2EAug: its row key, its section and figure."""
+
+    key: str
+    title: str
+    figure: str
+    label: Callable[[Any], str]
+
+    def baseline(self, lambda_aug: float) -> Any:
+        """The default variant, which the others are compared with."""
+        return lambda_aug if self.key == "lambda" else FULL_OPERATIONS
+
+
+VARIANTS = {
+    "lambda": Variants("lambda", "Ablation: λ of Eq. 2 (Figure 6)", "ablation_lambda.png", _lambda_label),
+    "mask_op": Variants("mask_ops", "Ablation: mask operations (Figure 5)", "ablation_mask_ops.png", _ops_label),
+}
+
+
 def results_markdown(
     found: list[Claim],
     rows_by_study: Mapping[str, list[dict]],
@@ -258,6 +278,7 @@ def results_markdown(
     synthetic: list[str],
     preset_name: str,
     preset: Any,
+    paths: Sequence[str] = (),
 ) -> str:
     """results.md: the claims, the budget, the comparison in Tables 2/3 layout, then the ablations."""
     paper = reporting.load_paper("e2eaug").get(key)
@@ -289,31 +310,50 @@ def results_markdown(
     if "comparison" in rows_by_study:
         title = "Comparison (Tables 2/3 layout; cells: ours ± std over seeds, the paper's number in brackets)"
         lines += [*comparison_section(title, rows_by_study["comparison"], paired_by_study["comparison"], paper), ""]
-    if "lambda" in rows_by_study:
-        lines += variant_section(
-            "Ablation: λ of Eq. 2 (Figure 6)",
-            rows_by_study["lambda"],
-            paired_by_study["lambda"],
-            "lambda",
-            preset.lambda_aug,
-            _lambda_label,
-        )
-        lines += ["", "The paper shows this study as a figure only; figure: `figures/ablation_lambda.png`.", ""]
-    if "mask_op" in rows_by_study:
-        lines += variant_section(
-            "Ablation: mask operations (Figure 5)",
-            rows_by_study["mask_op"],
-            paired_by_study["mask_op"],
-            "mask_ops",
-            FULL_OPERATIONS,
-            _ops_label,
-        )
-        lines += ["", "The paper shows this study as a figure only; figure: `figures/ablation_mask_ops.png`.", ""]
+    lines += paths
+    for study, v in VARIANTS.items():
+        if study in rows_by_study:
+            baseline = v.baseline(preset.lambda_aug)
+            lines += variant_section(v.title, rows_by_study[study], paired_by_study[study], v.key, baseline, v.label)
+            lines += ["", f"The paper shows this study as a figure only; figure: `figures/{v.figure}`.", ""]
     if "train_size" in rows_by_study:
         title = "Performance against the number of labelled examples (Figure 2)"
         lines += comparison_section(title, rows_by_study["train_size"], paired_by_study["train_size"], paper)
         lines += ["", "Figure: `figures/performance_vs_n.png`.", ""]
     return "\n".join(lines)
+
+
+def path_norms(run_dir: Path) -> list[float]:
+    """Per ``arch`` step of one E2EAug run: ``||arch <- seg <- gan|| / ||arch <- seg||``, the norm of the
+    hypergradient path through the generator relative to the direct path (from ``metrics.jsonl``)."""
+    ratios = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        paths = json.loads(line).get("hypergradient", {})
+        if "arch<-seg<-gan" in paths and paths.get("arch<-seg", {}).get("norm"):
+            ratios.append(paths["arch<-seg<-gan"]["norm"] / paths["arch<-seg"]["norm"])
+    return ratios
+
+
+def paths_section(specs: Sequence[RunSpec], out: Path, hypergrad: Mapping[str, str]) -> list[str]:
+    """The two hypergradient paths into ``arch``: the ratio of their norms over each E2EAug run's steps."""
+    body = []
+    for spec in specs:
+        metrics = out / "runs" / spec.name / "metrics.jsonl"
+        ratios = path_norms(metrics.parent) if spec.method == "e2eaug" and metrics.is_file() else []
+        if ratios:
+            body.append([spec.name, len(ratios), f"{np.median(ratios):.3g}", f"{min(ratios):.3g} – {max(ratios):.3g}"])
+    if not body:
+        return []
+    methods = ", ".join(f"{level}: {method}" for level, method in hypergrad.items())
+    return [
+        "## Hypergradient paths into the architecture",
+        "",
+        f"||arch ← seg ← gan|| / ||arch ← seg|| on every `arch` step (hops: {methods}); read from each run's "
+        "`metrics.jsonl`. A ratio far above 1 means the path through the generator drowns the direct one.",
+        "",
+        *reporting.markdown_table(["run", "arch steps", "median", "range"], body),
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -443,17 +483,19 @@ def write(
     paired_by_study = {
         "comparison": reporting.paired_differences(seed_rows_by_study.get("comparison", []), baseline="none"),
         "train_size": reporting.paired_differences(seed_rows_by_study.get("train_size", []), baseline="none"),
-        "lambda": reporting.paired_differences(
-            seed_rows_by_study.get("lambda", []), baseline=preset.lambda_aug, method_key="lambda"
-        ),
-        "mask_op": reporting.paired_differences(
-            seed_rows_by_study.get("mask_op", []), baseline=FULL_OPERATIONS, method_key="mask_ops"
-        ),
+        **{
+            study: reporting.paired_differences(
+                seed_rows_by_study.get(study, []), baseline=v.baseline(preset.lambda_aug), method_key=v.key
+            )
+            for study, v in VARIANTS.items()
+        },
     }
     found = claims(seed_rows_by_study, key)
     data = {k: {"source": source, "root": str(root) if root else None} for k, (root, source) in roots.items()}
     synthetic = [DATASETS[k].title for k, v in data.items() if v["source"] == "embedded-sample"]
-    markdown = results_markdown(found, rows_by_study, paired_by_study, key, synthetic, plan.preset, preset)
+    e2eaug_runs = [r for specs in studies.values() for r in specs if r.method == "e2eaug"]
+    paths = paths_section(list(dict.fromkeys(e2eaug_runs)), out, hypergrad)
+    markdown = results_markdown(found, rows_by_study, paired_by_study, key, synthetic, plan.preset, preset, paths)
     saved = {
         "recipe": "e2eaug",
         "preset": plan.preset,
@@ -479,18 +521,15 @@ def write(
     reporting.plot_claims(found, figures / "claims.png", title=f"E2EAug on {DATASETS[key].title}: the paper's claims")
     if "comparison" in studies:
         comparison_figures(studies["comparison"], out, key, metric)
-    if "lambda" in studies:
-        figure_variants(
-            rows_by_study["lambda"], "lambda", _lambda_label, "E2EAug: λ of Eq. 2", figures / "ablation_lambda.png"
-        )
-    if "mask_op" in studies:
-        figure_variants(
-            rows_by_study["mask_op"],
-            "mask_ops",
-            _ops_label,
-            "E2EAug: mask operations",
-            figures / "ablation_mask_ops.png",
-        )
+    for study, v in VARIANTS.items():
+        if study in studies:
+            figure_variants(
+                rows_by_study[study],
+                v.key,
+                v.label,
+                "E2EAug: " + v.title.removeprefix("Ablation: "),
+                figures / v.figure,
+            )
     if "train_size" in studies:
         figure_performance_vs_n(rows_by_study["train_size"], key, figures / "performance_vs_n.png")
     reporting.write_results(out, saved, markdown)
