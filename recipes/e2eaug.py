@@ -17,11 +17,10 @@ constant, G trained jointly with the segmenter) and e2eaug (Eq. 4). Every genera
 mask-op (one mask operation instead of all three), train-size (Fig. 2). With --ablation only the
 named studies run; add --methods to run the main comparison in the same folder.
 
-The file reads presets -> plan -> graph -> run -> report. Writes to --out: results.md (the paper's
-claims tested first, then Tables 2/3 layout with the paper's numbers beside ours, the ablations),
-results.json, figures/*.png (recipes/reports/e2eaug.py) and runs/<run>/ (config.json, metrics.jsonl,
-checkpoints, result.json, examples.npz) for every training run. --resume reads finished runs back
-and resumes interrupted ones from their checkpoints.
+Reads presets -> plan -> graph -> run -> report. Writes to --out: results.md (the paper's claims
+tested first, then Tables 2/3 with the paper's numbers, the ablations), results.json, figures/
+(recipes/reports/e2eaug.py) and runs/<run>/ for every training run (--resume reads finished runs
+back and resumes interrupted ones from their checkpoints).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import planning
+from doctor import write_doctor
 from planning import RunSpec
 from reports import e2eaug as report
 
@@ -69,16 +69,10 @@ ABLATION_BACKBONE = "unet"  # §4.3: "U-Net as the backbone segmentation model u
 # ---------------------------------------------------------------------------------------------- presets
 @dataclass(frozen=True, kw_only=True)
 class Preset(Settings):
-    """A run's :class:`Settings` plus what a preset adds; command-line options override single fields.
-
-    Attributes:
-        valid_every: validate (and checkpoint) every this many steps; the best validation score
-            selects the checkpoint that is tested.
-        backbones, seeds: segmenters and seeds of every study.
-        all_train_sizes: every N of Table 1 in the comparison, else the first (the sample has one).
-        train_sizes: N of the comparison, overriding the above (empty: not set).
-        sample: sizes of the embedded synthetic samples (test images for the intervals).
-    """
+    """A run's :class:`Settings` plus what a preset adds (command-line options override single fields):
+    the validation and checkpoint interval (the best validation checkpoint is tested), the backbones
+    and seeds of every study, the comparison's N (all of Table 1 with ``all_train_sizes``, else the
+    first; ``train_sizes`` instead when set) and the sizes of the embedded synthetic samples."""
 
     valid_every: int
     backbones: tuple[str, ...]
@@ -130,9 +124,15 @@ PRESETS = {
         seeds=(0, 1, 2),
         all_train_sizes=True,
     ),
-    # the claims over seeds on two CPU cores (docs/recipes/e2eaug.md, "Study preset")
+    # the claims over five seeds on two CPU cores (docs/recipes/e2eaug.md, "Study preset"); N = 10: 8 train, 2 val
     "study": replace(
-        SMOKE, steps=200, valid_every=20, seeds=(0, 1, 2), sample=SampleSizes(cases=80, test=60, ood_cases=48)
+        SMOKE,
+        pretrain_steps=200,
+        steps=300,
+        valid_every=30,
+        seeds=(0, 1, 2, 3, 4),
+        train_sizes=(10,),
+        sample=SampleSizes(cases=160, test=100, ood_cases=60),
     ),
 }
 
@@ -141,34 +141,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The shared options (recipes/common.py) and E2EAug's own; option values are checked here."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_arguments(parser, datasets=sorted(DATASET_KEYS), default_dataset="isic")
-    parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, default=None, help="default: all; none with --ablation"
-    )
-    parser.add_argument(
-        "--ablation",
-        nargs="+",
-        choices=ABLATIONS,
-        default=None,
-        help="studies of §4.3: lambda (λ sweep, Fig. 6), mask-op (single mask operation, Fig. 5), "
-        "train-size (performance against N, Fig. 2)",
-    )
-    parser.add_argument(
-        "--lambdas",
-        type=common.positive_float,
-        nargs="+",
-        default=None,
-        help=f"λ values of the lambda ablation (default: {' '.join(f'{v:g}' for v in DEFAULT_LAMBDAS)})",
-    )
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: all; none with --ablation")
+    what = "§4.3: lambda (λ sweep, Fig. 6), mask-op (one mask operation, Fig. 5), train-size (score against N, Fig. 2)"
+    parser.add_argument("--ablation", nargs="+", choices=ABLATIONS, default=None, help=what)
+    lambdas = " ".join(f"{v:g}" for v in DEFAULT_LAMBDAS)
+    parser.add_argument("--lambdas", type=common.positive_float, nargs="+", help=f"λ of --ablation lambda ({lambdas})")
     parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=None, help="segmentation networks")
     parser.add_argument("--encoder", default=None, help="smp encoder of the segmenter (e.g. resnet34)")
-    parser.add_argument(
-        "--train-sizes",
-        type=common.positive_int,
-        nargs="+",
-        default=None,
-        help="labelled examples N (split 80/20 into train/val) of the comparison and of the train-size "
-        "study, e.g. 40 100 200 for ISIC; the λ and mask-op studies use the first",
-    )
+    sizes = "labelled examples N (80/20 train/val) of the comparison and train-size study (λ, mask-op: the first)"
+    parser.add_argument("--train-sizes", type=common.positive_int, nargs="+", help=sizes)
     parser.add_argument("--image-size", type=common.positive_int, default=None, help="side of the square images")
     parser.add_argument("--pretrain-steps", type=common.positive_int, default=None, help="Pix2Pix pre-training steps")
     parser.add_argument("--lambda-aug", type=common.positive_float, default=None, help="λ of Eq. 2 (augmented pairs)")
@@ -206,8 +187,10 @@ class Plan(planning.Plan):
 
     studies: dict[str, list[RunSpec]] = field(default_factory=dict)
     values: Preset | None = None  # the preset with the command line's overrides
+    hypergrad: dict[str, str] = field(default_factory=dict)  # the method of each level crossed by hypergradients
 
     def describe(self) -> dict:
+        """planning's description plus the backbones, the N and the runs of each study."""
         shape = {
             "backbones": list(dict.fromkeys(r.get("backbone") for r in self.runs)),
             "labelled examples N": list(dict.fromkeys(r.get("n") for r in self.runs)),
@@ -216,7 +199,9 @@ class Plan(planning.Plan):
         return {**super().describe(), **shape}
 
 
-def run_spec(method: str, backbone: str, n: int, seed: int, *, lam=None, ops=MASK_OPERATIONS) -> RunSpec:
+def run_spec(
+    method: str, backbone: str, n: int, seed: int, *, lam: float | None = None, ops: tuple[str, ...] = MASK_OPERATIONS
+) -> RunSpec:
     """One run; λ = None is the preset's λ and all three mask operations the default, so the runs that
     two studies share are one spec (one folder)."""
     variant = [("backbone", backbone), *([("lam", lam)] if lam is not None else []), ("n", n)]
@@ -230,13 +215,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     first N (§4.3) with U-Net; ``train_size`` runs the methods over the ladder of N.
     """
     name, preset = preset_of(args)
-    hypergrad = common.parse_hypergrad(args.hypergrad, LEVELS)
+    chosen = common.parse_hypergrad(args.hypergrad, LEVELS)
+    hypergrad = {level: chosen.get(level, DEFAULT_HYPERGRAD) for level in LEVELS}
     key = DATASET_KEYS[args.dataset]
     sample = args.data_root is None or is_synthetic_sample(args.data_root)
     source = "embedded-sample" if sample else "real"
-    sizes = (
-        args.train_sizes or list(preset.train_sizes) or comparison_sizes(key, source, every_size=preset.all_train_sizes)
-    )
+    chosen = args.train_sizes or list(preset.train_sizes)
+    sizes = chosen or comparison_sizes(key, source, every_size=preset.all_train_sizes)
     ablations = set(args.ablation or ())
     methods = args.methods if args.methods is not None else ([] if ablations else list(METHODS))
     seeds, backbones = preset.seeds, preset.backbones
@@ -263,11 +248,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         **{f.name: getattr(preset, f.name) for f in fields(Settings) if f.name != "optimizers"},
         **asdict(preset.optimizers),
         "valid_every": preset.valid_every,
-        "hypergrad": ", ".join(f"{lv}={hypergrad.get(lv, DEFAULT_HYPERGRAD)}" for lv in LEVELS),
+        "hypergrad": ", ".join(f"{level}={method}" for level, method in hypergrad.items()),
         "precision": args.precision,
     }
     all_runs = list(dict.fromkeys(r for study in studies.values() for r in study))
-    return Plan("e2eaug", name, all_runs, settings, studies=studies, values=preset)
+    return Plan("e2eaug", name, all_runs, settings, studies=studies, values=preset, hypergrad=hypergrad)
 
 
 # ---------------------------------------------------------------------------------------------- graph
@@ -281,6 +266,8 @@ class Context:
     execution: Execution
     hypergrad: dict[str, str]
     runs: Path
+    doctor: bool = False  # the hypergradient doctor's table of each graph with hypergradient paths, before training
+    audit_every: int = 0  # the runner's audit of each upper level's hypergradient (0: off)
     _data: dict[tuple[int, int], Data] = field(default_factory=dict)
 
     def data(self, n: int, seed: int) -> Data:
@@ -314,6 +301,8 @@ def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict:
     go to ``run_dir/examples.npz``."""
     graph, data = graph_for(spec, ctx), ctx.data(spec.get("n"), spec.seed)
     preset, device = ctx.preset, ctx.execution.device
+    if ctx.doctor and any(graph.paths().values()):
+        write_doctor(graph, run_dir, device=device)
     t0 = time.perf_counter()
     result = Runner(
         graph,
@@ -329,6 +318,7 @@ def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict:
         checkpoint_every=preset.valid_every,
         resume=planning.has_checkpoint(run_dir),
         progress=ctx.execution.progress,
+        audit_every=ctx.audit_every,
         config={"run": spec.as_row(), "preset": asdict(preset), "command": common.command_line()},
     ).run()
     out = {"run": spec.name, "best_step": result.best["step"], "val": result.best["metrics"][f"val_{data.metric}"]}
@@ -343,52 +333,58 @@ def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict:
     return out
 
 
-def locate(key: str, args: argparse.Namespace, sample_root: Path, cases: int) -> tuple[Path | None, str]:
-    """Where dataset ``key`` comes from: real layout, download, embedded sample, or missing (OOD only)."""
-    try:
-        return ensure_dataset(key, args.data_root, download=args.download, sample_root=sample_root, sample_cases=cases)
-    except DatasetError as err:
-        if key == DATASET_KEYS[args.dataset]:
-            raise SystemExit(f"error: {err}") from None
-        print(f"[e2eaug] out-of-distribution test set '{key}' is not available: {err}")
-        return None, "missing"
+def prepare(args: argparse.Namespace, plan: Plan, out: Path) -> Context:
+    """Where each dataset comes from (the embedded samples are written under ``out/samples``), that
+    every (N, seed) of the plan fits it, and how runs execute: what :func:`train` shares."""
+    preset, key = plan.values, plan.settings["dataset"]
+    roots: Roots = {}
+    for k in (key, *DATASETS[key].ood_tests):
+        try:
+            cases = preset.sample.cases_of(k, k == key)
+            roots[k] = ensure_dataset(
+                k, args.data_root, download=args.download, sample_root=out / "samples", sample_cases=cases
+            )
+        except DatasetError as err:
+            if k == key:
+                raise SystemExit(f"error: {err}") from None
+            print(f"[e2eaug] out-of-distribution test set '{k}' is not available: {err}")
+            roots[k] = (None, "missing")
+        note = "SYNTHETIC embedded sample (not the real data)" if roots[k][1] == "embedded-sample" else roots[k][1]
+        print(f"[e2eaug] {DATASETS[k].title}: {note} at {roots[k][0]}")
+    for n, seed in dict.fromkeys((r.get("n"), r.seed) for r in plan.runs):
+        try:
+            splits_for(key, roots, n, seed, preset.sample)
+        except DatasetError as err:
+            raise SystemExit(f"error: --train-sizes {n}: {err}") from None
+    execution = Execution(resolve_device(args.device), args.precision, args.workers, not args.no_progress)
+    return Context(preset, key, roots, execution, plan.hypergrad, out / "runs", args.doctor, args.audit_every)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """parse -> plan -> check -> train every run (planning.execute) -> report; returns results.json."""
     args = parse_args(argv)
     plan = make_plan(args)
-    name, preset, device = plan.preset, plan.values, resolve_device(args.device)
-    key = DATASET_KEYS[args.dataset]
-    chosen = common.parse_hypergrad(args.hypergrad, LEVELS)
-    hypergrad = {level: chosen.get(level, DEFAULT_HYPERGRAD) for level in LEVELS}
+    preset = plan.values
     try:
-        check_settings(preset, preset.backbones, DATASETS[key].channels, hypergrad)
+        check_settings(preset, preset.backbones, DATASETS[plan.settings["dataset"]].channels, plan.hypergrad)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    out = common.prepare_out(args.out or Path("runs") / f"e2eaug-{args.dataset}-{name}", args.resume)
-    roots = {
-        k: locate(k, args, out / "samples", preset.sample.cases_of(k, k == key))
-        for k in (key, *DATASETS[key].ood_tests)
-    }
-    for k, (root, source) in roots.items():
-        note = "SYNTHETIC embedded sample (not the real data)" if source == "embedded-sample" else source
-        print(f"[e2eaug] {DATASETS[k].title}: {note} at {root}")
-    for n, seed in dict.fromkeys((r.get("n"), r.seed) for r in plan.runs):
-        try:
-            splits_for(key, roots, n, seed, preset.sample)
-        except DatasetError as err:
-            raise SystemExit(f"error: --train-sizes {n}: {err}") from None
-    print(f"[e2eaug] preset '{name}' on {device}: {common.preset_table(preset)}")
+    out = common.prepare_out(args.out or Path("runs") / f"e2eaug-{args.dataset}-{plan.preset}", args.resume)
+    ctx = prepare(args, plan, out)
+    print(f"[e2eaug] preset '{plan.preset}' on {ctx.execution.device}: {common.preset_table(preset)}")
     print(f"[e2eaug] {plan.describe()['studies']}; {len(plan.runs)} distinct runs")
-    execution = Execution(device, args.precision, args.workers, not args.no_progress)
-    ctx = Context(preset, key, roots, execution, hypergrad, out / "runs")
     results = planning.execute(plan, out, functools.partial(train, ctx=ctx))
-    first = next((r for r in plan.studies.get("comparison", []) if r.method == "e2eaug"), None)
-    if first is not None:
+    for first in [r for r in plan.studies.get("comparison", []) if r.method == "e2eaug"][:1]:  # the graph figure
         graph_for(first, ctx).draw(out / "figures" / "graph.png")
     saved, markdown = report.write(
-        out, plan, plan.studies, results, preset=preset, roots=roots, device=device, hypergrad=hypergrad
+        out,
+        plan,
+        plan.studies,
+        results,
+        preset=preset,
+        roots=ctx.roots,
+        device=ctx.execution.device,
+        hypergrad=plan.hypergrad,
     )
     print(markdown)
     print(f"[e2eaug] wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'figures'}/")

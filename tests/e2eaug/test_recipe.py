@@ -270,3 +270,22 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     e2eaug.main(["--preset", "smoke", "--methods", "none", "--steps", "2", "--out", out, "--no-progress"])
     with pytest.raises(SystemExit, match="made with other settings .*steps: 2 then, 3 now"):
         e2eaug.main(["--preset", "smoke", "--methods", "none", "--steps", "3", "--out", out, "--resume"])
+
+
+def _tiny_e2eaug(out, *extra):
+    argv = ["--preset", "smoke", "--image-size", "16", "--methods", "e2eaug", "--steps", "2", "--pretrain-steps", "1"]
+    e2eaug.main([*argv, "--out", str(out), "--no-progress", *extra])
+    return _metrics(out / "runs" / "e2eaug__backboneunet__n20__seed0")
+
+
+@pytest.mark.filterwarnings("ignore:hypergradient audit")  # one_step vs the exact reference: expected
+def test_audit_every_audits_the_architecture_level(tmp_path):
+    audited = [ln for ln in _tiny_e2eaug(tmp_path / "audit", "--audit-every", "1") if "audit" in ln]
+    assert {ln["level"] for ln in audited} == {"arch"} and len(audited) == 2
+
+
+@pytest.mark.slow
+def test_doctor_writes_its_table_into_the_e2eaug_run_folder(tmp_path):
+    _tiny_e2eaug(tmp_path / "doctor", "--doctor")
+    run = tmp_path / "doctor" / "runs"
+    assert (run / "e2eaug__backboneunet__n20__seed0" / "hypergrad_doctor.md").is_file()
