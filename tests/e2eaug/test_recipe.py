@@ -258,6 +258,14 @@ def test_study_plan_tests_every_claim_over_at_least_three_seeds():
     assert study.sample.test > e2eaug.SampleSizes().test_of("isic2018")  # more test images than the smoke's
 
 
+def test_study_plan_is_quoted_verbatim_in_the_docs():
+    page = (ROOT / "docs" / "recipes" / "e2eaug.md").read_text().splitlines()
+    start = page.index("## Study preset")
+    table = next(i for i in range(start, len(page)) if page[i].startswith("| setting |"))
+    expected = _study_plan().markdown()
+    assert page[table : table + len(expected)] == expected
+
+
 def test_make_plan_reads_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plan = e2eaug.make_plan(e2eaug.parse_args(["--preset", "smoke", "--out", str(tmp_path / "out")]))
