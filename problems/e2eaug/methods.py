@@ -208,7 +208,12 @@ def _seg_level(
 
 
 def continued_gan_level(
-    pretrained: Mapping[str, Any], settings: Settings, data: Data, seed: int, execution: Execution, hypergrad: str
+    pretrained: Mapping[str, Any],
+    settings: Settings,
+    data: Data,
+    seed: int,
+    execution: Execution,
+    hypergrad: str | None,
 ) -> Pix2PixLevel:
     """The ``gan`` level continuing the pre-trained searchable Pix2Pix (weights and both Adam states)."""
     architecture = GeneratorArchitecture(settings.n_down)
@@ -267,9 +272,9 @@ def build_graph(
         graph = Graph(method)
         graph.add(_seg_level(backbone, seed, lam, settings, data, augmentation, workers, synthesize=frozen))
         return graph
-    gan = continued_gan_level(
-        pretrained["searchable"], settings, data, seed, execution, hypergrad.get("gan", DEFAULT_HYPERGRAD)
-    )
+    # hypergradients cross gan and seg only under arch; the A-frozen control has no upper level to carry
+    hops = {lv: hypergrad.get(lv, DEFAULT_HYPERGRAD) if method == "e2eaug" else None for lv in ("gan", "seg")}
+    gan = continued_gan_level(pretrained["searchable"], settings, data, seed, execution, hops["gan"])
     seg = _seg_level(
         backbone,
         seed,
@@ -278,7 +283,7 @@ def build_graph(
         data,
         augmentation,
         workers,
-        hypergrad=hypergrad.get("seg", DEFAULT_HYPERGRAD),
+        hypergrad=hops["seg"],
         synthesize=lambda mask: (gan.generate(mask) + 1) / 2,
     )
     if method == "e2eaug_frozen_arch":  # A held at its initialisation, G and W trained jointly
