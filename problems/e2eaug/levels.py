@@ -10,7 +10,7 @@ Wiring: ``nest(gan, seg)`` (G enters Eq. 2), ``nest(seg, arch)`` (W enters Eq. 3
 ``feeds(arch, into=[gan, seg])`` (A enters Eq. 1 through the generator's cells and Eq. 2
 through the generated images). ``arch`` therefore receives its hypergradient along two paths,
 ``arch <- seg`` and ``arch <- seg <- gan``, one hop per level with the method each level names
-(one-step unrolled by default, as §3.3).
+(by default differentiated exactly through each level's one real step, §3.3's one-step unrolling).
 
 :func:`frozen_architecture_graph` is the control "A frozen, G trained end to end": Eq. (1) and
 Eq. (2) solved jointly in one run (G keeps training by its GAN loss while W trains on its

@@ -64,9 +64,12 @@ METHODS = (*SIMPLE_METHODS, "gan_separate", "e2eaug_frozen_arch", "e2eaug")
 SEARCHABLE_GAN_METHODS = ("e2eaug_frozen_arch", "e2eaug")
 """The methods that continue the pre-trained searchable generator."""
 BACKBONES = ("unet", "deeplabv3")
-DEFAULT_HYPERGRAD = "one_step"
-"""How upper levels differentiate through ``gan`` and ``seg`` unless told otherwise (a one-step
-unrolled approximation, §3.3)."""
+DEFAULT_HYPERGRAD = "exact"
+"""How upper levels differentiate through ``gan`` and ``seg`` unless told otherwise: §3.3's one-step
+unrolled hypergradient, differentiated through each level's real optimizer step (``exact`` over the
+levels' one-step window: Adam's and RMSprop's states depend on the gradient they precondition).
+``one_step``, which holds the preconditioner fixed, disagrees with it on the smoke graph (the
+hypergradient doctor's table in docs/recipes/e2eaug.md)."""
 LEVEL_OPTIMIZERS = {"gan": "Adam", "seg": "RMSprop"}
 """The optimizer of each level crossed by hypergradients (what :class:`Optimizers` builds)."""
 

@@ -118,11 +118,11 @@ def test_the_architecture_moves_only_in_e2eaug(smoke):
     out, _ = smoke
     arch = [ln for ln in _metrics(out / "runs" / "e2eaug__backboneunet__n20__seed0") if ln["level"] == "arch"]
     assert len(arch) == SMOKE.steps and all(ln["grad_norm"] > 0 for ln in arch)
-    assert DEFAULT_HYPERGRAD == "one_step"  # §3.3's one-step unrolled hypergradient (issue 11)
+    assert DEFAULT_HYPERGRAD == "exact"  # §3.3's one-step unrolling, through the real optimizer steps
     for ln in arch:  # the norm of each path into arch, logged on every arch step
         paths = ln["hypergradient"]
         assert set(paths) == {"arch<-seg", "arch<-seg<-gan"} and all(p["norm"] > 0 for p in paths.values())
-        assert {hop["method"] for p in paths.values() for k, hop in p.items() if k != "norm"} == {"one_step"}
+        assert {hop["method"] for p in paths.values() for k, hop in p.items() if k != "norm"} == {"exact"}
     frozen = _metrics(out / "runs" / "e2eaug_frozen_arch__backboneunet__n20__seed0")
     assert {ln["level"] for ln in frozen} == {"gan", "seg", "validation"}
 
@@ -286,10 +286,14 @@ def _tiny_e2eaug(out, *extra):
     return _metrics(out / "runs" / "e2eaug__backboneunet__n20__seed0")
 
 
-@pytest.mark.filterwarnings("ignore:hypergradient audit")  # one_step vs the exact reference: expected
-def test_audit_every_audits_the_architecture_level(tmp_path):
+@pytest.mark.filterwarnings("error:hypergradient audit")  # the audit warns when a path disagrees
+def test_audit_every_audits_the_architecture_level_and_the_default_agrees_with_its_reference(tmp_path):
     audited = [ln for ln in _tiny_e2eaug(tmp_path / "audit", "--audit-every", "1") if "audit" in ln]
     assert {ln["level"] for ln in audited} == {"arch"} and len(audited) == 2
+    for ln in audited:  # one_step (the former default): -0.53 and 0.66 in total on the smoke graph
+        audit = ln["audit"]
+        assert set(audit) == {"arch<-seg", "arch<-seg<-gan", "total"}
+        assert all(a["cosine"] > 0.999 and abs(a["norm_ratio"] - 1) < 1e-3 for a in audit.values())
 
 
 @pytest.mark.slow
