@@ -1,6 +1,6 @@
 """The hypergradient doctor on the E2EAug smoke graph, after training has run for a while.
 
-Usage: python benchmarks/e2eaug_doctor.py --run DIR [--methods one_step darts ...] [--rounds N]
+Usage: python benchmarks/e2eaug_doctor.py --run DIR [--hypergrad H] [--methods one_step darts ...] [--rounds N]
 
 ``DIR`` is the folder of a finished or interrupted smoke ``e2eaug`` run of
 ``recipes/e2eaug.py --dataset isic --methods e2eaug --out OUT`` (``OUT/runs/e2eaug__backboneunet__n20__seed0``).
@@ -31,14 +31,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, required=True, help="the smoke e2eaug run's folder")
     parser.add_argument("--methods", nargs="+", default=None, help="candidates (default: every applicable one)")
     parser.add_argument("--rounds", type=int, default=1, help="timed runs of each method")
+    parser.add_argument(
+        "--hypergrad", default=None, help="the run's --hypergrad, if it set one (the configured method)"
+    )
     args = parser.parse_args(argv)
     checkpoint = args.run / "checkpoint_latest.pt"
     if not checkpoint.exists():
         raise SystemExit(f"error: --run {args.run}: no checkpoint_latest.pt (train the smoke e2eaug run first)")
     out = args.run.parents[1]  # OUT/runs/<run> -> OUT: the samples and pre-trainings the run used
-    recipe_args = e2eaug.parse_args(
-        ["--dataset", "isic", "--preset", "smoke", "--methods", "e2eaug", "--out", str(out), "--no-progress"]
-    )
+    argv = ["--dataset", "isic", "--preset", "smoke", "--methods", "e2eaug", "--out", str(out), "--no-progress"]
+    recipe_args = e2eaug.parse_args([*argv, *(["--hypergrad", args.hypergrad] if args.hypergrad else [])])
     plan = e2eaug.make_plan(recipe_args)
     spec = next(s for s in plan.runs if s.name == args.run.name)
     ctx = e2eaug.prepare(recipe_args, plan, out)
