@@ -24,7 +24,6 @@ upper level's first step and every N-th after it. Writes DIR/audit_overhead.json
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import importlib.util
 import json
@@ -47,28 +46,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def e2eaug_smoke(work: Path, device: str, seed: int = 0) -> Callable[[], tuple[Graph, dict[str, Any]]]:
     """The recipe's smoke ``e2eaug`` run: returns a builder of fresh graphs (pre-training done once, now)."""
     sys.path.insert(0, str(ROOT / "recipes"))
-    import common
     import e2eaug
 
-    args = e2eaug.parse_args(["--preset", "smoke", "--device", device, "--no-progress", "--out", str(work)])
-    device_, _, _ = common.resolve(args)
-    preset = e2eaug.PRESETS["smoke"]
-    key = e2eaug.DATASET_KEYS[args.dataset]
-    roots = {k: e2eaug.locate(k, args, work / "samples") for k in (key, *e2eaug.DATASETS[key].ood_tests)}
-    n = e2eaug.comparison_sizes(key, preset, roots[key][1], None)[0]
-    data = e2eaug.load_data(key, roots, n, seed, preset.image_size)
+    from problems.e2eaug.evaluation import validation
+
+    argv = ["--preset", "smoke", "--methods", "e2eaug", "--seed", str(seed), "--device", device, "--no-progress"]
+    args = e2eaug.parse_args(argv)
+    plan = e2eaug.make_plan(args)
+    spec, preset = plan.runs[0], plan.values
+    ctx = e2eaug.prepare(args, plan, work)
+    data = ctx.data(spec.get("n"), spec.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pretrained = e2eaug.pretrain_generators({"e2eaug"}, preset, data, n, seed, work / "runs", device_, args)
-    spec = e2eaug.RunSpec("e2eaug", "unet", n, seed)
+        e2eaug.graph_for(spec, ctx)  # pre-trains the searchable generator into work/runs
 
     def build() -> tuple[Graph, dict[str, Any]]:
-        # a copy per run: torch optimizers keep the state tensors they load, and training changes them in place
-        graph = e2eaug.build_graph(spec, preset, data, copy.deepcopy(pretrained), {}, device_, 0)
+        # graph_for loads the pre-training afresh (weights and copies of both Adam states) for every graph
+        graph = e2eaug.graph_for(spec, ctx)
         return graph, {
             "steps": preset.steps,
             "seed": seed,
-            "validate": e2eaug.validation(data, device_),
+            "validate": validation(data, ctx.execution.device),
             "valid_every": preset.valid_every,
             "monitor": f"val_{data.metric}",
             "mode": "max",

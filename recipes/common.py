@@ -122,6 +122,14 @@ def finite_non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (weights, rates)."""
+    value = finite_non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def choose_preset(requested: str | None, device: torch.device) -> str:
     """The requested preset, or smoke on CPU / small on GPU (printed, so the user knows)."""
     if requested is not None:

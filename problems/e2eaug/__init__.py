@@ -9,7 +9,11 @@ medical image segmentation in ultra low-data regimes", Nature Communications, 20
   the graph of Eq. 4;
 * :mod:`~problems.e2eaug.pix2pix` — the searchable Pix2Pix U-Net generator and the PatchGAN
   discriminator;
-* :mod:`~problems.e2eaug.augment` — rotate / flip / translate of masks and of image-mask pairs.
+* :mod:`~problems.e2eaug.augment` — rotate / flip / translate of masks and of image-mask pairs;
+* :mod:`~problems.e2eaug.data` — the Table 1 splits of one (N, seed) setting and the test sets;
+* :mod:`~problems.e2eaug.methods` — the methods compared (Tables 2/3, §4.3) and each one's graph;
+* :mod:`~problems.e2eaug.pretraining` — Pix2Pix trained alone before the end-to-end phase;
+* :mod:`~problems.e2eaug.evaluation` — validation, per-image test scores, examples for figures.
 """
 
 from . import levels

@@ -10,7 +10,7 @@ Wiring: ``nest(gan, seg)`` (G enters Eq. 2), ``nest(seg, arch)`` (W enters Eq. 3
 ``feeds(arch, into=[gan, seg])`` (A enters Eq. 1 through the generator's cells and Eq. 2
 through the generated images). ``arch`` therefore receives its hypergradient along two paths,
 ``arch <- seg`` and ``arch <- seg <- gan``, one hop per level with the method each level names
-(one-step unrolled by default, as §3.3).
+(by default differentiated exactly through each level's one real step, §3.3's one-step unrolling).
 
 :func:`frozen_architecture_graph` is the control "A frozen, G trained end to end": Eq. (1) and
 Eq. (2) solved jointly in one run (G keeps training by its GAN loss while W trains on its
@@ -182,6 +182,9 @@ class SegmentationLevel(Level):
             (simple baselines).
         lam: λ of Eq. (2) (1 in the paper). Batches without augmented items train on real
             pairs only.
+
+    The level trains the parameters that require a gradient (:func:`segmentation_model` leaves out
+    those its forward never uses); its golden probe is every parameter of the model.
     """
 
     def __init__(
@@ -195,6 +198,8 @@ class SegmentationLevel(Level):
         lam: float = 1.0,
         **level_options: Any,
     ):
+        level_options.setdefault("trainable", lambda m: [p for p in m.parameters() if p.requires_grad])
+        level_options.setdefault("probe", lambda lv: torch.cat([p.detach().flatten() for p in lv.module.parameters()]))
         super().__init__(name, model, optimizer, data=data, **level_options)
         self.synthesize = synthesize
         self.lam = lam
@@ -270,16 +275,35 @@ def segmentation_model(
 
     ``encoder_weights=None`` (default) trains from scratch; "imagenet" needs the weights to be
     downloadable or cached. Below 64 pixels the U-Net uses a 3-stage encoder so that its
-    deepest features keep a spatial extent.
+    deepest features keep a spatial extent. smp keeps the encoder's deeper stages even then
+    (resnet18's last two: 10.5 M of its 11.4 M parameters), so every parameter the forward pass
+    never reaches is marked ``requires_grad=False``: no optimizer or hypergradient carries it.
     """
     kwargs = {"encoder_name": encoder, "encoder_weights": encoder_weights, "in_channels": in_channels, "classes": 1}
     if backbone == "unet":
         if image_size < 64:
             kwargs.update(encoder_depth=3, decoder_channels=(64, 32, 16))
-        return smp.Unet(**kwargs)
-    if backbone == "deeplabv3":
-        return smp.DeepLabV3(**kwargs)
-    raise ValueError(f"backbone must be 'unet' or 'deeplabv3', got {backbone!r}")
+        model = smp.Unet(**kwargs)
+    elif backbone == "deeplabv3":
+        model = smp.DeepLabV3(**kwargs)
+    else:
+        raise ValueError(f"backbone must be 'unet' or 'deeplabv3', got {backbone!r}")
+    return _freeze_unused(model, in_channels, image_size)
+
+
+def _freeze_unused(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
+    """Mark the parameters that one forward pass (eval mode: no statistics updated, no randomness
+    drawn) leaves without a gradient as not trainable."""
+    was_training = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    model(torch.zeros(1, in_channels, image_size, image_size, dtype=dtype)).sum().backward()
+    model.train(was_training)
+    for p in model.parameters():
+        if p.grad is None:
+            p.requires_grad_(False)
+        p.grad = None
+    return model
 
 
 @torch.no_grad()

@@ -275,16 +275,16 @@ def _sample_is_current(root: Path, key: str, settings: dict[str, str]) -> bool:
     return all(marker.get(k) == v for k, v in settings.items()) and _has_layout(key, root)
 
 
-def _provide_sample(key: str, root: Path, seed: int, size: int) -> Path:
+def _provide_sample(key: str, root: Path, seed: int, size: int, n_cases: int | None = None) -> Path:
     """Write the sample into a temporary sibling folder, then move it into place atomically."""
-    settings = sample_settings(key, n_cases=None, seed=seed, size=size)
+    settings = sample_settings(key, n_cases=n_cases, seed=seed, size=size)
     if _sample_is_current(root, key, settings):
         return root
     if root.exists() and any(root.iterdir()) and not is_synthetic_sample(root):
         raise DatasetError(f"'{root}' is not empty and is not a medmlo sample; refusing to overwrite it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{key}-"))
-    write_sample(key, tmp, seed=seed, size=size)
+    write_sample(key, tmp, n_cases=n_cases, seed=seed, size=size)
     if root.exists():
         shutil.rmtree(root)
     try:
@@ -304,6 +304,7 @@ def ensure_dataset(
     sample_root: Path | None = None,
     sample_seed: int = 0,
     sample_size: int = 128,
+    sample_cases: int | None = None,
 ) -> tuple[Path, str]:
     """Decide where the data of ``key`` comes from; return ``(root, source)``.
 
@@ -314,7 +315,9 @@ def ensure_dataset(
     * else, if ``data_root`` was given -> DatasetError (never silently substitute other data);
     * else (no ``data_root``) -> the embedded synthetic sample under ``sample_root/key``
       (default :func:`default_sample_root`), written once and reused while its marker records
-      the same seed, size, case count and generator version -> ``(path, "embedded-sample")``.
+      the same seed, size, case count and generator version -> ``(path, "embedded-sample")``;
+      ``sample_cases`` asks for more (or fewer) cases than :data:`SAMPLE_CASES` (e.g. a test set
+      large enough for a study).
     """
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset '{key}'; expected one of {sorted(DATASETS)}")
@@ -322,7 +325,7 @@ def ensure_dataset(
         if download:
             raise DatasetError(f"{key}: downloading needs a destination; pass data_root (--data-root)")
         root = Path(sample_root) if sample_root is not None else default_sample_root()
-        return _provide_sample(key, root / key, sample_seed, sample_size), "embedded-sample"
+        return _provide_sample(key, root / key, sample_seed, sample_size, sample_cases), "embedded-sample"
     data_root = Path(data_root)
     try:
         find_cases(key, data_root)

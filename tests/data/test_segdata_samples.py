@@ -122,6 +122,13 @@ def test_no_data_root_gives_the_embedded_sample_and_reuses_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["kvasir"]
 
 
+def test_sample_cases_sets_the_sample_size_and_a_new_count_rewrites_it(tmp_path):
+    root, _ = ensure_dataset("ph2", None, sample_root=tmp_path, sample_size=48, sample_cases=5)
+    assert len(find_cases("ph2", root)) == 5 and "n_cases: 5" in (root / MARKER).read_text()
+    ensure_dataset("ph2", None, sample_root=tmp_path, sample_size=48, sample_cases=3)
+    assert len(find_cases("ph2", root)) == 3
+
+
 def test_explicit_empty_data_root_is_an_error(tmp_path):
     with pytest.raises(DatasetError) as err:
         ensure_dataset("isic2018", tmp_path)
