@@ -10,6 +10,7 @@ small on a GPU) and says so.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -20,7 +21,7 @@ import torch
 
 from engines import METHODS, resolve_device
 
-PRESETS = ("smoke", "small", "paper")
+PRESETS = ("smoke", "small", "paper", "study")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[str], default_dataset: str) -> None:
@@ -41,7 +42,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--preset",
         choices=PRESETS,
         default=None,
-        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
+        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), "
+        "study (the claims tested over seeds, sized for 2 CPU cores, see docs/recipes/<recipe>.md); "
         "default: smoke on CPU, small on GPU",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -96,6 +98,17 @@ positive_int = _integer_at_least(1, "a positive integer")
 """argparse type: an integer >= 1 (steps, sizes, counts)."""
 non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (weights, rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
 
 
 def choose_preset(requested: str | None, device: torch.device) -> str:
