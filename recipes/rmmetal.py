@@ -10,7 +10,7 @@ Paper: H. Yang, J. Ma, X. Yu, "Memory-Reduced Meta-Learning with Guaranteed Conv
 
 The algorithms are one two-level graph (problems/rmmetal/levels.py) in different configurations.
 For every seed each algorithm is meta-trained from the same backbone on the same task stream, with
-periodic meta-validation and a backbone snapshot at each, then meta-tested with one protocol for
+periodic meta-validation and backbone snapshots, then meta-tested with one protocol for
 all (problems/rmmetal/metatest.py) on the same test tasks, beside the untrained backbone. Measured
 besides: peak memory of one outer step at K in {1, 5, 10, 20} (Fig. 2), the time per outer step of
 every algorithm measured alternately in one process, which fixes the equal wall-clock budget each
@@ -52,8 +52,9 @@ from problems.rmmetal import (
     confidence95,
     equal_time_steps,
     evaluate,
+    first_snapshot_from,
     hypergradient_check,
-    last_snapshot_within,
+    keep_snapshots,
     last_solve_report,
     load_snapshot,
     memory_against_k,
@@ -69,7 +70,6 @@ from problems.rmmetal import (
 
 METHODS = ("rm-metal", "itd-bio", "anil", "maml")
 NO_WARM_START = "rm-metal-no-warm-start"  # RM-MetaL as its released code runs it
-OPTIONAL_METHODS = (NO_WARM_START, "itd-bio-shared", "anil-shared")
 UNTRAINED = "untrained"  # the reference row: the common starting backbone, meta-tested without training
 
 
@@ -78,7 +78,7 @@ UNTRAINED = "untrained"  # the reference row: the common starting backbone, meta
 class Preset:
     n_tasks: int  # |B|
     steps: int  # outer iterations T
-    valid_every: int  # outer steps between validations (and backbone snapshots)
+    valid_every: int  # outer steps between validations
     valid_tasks: int
     test_tasks: int
     cg_iterations: int  # N of Subroutine 1
@@ -91,6 +91,7 @@ class Preset:
     methods: tuple[str, ...] = METHODS
     timing_rounds: int = 5  # alternating rounds timing one outer step of every algorithm
     check: tuple[int, int] = (5, 4)  # hypergradient check on 2 tasks, N = 20: K and Conv-4 width
+    snapshot_every: int = 1  # outer steps between backbone snapshots (the equal wall-clock scoring)
     n_way: int = 5
     k_shot: int = 5
     k_query: int = 5  # query images per class, in training, meta-validation and meta-test
@@ -127,6 +128,7 @@ PRESETS = {
         outer_lr_scale=3.0,
         memory_tasks=8,
         memory_width=32,
+        snapshot_every=10,
     ),
     # §5: |B| = 32, 2000 iterations, K = N = 20; meta-test on 640 tasks as the released code
     "paper": Preset(
@@ -140,6 +142,7 @@ PRESETS = {
         inner_steps=None,
         memory_tasks=32,
         memory_width=64,
+        snapshot_every=20,
     ),
     # the claims over seeds on two CPU cores (docs/recipes/rmmetal.md, "Study preset")
     "study": replace(
@@ -168,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=[*METHODS, *OPTIONAL_METHODS],
+        choices=[*METHODS, NO_WARM_START, "itd-bio-shared", "anil-shared"],
         default=None,
         help=f"algorithms to train (default: the preset's; {', '.join(METHODS)} for all but study)",
     )
@@ -236,6 +239,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         "tasks per meta-batch": p.n_tasks,
         "outer steps T": p.steps,
         "validation": f"every {p.valid_every} outer steps on {p.valid_tasks} tasks",
+        "outer steps between backbone snapshots": p.snapshot_every,
         "test tasks per seed": p.test_tasks,
         "meta-test": f"{p.fine_tune_steps} GD steps of size {p.fine_tune_lr} from a zero head, {checkpoint} model",
         "Conv-4 width": width,
@@ -290,13 +294,14 @@ def graph_for(spec: RunSpec, ctx: Context) -> Graph:
 
 # ---------------------------------------------------------------------------------------------- run
 def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict[str, Any]:
-    """Meta-train one algorithm with periodic meta-validation (a backbone snapshot at each), then
-    meta-test it under the protocol; resumes from its checkpoint if the run was interrupted."""
+    """Meta-train one algorithm with periodic meta-validation and backbone snapshots, then meta-test it
+    under the protocol; resumes from its checkpoint if the run was interrupted."""
     graph, preset, device = graph_for(spec, ctx), ctx.plan.values, ctx.device
     episodes, protocol, K = ctx.episodes(spec.seed), ctx.plan.protocol, graph["heads"].unroll
     resume = planning.has_checkpoint(run_dir)
     if not resume:
         save_snapshot(run_dir, 0, graph["backbone"].module)
+    keep_snapshots(graph, run_dir, preset.snapshot_every)
     result = Runner(
         graph,
         preset.steps * K,
@@ -313,6 +318,7 @@ def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict[str, Any]:
         progress=not ctx.args.no_progress,
         config={"run": spec.as_row(), "settings": ctx.plan.settings, "command": common.command_line()},
     ).run()
+    save_snapshot(run_dir, preset.steps, graph["backbone"].module)  # T, whatever snapshot_every
     if protocol.checkpoint == "best-validation":
         best = load_checkpoint(run_dir / "checkpoint_best.pt", map_location=device)
         graph["backbone"].module.load_state_dict(best["levels"]["backbone"]["module"])
@@ -350,14 +356,14 @@ def measure(spec: RunSpec, run_dir: Path, ctx: Context) -> dict[str, Any]:
 
 
 def equal_time_accuracy(timing: dict[str, Any], ctx: Context) -> dict[str, dict]:
-    """Every run scored at its last snapshot within the equal wall-clock budget (problems/rmmetal/timing.py):
+    """Every run scored at its first snapshot from the equal wall-clock budget on (problems/rmmetal/timing.py):
     ``{run name: {"budget_steps", "snapshot", "test_accuracy"}}``."""
     timed = [m for m in ctx.plan.methods if m in timing["ratio"]]
     credited = equal_time_steps({m: timing["ratio"][m] for m in timed}, ctx.plan.values.steps)
     out = {}
     for spec in (r for r in ctx.plan.runs if r.method in credited):
         run_dir = ctx.args.out / "runs" / spec.name
-        step = last_snapshot_within(snapshot_steps(run_dir), credited[spec.method])
+        step = first_snapshot_from(snapshot_steps(run_dir), credited[spec.method])
         meta = load_snapshot(run_dir, step, graph_for(spec, ctx)["backbone"].module).to(ctx.device)
         acc = evaluate(meta, ctx.episodes(spec.seed)["test"].to(ctx.device), ctx.plan.protocol)
         score = {"test_accuracy": float(acc.mean()), "ci95": confidence95(acc)}
@@ -381,9 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = Context(plan, data, device, args)
     measured = planning.execute(plan, args.out, functools.partial(measure, ctx=ctx), runs=plan.measurements)
     results = planning.execute(plan, args.out, functools.partial(train, ctx=ctx))
-    timing = measured[RunSpec("timing", plan.seeds[0]).name]
-    equal_time = equal_time_accuracy(timing, ctx)
-    (args.out / "figures").mkdir(exist_ok=True)
+    equal_time = equal_time_accuracy(measured[RunSpec("timing", plan.seeds[0]).name], ctx)
     graph_for(RunSpec("rm-metal", plan.seeds[0]), ctx).draw(args.out / "figures" / "graph.png")
     saved, markdown = report.write(
         args.out, plan, results, measured, equal_time, data=data, device=device, protocol=protocol, untrained=UNTRAINED

@@ -1,5 +1,5 @@
 """The meta-test protocol every algorithm (and the untrained backbone) is scored with, meta-validation
-during training, and the backbone snapshots that let a run be scored at any validated outer step.
+during training, and the backbone snapshots that let a run be scored at an earlier outer step.
 
 Table 1 of the paper fine-tunes the learned model with 20 steps of gradient descent on each test
 task; the released code does it with plain GD of size 0.05 on a head over frozen features. Here one
@@ -29,6 +29,7 @@ __all__ = [
     "MetaValidation",
     "confidence95",
     "evaluate",
+    "keep_snapshots",
     "load_snapshot",
     "meta_test",
     "sample_meta_test_tasks",
@@ -141,8 +142,8 @@ SNAPSHOTS = "snapshots"
 
 
 def save_snapshot(run_dir: Path, outer_step: int, meta: MetaModel) -> Path:
-    """Keep the upper level's module at ``outer_step`` (``run_dir/snapshots/step<N>.pt``), so that the
-    run can later be meta-tested at that step (accuracy at an equal wall-clock budget)."""
+    """Keep ``meta`` as the upper level's module at ``outer_step`` (``run_dir/snapshots/step<N>.pt``), so
+    that the run can later be meta-tested at that step (accuracy at an equal wall-clock budget)."""
     path = Path(run_dir) / SNAPSHOTS / f"step{outer_step:06d}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -165,10 +166,22 @@ def load_snapshot(run_dir: Path, outer_step: int, meta: MetaModel) -> MetaModel:
     return meta
 
 
+def keep_snapshots(graph: Graph, run_dir: Path, every: int) -> None:
+    """Save the ``backbone`` level's module after every ``every``-th outer step of ``graph`` (right after
+    its update, as :func:`save_snapshot`); snapshots are what an equal wall-clock budget is scored at."""
+    upper, unroll = graph["backbone"], graph["heads"].unroll
+
+    def save() -> None:
+        step = graph.engine.global_step // unroll
+        if step % every == 0:
+            save_snapshot(run_dir, step, upper.module)
+
+    upper.param_callback = save
+
+
 class MetaValidation:
-    """Meta-validation accuracy on fixed tasks (the meta-test protocol on validation classes), the
-    training time it took to get there (wall-clock of training only: validating is subtracted) and,
-    with ``run_dir``, a snapshot of the backbone at every validated outer step.
+    """Meta-validation accuracy on fixed tasks (the meta-test protocol on validation classes) and the
+    training time it took to get there (wall-clock of training only: validating is subtracted).
 
     Both numbers are returned as metrics, so the Runner logs them in ``run_dir/metrics.jsonl``; a
     resumed run continues the training time from the last logged validation and
@@ -189,8 +202,6 @@ class MetaValidation:
         meta = graph["backbone"].module
         acc = float(evaluate(meta, self.episodes, self.protocol).mean())
         train_time = self._offset + t0 - self._start - self._validating
-        if self.run_dir is not None:
-            save_snapshot(self.run_dir, graph.engine.global_step // graph["heads"].unroll, meta)
         self._validating += time.perf_counter() - t0
         return {"val_accuracy": acc, "train_seconds": train_time}
 

@@ -276,7 +276,8 @@ def results_markdown(results: Mapping[str, Any], found: Sequence[Claim]) -> str:
             f"Time per outer step measured in one process, every algorithm alternating ({clock['rm-metal'][0]['rounds']} "
             "rounds, order rotated each round); cost = median over rounds of the time / RM-MetaL's in the same round. "
             f"Budget: the time the cheapest trained algorithm needs for T = {steps} outer steps; each algorithm is "
-            "credited with the outer steps that fit into it and scored at its last snapshot within them.",
+            "credited with the outer steps that fit into it and scored at its first snapshot at or after them "
+            "(rounding up to a kept snapshot gives no algorithm less than the budget).",
             "",
         ]
         body = [

@@ -1,4 +1,4 @@
-"""The measurements behind RM-MetaL's claims: backbone snapshots at validated steps, the training time
+"""The measurements behind RM-MetaL's claims: backbone snapshots every few outer steps, the training time
 that survives a resume, the alternating time per outer step and the equal wall-clock budget."""
 
 import itertools
@@ -15,7 +15,8 @@ from problems.rmmetal import (
     MetaValidation,
     build_graph,
     equal_time_steps,
-    last_snapshot_within,
+    first_snapshot_from,
+    keep_snapshots,
     load_snapshot,
     snapshot_steps,
     steps_to_reach,
@@ -44,9 +45,10 @@ def validation_tasks(digits):
 PROTOCOL = MetaTestProtocol(steps=3, lr=0.05, query_per_class=5, test_tasks=4, checkpoint="final")
 
 
-def train(digits, run_dir, outer_steps, *, resume=False):
-    """``outer_steps`` of RM-MetaL validated (and snapshotted) every outer step, checkpointed every step."""
+def train(digits, run_dir, outer_steps, *, resume=False, snapshot_every=1):
+    """``outer_steps`` of RM-MetaL validated and checkpointed every outer step, with snapshots."""
     graph = build_graph(config(), digits, seed=0)
+    keep_snapshots(graph, run_dir, snapshot_every)
     validation = MetaValidation(validation_tasks(digits), PROTOCOL, run_dir)
     Runner(
         graph,
@@ -67,6 +69,8 @@ def train(digits, run_dir, outer_steps, *, resume=False):
 def test_snapshots_hold_the_backbone_of_their_outer_step(digits, tmp_path):
     trained = train(digits, tmp_path / "three", 3)
     assert snapshot_steps(tmp_path / "three") == [1, 2, 3]
+    train(digits, tmp_path / "every other", 5, snapshot_every=2)
+    assert snapshot_steps(tmp_path / "every other") == [2, 4]
     shorter = train(digits, tmp_path / "two", 2)
     loaded = load_snapshot(tmp_path / "three", 2, build_graph(config(), digits, seed=0)["backbone"].module)
     assert all(
@@ -112,10 +116,11 @@ def test_equal_time_budget_is_what_the_cheapest_algorithm_needs_for_all_steps():
         "fast": 100,
     }
     assert equal_time_steps({"rm-metal": 1.0, "itd-bio": 3.0}, 40) == {"rm-metal": 40, "itd-bio": 13}
-    assert last_snapshot_within([0, 10, 20, 30], 29) == 20 and last_snapshot_within([0, 10], 10) == 10
-    assert last_snapshot_within([0, 10, 20], 9) == 0
-    with pytest.raises(ValueError, match="no snapshot at or before outer step 4"):
-        last_snapshot_within([5, 10], 4)
+    # scored at the first snapshot at or after the credited steps: never less time than the budget
+    assert first_snapshot_from([0, 10, 20, 30], 21) == 30 and first_snapshot_from([0, 10], 10) == 10
+    assert first_snapshot_from([0, 10, 20], 0) == 0
+    with pytest.raises(ValueError, match="no snapshot at or after outer step 11"):
+        first_snapshot_from([5, 10], 11)
 
 
 def test_steps_to_reach_the_target():
