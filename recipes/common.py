@@ -42,8 +42,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--preset",
         choices=PRESETS,
         default=None,
-        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), "
-        "study (the claims tested over seeds, sized for 2 CPU cores, see docs/recipes/<recipe>.md); "
+        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), study (the "
+        "claims on 2 CPU cores within an hour, docs/results/); "
         "default: smoke on CPU, small on GPU",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -100,14 +100,14 @@ non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (weights, rates)."""
+def finite_non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (a weight, a margin); nan, inf and negatives are refused at parse time."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 

@@ -1,2 +1,2 @@
-"""The paper-shaped report of each recipe: results.md (the paper's claims tested first, then the
-paper's tables with its numbers beside ours), results.json and figures, built on recipes/reporting.py."""
+"""The paper-shaped report of each recipe: results.md (claims first, then the paper's tables), results.json
+and figures, built on recipes/reporting.py."""
