@@ -8,19 +8,16 @@ Paper: H. Yang, J. Ma, X. Yu, "Memory-Reduced Meta-Learning with Guaranteed Conv
                               [--preset smoke|small|paper|study] [--seeds S ...] [--methods ...]
                               [--no-warm-start] [--select-best] [--skip-memory] [--out DIR] [--resume]
 
-The algorithms are one two-level graph (problems/rmmetal/levels.py) in different configurations.
-For every seed each algorithm is meta-trained from the same backbone on the same task stream, with
-periodic meta-validation and backbone snapshots, then meta-tested with one protocol for
-all (problems/rmmetal/metatest.py) on the same test tasks, beside the untrained backbone. Measured
-besides: peak memory of one outer step at K in {1, 5, 10, 20} (Fig. 2), the time per outer step of
-every algorithm measured alternately in one process, which fixes the equal wall-clock budget each
-run's snapshot is scored at (Table 2, §5.3), and RM-MetaL's hypergradient against exact implicit ones.
+The algorithms are configurations of one two-level graph (problems/rmmetal/). Per seed each is
+meta-trained from the same backbone on the same tasks and meta-tested with one protocol, beside the
+untrained backbone; measured besides: peak memory of one outer step against K (Fig. 2), the time per
+outer step of every algorithm alternating in one process (it fixes the equal wall-clock budget each
+run's snapshots are scored at, Table 2), and RM-MetaL's hypergradient against exact implicit ones.
 
-The file reads presets -> plan -> graph -> run -> report. Writes to --out: results.md (the paper's
-claims as paired differences over seeds first, then Table 1, Fig. 2 and Table 2 beside the paper's
-numbers), results.json, figures/ (recipes/reports/rmmetal.py) and runs/<run>/ (config.json,
-metrics.jsonl, checkpoints, snapshots/, result.json) for every run and measurement. --resume reads
-finished runs back and resumes interrupted ones from their checkpoints.
+Writes to --out: results.md (the paper's claims as paired differences over seeds first, then Table 1,
+Fig. 2 and Table 2 beside the paper's numbers), results.json, figures/ (recipes/reports/rmmetal.py)
+and runs/<run>/ (checkpoints, snapshots/, metrics.jsonl, result.json; with --doctor the hypergradient
+doctor's table) for every run and measurement. --resume reads finished runs back.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+import doctor
 import planning
 from planning import RunSpec
 from reports import rmmetal as report
@@ -147,8 +145,8 @@ PRESETS = {
     # the claims over seeds on two CPU cores (docs/recipes/rmmetal.md, "Study preset")
     "study": replace(
         SMOKE,
-        steps=200,
-        valid_tasks=100,
+        steps=150,
+        valid_every=15,
         test_tasks=1000,
         cg_iterations=20,
         inner_steps=None,
@@ -183,13 +181,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory-against-K measurement")
     parser.add_argument("--tasks", type=common.positive_int, default=None, help="|B|, tasks per meta-batch")
-    parser.add_argument(
-        "--cg-iterations", type=common.positive_int, default=None, help="N, CG iterations of Subroutine 1"
-    )
-    parser.add_argument("--mu", type=float, default=None, help="μ of the lower regulariser R(φ) = μ/2 ||φ||²")
+    parser.add_argument("--cg-iterations", type=common.positive_int, default=None, help="CG iterations N")
+    parser.add_argument("--mu", type=common.finite_non_negative_float, default=None, help="μ of R(φ) = μ/2 ||φ||²")
     args = parser.parse_args(argv)
-    if args.mu is not None and not args.mu >= 0:
-        raise SystemExit(f"error: --mu must be >= 0 (the weight of R(φ) = μ/2 ||φ||²), got {args.mu}")
     if args.download:
         raise SystemExit(
             "error: --download: these datasets are not redistributed openly; see docs/recipes/rmmetal.md for "
@@ -299,6 +293,9 @@ def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict[str, Any]:
     graph, preset, device = graph_for(spec, ctx), ctx.plan.values, ctx.device
     episodes, protocol, K = ctx.episodes(spec.seed), ctx.plan.protocol, graph["heads"].unroll
     resume = planning.has_checkpoint(run_dir)
+    planning.started(run_dir, spec, ctx.plan.settings)
+    if ctx.args.doctor and not resume:  # the hypergradient doctor's table of this run's graph (docs/doctor.md)
+        doctor.write_doctor(lambda: graph_for(spec, ctx), run_dir, device=device)
     if not resume:
         save_snapshot(run_dir, 0, graph["backbone"].module)
     keep_snapshots(graph, run_dir, preset.snapshot_every)
@@ -315,6 +312,7 @@ def train(spec: RunSpec, run_dir: Path, ctx: Context) -> dict[str, Any]:
         mode="max",
         checkpoint_every=preset.valid_every * K,
         resume=resume,
+        audit_every=ctx.args.audit_every,
         progress=not ctx.args.no_progress,
         config={"run": spec.as_row(), "settings": ctx.plan.settings, "command": common.command_line()},
     ).run()

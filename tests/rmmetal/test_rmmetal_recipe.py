@@ -198,12 +198,30 @@ def test_make_plan_reads_nothing():
     assert [r.name for r in cifar.runs[:2]] == ["rm-metal__seed3", "itd-bio__seed3"]
 
 
-def test_command_line_errors(tmp_path):
+def test_command_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match="FC100_train.pickle"):
         rmmetal.main(
             ["--dataset", "fc100", "--data-root", str(tmp_path), "--preset", "smoke", "--out", str(tmp_path / "out")]
         )
-    with pytest.raises(SystemExit, match="--mu must be >= 0"):
+    with pytest.raises(SystemExit):
         rmmetal.main(["--preset", "smoke", "--mu", "-1", "--out", str(tmp_path / "out")])
+    assert "--mu: expected a finite number >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         rmmetal.parse_args(["--tasks", "0"])
+
+
+def test_doctor_examines_the_run_graph_before_it_trains(tmp_path):
+    """``--doctor``: the doctor's table of the run's own graph (RM-MetaL's configured ``cg_warm`` among the
+    methods, against a trusted reference) is written into its run folder before one outer step of training."""
+    args = rmmetal.parse_args(
+        ["--preset", "smoke", "--steps", "1", "--doctor", "--no-progress", "--out", str(tmp_path)]
+    )
+    plan = rmmetal.make_plan(args)
+    ctx = rmmetal.Context(plan, rmmetal.load_fewshot("digits", None), rmmetal.resolve_device("cpu"), args)
+    run_dir = tmp_path / "runs" / "rm-metal__seed0"
+    result = rmmetal.train(rmmetal.RunSpec("rm-metal", 0), run_dir, ctx)
+    report = json.loads((run_dir / "hypergrad_doctor.json").read_text())
+    table = (run_dir / "hypergrad_doctor.md").read_text()
+    assert "graph `meta-learning[rm-metal]`" in table and "| `cg_warm` (configured) | backbone<-heads |" in table
+    assert report["uppers"][0]["paths"] == {"backbone<-heads": "heads->backbone: cg_warm"}
+    assert "**agrees**" in table and result["tested_step"] == 1
