@@ -37,6 +37,7 @@ CASES: list[tuple[str, str, int, dict]] = [
     ("sama", "sama", 1, {}),
     ("one_step", "one_step", 1, {}),
     ("cg (defaults)", "cg", 1, {}),
+    ("cg, double-VJP products", "cg", 1, {"jvp": "reverse"}),
     ("cg_warm (defaults)", "cg_warm", 1, {}),
     (
         "cg, Hessian, damping 0.1 (5 it.)",
@@ -50,6 +51,8 @@ CASES: list[tuple[str, str, int, dict]] = [
     ("first_order", "first_order", 1, {}),
     ("exact", "exact", 1, {}),
     ("exact", "exact", 5, {}),
+    ("exact, checkpointed", "exact", 1, {"checkpoint": True}),
+    ("exact, checkpointed", "exact", 5, {"checkpoint": True}),
     ("cg_warm (defaults)", "cg_warm", 5, {}),
 ]
 
@@ -76,7 +79,9 @@ def cnn() -> nn.Module:
     )
 
 
-def build(method: str | None, unroll: int, options: dict, batch: int) -> Graph:
+def build(method: str | None, unroll: int, options: dict, batch: int, backend: str | None = None) -> Graph:
+    """The program: per-example weights (upper) of the CNN (lower); ``method=None``: the CNN alone (plain
+    training). ``backend``: the CNN is ``torch.compile(cnn, backend=backend)``."""
     torch.manual_seed(0)
     data = Images()
     x_val, y_val = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
@@ -90,11 +95,12 @@ def build(method: str | None, unroll: int, options: dict, batch: int) -> Graph:
         return (torch.sigmoid(level.weights.module(idx)).squeeze(1) * ce).mean()
 
     def val_ce(level, _):
-        return nn.functional.cross_entropy(level.net.module(x_val.to(level.device)), y_val.to(level.device))
+        dtype = next(level.net.module.parameters()).dtype
+        return nn.functional.cross_entropy(level.net.module(x_val.to(level.device, dtype)), y_val.to(level.device))
 
     net = Level(
         "net",
-        cnn(),
+        cnn() if backend is None else torch.compile(cnn(), backend=backend),
         functools.partial(torch.optim.Adam, lr=1e-3),
         weighted_ce,
         DataStream(data, batch_size=batch),

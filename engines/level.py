@@ -32,6 +32,8 @@ import difflib
 import math
 import numbers
 import random
+import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -41,6 +43,7 @@ import torch.distributed as dist
 from betty.configs import Config
 from betty.problems import ImplicitProblem
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .data import as_source
 from .edges import ReadCheck, check_reads
@@ -212,7 +215,10 @@ class Level(ImplicitProblem):
         self._read_checks: tuple[ReadCheck, ...] = ()
         self._in_real_step = False
         self._captured_outputs: list[Tensor] | None = None
+        self._auto_outputs: list[Tensor] = []
         self._detach_outputs = False
+        self._marks_outputs = False
+        module.register_forward_hook(_OutputHook(self))
         self._pending: dict[str, Any] | None = None
         self._checked_loss = False
         self._autocast_dtype: torch.dtype | None = None
@@ -412,11 +418,14 @@ class Level(ImplicitProblem):
         """Hook run at the start of every real step (e.g. a discriminator update)."""
 
     def mark_output(self, output: Tensor) -> Tensor:
-        """Mark ``output`` as the network output the loss is computed from, and return it.
+        """Mark ``output`` as a network output the loss is computed from, and return it.
 
-        Optional; used by ``curvature="gauss_newton"`` (cg, cg_warm, neumann): the network up to the
-        marked outputs is linearised, the rest of the loss keeps its exact curvature, e.g.
-        ``logits = level.mark_output(level.module(x))``. Outside such a solve it does nothing.
+        Used by ``curvature="gauss_newton"`` (the default for cg, cg_warm and neumann): the network up to
+        the marked outputs is linearised, the rest of the loss keeps its exact curvature, e.g.
+        ``logits = level.mark_output(level.module(x))``. Without any mark, the outputs of every call of
+        the level's own ``module`` are the marked outputs; mark explicitly when the loss post-processes
+        them with parameters of its own or calls the module repeatedly on its own outputs (an unrolled
+        network), where only the final outputs may be marked. Outside such a solve it does nothing.
         """
         if self._captured_outputs is not None:
             if self._detach_outputs:
@@ -424,16 +433,47 @@ class Level(ImplicitProblem):
             self._captured_outputs.append(output)
         return output
 
+    @property
+    def marks_outputs(self) -> bool:
+        """Whether the loss marked its outputs itself (with :meth:`mark_output`) the last time they were
+        collected; otherwise its module's outputs stand for them."""
+        return self._marks_outputs
+
     @contextlib.contextmanager
     def capturing_outputs(self, detach: bool = False) -> Iterator[list[Tensor]]:
-        """Collect the tensors the loss marks with :meth:`mark_output` (or detach them) while inside."""
+        """Collect the network outputs of the loss computed inside (or, with ``detach``, hold them constant).
+
+        The list yielded is filled on exit: the tensors the loss marked with :meth:`mark_output`, or, if it
+        marked none, the tensor outputs of every call of the level's module."""
         outputs: list[Tensor] = []
-        saved = self._captured_outputs, self._detach_outputs
-        self._captured_outputs, self._detach_outputs = outputs, detach
+        saved = self._captured_outputs, self._auto_outputs, self._detach_outputs
+        self._captured_outputs, self._auto_outputs, self._detach_outputs = [], [], detach
         try:
             yield outputs
+            if not detach:
+                self._marks_outputs = bool(self._captured_outputs)
+                outputs.extend(self._captured_outputs or self._auto_outputs)
         finally:
-            self._captured_outputs, self._detach_outputs = saved
+            self._captured_outputs, self._auto_outputs, self._detach_outputs = saved
+
+    def _module_output(self, output: Any) -> Any:
+        """The forward hook's work: collect (or detach) the module's tensor outputs while outputs are collected."""
+        if self._captured_outputs is None:
+            return None
+        if self._detach_outputs:
+            if self._marks_outputs:
+                return None
+            return tree_map(lambda t: t.detach() if torch.is_tensor(t) and t.is_floating_point() else t, output)
+        self._auto_outputs.extend(t for t in tree_flatten(output)[0] if torch.is_tensor(t) and t.is_floating_point())
+        return None
+
+    @contextlib.contextmanager
+    def recomputation(self) -> Iterator[None]:
+        """The context of every recomputation of the loss by a hypergradient method: the random state of the
+        latest real step, its autocast, the buffers of every connected level's module left untouched, and compiled code run eagerly
+        (``torch.compile`` supports no double backward; the parameters are the same)."""
+        with self._rng(self.last_step_rng), self._autocast(), self._graph_buffers_frozen(), eager(self.module):
+            yield
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -494,7 +534,7 @@ class Level(ImplicitProblem):
         if self._in_real_step:
             with self._autocast():
                 return self.training_step(batch)
-        with self._rng(self.last_step_rng), self._autocast(), self._graph_buffers_frozen():
+        with self.recomputation():
             return self.training_step(batch)
 
     def training_step_exec(self, batch: Any) -> Tensor:
@@ -505,7 +545,7 @@ class Level(ImplicitProblem):
         """The loss with the trainable parameters replaced by ``values`` and buffers by ``buffers``."""
         swap = {f"m.{n}": v for n, v in zip(self.trainable_names, values)}
         swap.update({f"m.{n}": b for n, b in buffers.items()})
-        with self._rng(rng), self._autocast(), self._graph_buffers_frozen():
+        with self._rng(rng), self._autocast(), self._graph_buffers_frozen(), eager(self.module):
             return torch.func.functional_call(_LossModule(self), swap, (batch,), strict=False)
 
     def _guarded_loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
@@ -930,3 +970,50 @@ def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     flat /= world_size
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
+
+
+@contextlib.contextmanager
+def eager(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` (and any code compiled with ``torch.compile`` called meanwhile) eagerly: every
+    ``torch.compile``-d module inside ``module`` calls its original module directly, with the same
+    parameters, and other compiled functions run under the ``force_eager`` stance. Hypergradient
+    recomputations need this: compiled graphs support no double backward and cannot be traced.
+    Without ``torch._dynamo`` loaded nothing can have been compiled, and nothing is done."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        yield
+        return
+    compiled = [m for m in module.modules() if isinstance(m, dynamo.eval_frame.OptimizedModule)]
+    saved = [m.__dict__.get("forward") for m in compiled]
+    try:
+        for m in compiled:
+            m.forward = m._orig_mod.__call__
+        with torch.compiler.set_stance("force_eager"):
+            yield
+    finally:
+        for m, forward in zip(compiled, saved):
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
+
+
+class _OutputHook:
+    """Forward hook on a level's module: hands the module's outputs to the level while it collects marked
+    outputs. Holds the level weakly (so copies of the module do not copy the level) and acts only for the
+    level's own module object (not for a deep copy carrying the hook)."""
+
+    def __init__(self, level: Level):
+        self._level = weakref.ref(level)
+
+    def __getstate__(self) -> dict[str, Any]:  # a pickled module keeps an inert hook
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._level = lambda: None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        level = self._level()
+        if level is None or module is not level.module:
+            return None
+        return level._module_output(output)

@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import planning
+from doctor import write_doctor
 from reports import dumeta as report
 
 from engines import Graph, Runner
@@ -288,6 +289,8 @@ def meta_train(spec: planning.RunSpec, run_dir: Path, ctx: Context, data: Data) 
     every meta-test (the parameters by name) and the run's facts."""
     p = ctx.preset
     graph, steps, net = graph_for(spec, ctx, data)
+    if ctx.args.doctor and any(graph.paths().values()):  # the doctor's table at the state training starts from
+        write_doctor(graph, run_dir, device=ctx.device)
     every = (p.valid_every or p.steps) * (steps // p.steps)  # global steps per meta-iteration
     result = Runner(
         graph,
@@ -301,6 +304,7 @@ def meta_train(spec: planning.RunSpec, run_dir: Path, ctx: Context, data: Data) 
         monitor="val_dice",
         mode="max",
         checkpoint_every=every,
+        audit_every=ctx.args.audit_every,
         resume=planning.has_checkpoint(run_dir),
         progress=not ctx.args.no_progress,
         config={"run": spec.as_row(), "preset": asdict(p), "command": common.command_line()},

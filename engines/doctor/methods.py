@@ -77,10 +77,9 @@ def candidates(methods: Sequence[Any] | None) -> list[Candidate]:
     for c in out:
         if c.method not in METHODS:
             raise ValueError(f"diagnose: unknown method '{c.method}' in methods=; registered: {sorted(METHODS)}")
-        unknown = sorted({k for k, _ in (c.options or ())} - set(METHODS[c.method].options))
-        if unknown:
-            accepted = ", ".join(sorted(METHODS[c.method].options)) or "none"
-            raise ValueError(f"diagnose: option(s) {unknown} are not understood by '{c.method}' (accepted: {accepted})")
+        problems = METHODS[c.method].option_problems(dict(c.options or ()))
+        if problems:  # the same checks a level's options go through (names, types, ranges)
+            raise ValueError(f"diagnose: methods= entry '{c.label}': " + "; ".join(problems))
     labels = [c.label for c in out]
     if len(set(labels)) != len(labels):
         raise ValueError(f"diagnose: methods= labels must be distinct, got {labels}")

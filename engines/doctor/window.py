@@ -109,6 +109,7 @@ class Recorder:
                     rng=level.last_step_rng,
                     indirect=None if indirect is None else [g.detach() for g in indirect],
                     hyper=diff_optim.group_settings(level.optimizer),
+                    skipped=diff_optim.without_gradient(level.trainable_parameters()),
                 )
             )
         if self.one_step:

@@ -17,11 +17,12 @@ from __future__ import annotations
 from betty.hypergradient.cg import cg as _betty_cg
 
 from . import diff_optim
+from .curvature import JVP_MODES
 from .finite_difference import FD_OPTIONS, SAMA_OPTIONS, darts, one_step, record_one_step, sama
 from .first_order import first_order
 from .implicit import CG_OPTIONS, CURVATURES, NEUMANN_OPTIONS, SOLVERS, cg, cg_warm, curvature_product, neumann
 from .linear_solve import CGResult, conjugate_gradient, minres
-from .option_checks import choice, flag, integer, optional, real
+from .option_checks import any_of, choice, flag, integer, optional, real
 from .penalty import PENALTY_OPTIONS, penalty, penalty_lower_step
 from .registry import METHODS, MethodInfo, method_table, register_method
 from .unrolled import EXACT_OPTIONS, exact, record_step
@@ -50,9 +51,18 @@ CG_CHECKS = {
     "curvature": choice(*CURVATURES),
     "solver": choice(*SOLVERS),
     "blockwise": flag(),
+    "jvp": choice(*JVP_MODES),
 }
-NEUMANN_CHECKS = {"iterations": integer(0), "alpha": real(0.0, strict=True), "curvature": choice(*CURVATURES)}
-EXACT_CHECKS = {"truncate": optional(integer(1))}  # and <= the level's unroll, checked by Graph.validate
+NEUMANN_CHECKS = {
+    "iterations": integer(0),
+    "alpha": real(0.0, strict=True),
+    "curvature": choice(*CURVATURES),
+    "jvp": choice(*JVP_MODES),
+}
+EXACT_CHECKS = {
+    "truncate": optional(integer(1)),  # and <= the level's unroll, checked by Graph.validate
+    "checkpoint": any_of(flag(), integer(1)),  # False, True (segments of ceil(sqrt(T)) steps) or a segment length
+}
 PENALTY_CHECKS = {
     "lam": real(0.0, strict=True),  # λ = 0 would make the hop exactly zero
     "lam_growth": real(1.0),
@@ -108,8 +118,8 @@ register_method(
         fn=neumann,
         origin="betty",
         summary="implicit gradient with a truncated Neumann series (Hessian or Gauss-Newton curvature)",
-        cost="1 backward with create_graph + `iterations` curvature products + 1 mixed VJP",
-        memory="one double-backward graph of a lower step",
+        cost="1 recomputation of the lower loss + `iterations` curvature products + the mixed term",
+        memory="the graph of one lower step (+ the linearisation's saved values), independent of K",
         options=NEUMANN_OPTIONS,
         checks=NEUMANN_CHECKS,
     )
@@ -119,10 +129,11 @@ register_method(
         name="cg",
         fn=cg,
         origin="medmlo",
-        summary="implicit gradient by CG or MINRES (Hessian or Gauss-Newton curvature, adaptive damping), "
-        "residual and products reported",
-        cost="1 backward with create_graph + <= maxiter curvature products + 1 mixed VJP",
-        memory="one double-backward graph of a lower step, independent of K",
+        summary="implicit gradient by CG or MINRES (Gauss-Newton curvature by default, Hessian on request; adaptive "
+        "damping), residual and products reported",
+        cost="1 recomputation of the lower loss + <= maxiter curvature products (Gauss-Newton: one tangent pass + "
+        "one backward each) + the mixed term",
+        memory="the graph of one lower step (+ the linearisation's saved values), independent of K",
         options=CG_OPTIONS,
         checks=CG_CHECKS,
     )
@@ -146,8 +157,10 @@ register_method(
         fn=exact,
         origin="medmlo",
         summary="iterative differentiation through the last K (or `truncate`) unrolled lower steps",
-        cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps)",
-        memory="grows linearly with T (activations of T steps during the hop; T batches kept)",
+        cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps); "
+        "checkpoint=True: + one or two replays without graph",
+        memory="grows linearly with T (activations of T steps during the hop; T batches kept); checkpoint=True: "
+        "one step's activations + about 2√T parameter/optimizer states (and the T batches)",
         options=EXACT_OPTIONS,
         checks=EXACT_CHECKS,
         optimizers=_ADAPTIVE_OPTIMIZERS,

@@ -3,11 +3,14 @@
 ``exact`` replays a level's recorded steps functionally; each update must keep the
 autograd graph from the new parameters back to the old ones and to the gradients.
 The hyperparameters are read from the level's real ``torch.optim`` optimizer, so the
-replay follows the same rule as the steps it re-enacts.
+replay follows the same rule as the steps it re-enacts, including ``torch.optim``'s rule for a
+parameter whose gradient was None in the real step: it is skipped (no weight decay, no momentum,
+no moment or step count), so the replay leaves it and its state as they were.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,6 +32,13 @@ def _group_index(optimizer: torch.optim.Optimizer, param: Tensor) -> int:
     raise KeyError("parameter is not managed by the level's optimizer")
 
 
+def without_gradient(params: Sequence[Tensor]) -> list[bool]:
+    """For each parameter, whether its ``.grad`` is None now: ``torch.optim`` skips those in its step, and
+    a replay of that step must skip them too (see :func:`update`). Called after a real step's gradient
+    is formed, before the optimizer's update."""
+    return [p.grad is None for p in params]
+
+
 def snapshot_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[dict[str, Any]]:
     """Detached copies of the per-parameter optimizer state (momentum buffers, Adam moments)."""
     out = []
@@ -45,10 +55,13 @@ def update(
     values: list[Tensor],
     states: list[dict[str, Any]],
     settings: list[dict[str, Any]],
+    skipped: Sequence[bool] | None = None,
 ) -> tuple[list[Tensor], list[dict[str, Any]]]:
     """One differentiable step: new ``values`` and ``states``. ``params`` are the real parameters,
     used only to find their param group; ``settings`` are the groups' hyperparameters recorded
-    at the step being replayed (see :func:`group_settings`)."""
+    at the step being replayed (see :func:`group_settings`); ``skipped`` marks the parameters whose
+    gradient was None in that step (see :func:`without_gradient`): as ``torch.optim`` does, their value
+    and state are returned unchanged (the same tensors), whatever ``grads`` holds for them."""
     if isinstance(optimizer, torch.optim.SGD):
         step = _sgd
     elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
@@ -59,7 +72,14 @@ def update(
         raise TypeError(f"no differentiable update for {type(optimizer).__name__}")
     decoupled = isinstance(optimizer, torch.optim.AdamW)
     new_values, new_states = [], []
-    for p, g, v, s in zip(params, grads, values, states):
+    skipped = [False] * len(params) if skipped is None else list(skipped)
+    if len(skipped) != len(params):
+        raise ValueError(f"update: {len(skipped)} skip flags for {len(params)} parameters")
+    for p, g, v, s, skip in zip(params, grads, values, states, skipped):
+        if skip:
+            new_values.append(v)
+            new_states.append(s)
+            continue
         nv, ns = step(settings[_group_index(optimizer, p)], g, v, s, decoupled)
         new_values.append(nv)
         new_states.append(ns)

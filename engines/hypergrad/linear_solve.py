@@ -46,6 +46,7 @@ class CGResult:
         initial_relative_residual: ``||b - A x0|| / ||b||`` of the given starting point (1 for a cold start).
         restarted: blocks whose warm start was worse than zero and were restarted from zero
             (with ``cold_if_worse``).
+        best: the iterate with the smallest residual met, per block (CG only; None otherwise).
     """
 
     x: list[Tensor]
@@ -56,6 +57,7 @@ class CGResult:
     max_curvature: float = 0.0
     initial_relative_residual: float = 1.0
     restarted: int = 0
+    best: list[Tensor] | None = None
 
 
 def _dot(a: Vector, b: Vector, blockwise: bool) -> Tensor:
@@ -79,6 +81,7 @@ def conjugate_gradient(
     maxiter: int = 20,
     blockwise: bool = False,
     cold_if_worse: bool = False,
+    min_curvature_ratio: float = 0.0,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` for symmetric positive-definite ``A``.
 
@@ -92,11 +95,17 @@ def conjugate_gradient(
         blockwise: treat the leading dimension as independent systems.
         cold_if_worse: a block whose warm start has a larger residual than zero (``||b - A x0|| > ||b||``)
             starts from zero instead (no extra product; counted in ``restarted``).
+        min_curvature_ratio: a direction whose Rayleigh quotient is at most this fraction of the largest
+            one met counts as non-positive curvature (nearly singular ``A``, e.g. a Gauss-Newton matrix
+            of rank below the parameter count, where CG steps would grow without bound); 0 disables it.
 
     Returns:
         A :class:`CGResult`. Directions with non-positive curvature (``p^T A p <= 1e-12 p^T p``)
-        stop their block (the current iterate is kept) instead of dividing by it; the warm start's
-        residual costs one extra product, which is counted but does not take one of ``maxiter``.
+        stop their block instead of dividing by it; the warm start's residual costs one extra
+        product, which is counted but does not take one of ``maxiter``. ``x`` is the last iterate
+        (the best in the ``A``-norm of the error when ``A`` is positive definite), ``best`` the one
+        with the smallest residual (safer to go on from once ``A`` turned out singular or indefinite:
+        CG steps along nearly singular directions can make the iterate explode).
 
     Example:
         >>> A = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
@@ -117,6 +126,7 @@ def conjugate_gradient(
     active = rs.sqrt() > threshold
     min_curvature, max_curvature = float("inf"), 0.0
     iterations = 0
+    best_rs, x_best = rs, x
 
     while iterations < maxiter and bool(active.any()):
         ap = apply(p)
@@ -126,7 +136,7 @@ def conjugate_gradient(
         min_curvature = min(min_curvature, _min(torch.where(active, quotient, torch.inf)))
         max_curvature = max(max_curvature, _max(torch.where(active, quotient, -torch.inf)))
         # stop a block on non-positive (or numerically vanishing) curvature instead of dividing by it
-        active = active & (curvature > 1e-12 * pp)
+        active = active & (curvature > 1e-12 * pp) & (quotient > min_curvature_ratio * max_curvature)
         step = torch.where(active, rs / torch.where(active, curvature, torch.ones_like(curvature)), 0.0)
         x = [xi + _scale(step, pi, blockwise) for xi, pi in zip(x, p)]
         r = [ri - _scale(step, api, blockwise) for ri, api in zip(r, ap)]
@@ -134,12 +144,20 @@ def conjugate_gradient(
         beta = torch.where(active, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), 0.0)
         p = [ri + _scale(beta, pi, blockwise) for ri, pi in zip(r, p)]  # new residual, not the old one
         rs = torch.where(active, rs_new, rs)
+        better = rs < best_rs
+        if not blockwise:  # iterates are new tensors every iteration: keeping a reference is enough
+            if bool(better):
+                x_best, best_rs = x, rs
+        elif bool(better.any()):
+            x_best = [torch.where(_expand(better, xi, blockwise), xi, bi) for xi, bi in zip(x, x_best)]
+            best_rs = torch.where(better, rs, best_rs)
         active = active & (rs.sqrt() > threshold)
         iterations += 1
 
     rel_max = _max(rs.sqrt() / safe_b)
     return CGResult(
         x=x,
+        best=x_best,
         iterations=iterations + products,
         relative_residual=rel_max,
         converged=rel_max <= tol,

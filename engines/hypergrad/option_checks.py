@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OptionCheck", "choice", "flag", "integer", "optional", "real"]
+__all__ = ["OptionCheck", "any_of", "choice", "flag", "integer", "optional", "real"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,8 @@ def flag() -> OptionCheck:
 def optional(check: OptionCheck) -> OptionCheck:
     """``None`` (the method's own default) or what ``check`` accepts."""
     return OptionCheck(f"None or {check.expected}", lambda v: v is None or check.accepts(v))
+
+
+def any_of(*checks: OptionCheck) -> OptionCheck:
+    """What any of ``checks`` accepts (``any_of(flag(), integer(1))``: True, False or an integer >= 1)."""
+    return OptionCheck(" or ".join(c.expected for c in checks), lambda v: any(c.accepts(v) for c in checks))

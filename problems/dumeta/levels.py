@@ -369,7 +369,7 @@ def init_learning_graph(
         data=sampler,
         optimizer=lambda params: torch.optim.SGD(params, lr=inner_lr),
         scheduler=inner_scheduler,
-        hypergrad="first_order",
+        hypergrad="first_order" if kind == "maml" else None,  # Reptile's update reads ω_K, no hypergradient
         unroll=inner_steps,
         start=lambda level: phi.values(),
     )

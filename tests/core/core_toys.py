@@ -74,3 +74,47 @@ def parameters(graph: Graph) -> dict[str, torch.Tensor]:
         for name, lv in graph.levels.items()
         for k, v in lv.module.state_dict().items()
     }
+
+
+def mlp_graph(
+    method: str = "cg",
+    options: dict | None = None,
+    *,
+    mark: bool = False,
+    regulariser: bool = True,
+    loss=None,
+    module: nn.Module | None = None,
+    upper_sign_flips: bool = False,
+) -> Graph:
+    """A non-convex 3-16-2 tanh MLP classifier (lower 'net', SGD) with a weight per training point (upper
+    'weights', Adam), float64. ``mark``: the loss marks the logits; ``regulariser``: plus a weight decay
+    term that reads θ directly; ``loss``/``module`` replace the lower loss / network; ``upper_sign_flips``:
+    the upper loss changes sign every fourth step (a hypergradient that jumps)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    data = torch.utils.data.TensorDataset(x, y, torch.arange(64))
+    x_val, y_val = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
+
+    def lower(level, batch):
+        xb, yb, idx = batch
+        logits = level.module(xb)
+        if mark:
+            logits = level.mark_output(logits)
+        weights = torch.sigmoid(level.weights.module(idx)).squeeze(1)
+        ce = (weights * nn.functional.cross_entropy(logits, yb, reduction="none")).mean()
+        reg = 1e-3 * sum(p.pow(2).sum() for p in level.module.parameters()) if regulariser else 0.0
+        return ce + reg
+
+    def upper(level, _):
+        sign = -1.0 if upper_sign_flips and level.global_step % 4 == 2 else 1.0
+        return sign * nn.functional.cross_entropy(level.net.module(x_val), y_val)
+
+    g = Graph("mlp")
+    net = module if module is not None else nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    sgd = functools.partial(torch.optim.SGD, lr=0.2)
+    g.add(Level("net", net, sgd, loss or lower, DataStream(data, 16), hypergrad=method, options=options))
+    g.add(Level("weights", nn.Embedding(64, 1).double(), functools.partial(torch.optim.Adam, lr=0.05), upper))
+    g.bilevel("net", "weights")
+    return g

@@ -103,17 +103,30 @@ def test_implicit_methods_far_from_a_lower_optimum_are_found_out():
 
 def test_methods_a_level_cannot_use_are_reported_not_crashed_on():
     cf = closed_form.quadratic("cg", unroll=5, lower_optimizer=functools.partial(torch.optim.RMSprop, lr=0.01))
-    methods = ["sama", "first_order", "reinforce", "penalty", ("cg/gauss-newton", "cg", {"curvature": "gauss_newton"})]
+    gauss_newton, hessian = (("cg/" + c, "cg", {"curvature": c}) for c in ("gauss_newton", "hessian"))
+    methods = ["sama", "first_order", "reinforce", "penalty", gauss_newton, hessian]
     report = diagnose(cf.graph, rounds=1, fd_directions=0, methods=[*methods, "exact"])
     rows = {row.label: row for row in report["hyper"].methods}
     assert rows["sama"].status == "unsupported" and "'solution', which uses RMSprop" in rows["sama"].reason
     assert rows["first_order"].status == "unsupported" and "no start map" in rows["first_order"].reason
     assert rows["reinforce"].status == "unsupported" and rows["reinforce"].reason.startswith("refused")
     assert rows["penalty"].status == "unsupported" and "not comparable" in rows["penalty"].reason
-    assert rows["cg/gauss-newton"].status == "failed" and "mark_output" in rows["cg/gauss-newton"].reason
+    # the loss calls the level's module, whose output is its parameter: Gauss-Newton is the Hessian here
+    assert rows["cg/gauss_newton"].status == "ok" == rows["cg/hessian"].status
+    assert abs(rows["cg/gauss_newton"].worst_cosine() - rows["cg/hessian"].worst_cosine()) < 1e-9
     assert rows["exact"].status == "ok"
     text = report.to_markdown()
-    assert "`sama` (unsupported)" in text and "`cg/gauss-newton` (failed)" in text
+    assert "`sama` (unsupported)" in text and "`penalty` (unsupported)" in text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"maxiter": 0}, "maxiter"), ({"damping": -1.0}, "damping"), ({"max_iter": 5}, "not understood")],
+)
+def test_options_given_to_the_doctor_go_through_the_methods_checks(options, message):
+    cf = closed_form.quadratic("cg", unroll=3)
+    with pytest.raises(ValueError, match=rf"methods= entry 'cg/bad'.*{message}"):
+        diagnose(cf.graph, rounds=1, fd_directions=0, methods=[("cg/bad", "cg", options)])
 
 
 def test_a_window_the_reference_cannot_replay_is_said_so():

@@ -3,61 +3,15 @@
 import functools
 import json
 
+import core_toys
 import pytest
 import torch
 from torch import nn
 
-from engines import DataStream, Graph, GraphError, Level, closed_form, run
+from engines import closed_form, run
 from engines.hypergrad import curvature_product
 
-
-class Points(torch.utils.data.Dataset):
-    def __init__(self, n=64, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-        self.y = (self.x[:, 0] * self.x[:, 1] > 0).long()
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i], i
-
-
-def mlp_graph(method="cg", options=None, mark=True, upper_sign_flips=False):
-    torch.manual_seed(0)
-    data = Points()
-    x_val, y_val = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
-
-    def lower(level, batch):
-        x, y, idx = batch
-        logits = level.module(x)
-        if mark:
-            logits = level.mark_output(logits)
-        weights = torch.sigmoid(level.weights.module(idx)).squeeze(1)
-        reg = 1e-3 * sum(p.pow(2).sum() for p in level.module.parameters())  # a term that reads θ directly
-        return (weights * nn.functional.cross_entropy(logits, y, reduction="none")).mean() + reg
-
-    def upper(level, _):
-        sign = -1.0 if upper_sign_flips and level.global_step % 4 == 2 else 1.0
-        return sign * nn.functional.cross_entropy(level.net.module(x_val), y_val)
-
-    net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
-    g = Graph("mlp")
-    g.add(
-        Level(
-            "net",
-            net,
-            functools.partial(torch.optim.SGD, lr=0.2),
-            lower,
-            DataStream(data, 16),
-            hypergrad=method,
-            options=options,
-        )
-    )
-    g.add(Level("weights", nn.Embedding(64, 1).double(), functools.partial(torch.optim.Adam, lr=0.05), upper))
-    g.bilevel("net", "weights")
-    return g
+mlp_graph = functools.partial(core_toys.mlp_graph, mark=True)
 
 
 def hops(folder):
@@ -95,14 +49,6 @@ def test_gauss_newton_product_equals_the_dense_generalised_gauss_newton_matrix()
     assert torch.allclose(got, dense @ v, rtol=1e-8, atol=1e-10)
     evals = torch.linalg.eigvalsh(dense)
     assert evals.min() > 0  # positive definite, unlike the Hessian of this non-convex level
-
-
-def test_gauss_newton_needs_marked_outputs_and_auto_falls_back_to_the_hessian():
-    g = mlp_graph(mark=False)
-    run(g, 1, device="cpu", progress=False)
-    assert curvature_product(g["net"], "auto")[3] == "hessian"
-    with pytest.raises(GraphError, match="level 'net': curvature='gauss_newton' needs its loss to mark"):
-        curvature_product(g["net"], "gauss_newton")
 
 
 def test_gauss_newton_cg_converges_on_a_non_convex_level_where_hessian_cg_does_not(tmp_path):
