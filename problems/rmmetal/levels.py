@@ -19,6 +19,8 @@ differentiated inner step (ITD-BiO and ANIL as their reference code runs them, E
 Conv-4 normalises with the statistics of each task's batch (``track_running_stats=False``):
 the reference code never switches to eval mode, so this is the behaviour its numbers come from,
 and it keeps tasks independent when they are processed together with ``torch.func.vmap``.
+
+The meta-test every algorithm is scored with is in :mod:`~problems.rmmetal.metatest`.
 """
 
 from __future__ import annotations
@@ -43,9 +45,8 @@ __all__ = [
     "MetaModel",
     "TaskHeads",
     "TaskNetworks",
-    "dense_implicit_hypergradient",
     "meta_learning_graph",
-    "meta_test",
+    "per_task_ce",
 ]
 
 
@@ -216,7 +217,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def _per_task_ce(logits: Tensor, labels: Tensor) -> Tensor:
+def per_task_ce(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of each task [B] (mean over its examples) for logits [B, N, W], labels [B, N]."""
     ce = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
     return ce.view(labels.shape).mean(1)
@@ -261,7 +262,7 @@ class HeadsLevel(Level):
             logits = self.module(self.support_features(batch))
         else:
             logits = self.module(batch.support_x)
-        ce = _per_task_ce(logits, batch.support_y)
+        ce = per_task_ce(logits, batch.support_y)
         reg = 0.5 * self.mu * self.module.squared_norm() if self.mu else 0.0  # R(φ) = μ/2 ||φ||²
         return {"loss": ce.sum() + reg, "support_ce": ce.mean()}
 
@@ -279,7 +280,7 @@ class BackboneLevel(Level):
             logits = self.heads.module(self.module.features(batch.query_x))
         else:
             logits = self.heads.module(batch.query_x)
-        ce = _per_task_ce(logits, batch.query_y)
+        ce = per_task_ce(logits, batch.query_y)
         accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
         return {"loss": ce.mean(), "query_accuracy": accuracy}
 
@@ -362,77 +363,3 @@ def meta_learning_graph(
     graph.add(heads, upper)
     graph.bilevel(lower=heads, upper=upper)
     return graph
-
-
-@torch.no_grad()
-def _features(meta: MetaModel, x: Tensor, chunk: int) -> Tensor:
-    return torch.cat([meta.features(x[i : i + chunk]) for i in range(0, len(x), chunk)])
-
-
-def meta_test(meta: MetaModel, episodes: Episodes, *, steps: int, lr: float, chunk: int = 50) -> Tensor:
-    """Accuracy [T] on each task's query set after fitting a linear head to its support set with
-    ``steps`` plain gradient-descent steps of size ``lr`` on the frozen backbone's features
-    (the meta-test of Table 1).
-
-    Every head starts at zero whatever the algorithm learned (a meta-learned head start, as ANIL
-    and MAML have, is not used), so algorithms compared under the same ``steps`` and ``lr`` differ
-    only through their backbones.
-    """
-    support = _features(meta, episodes.support_x, chunk)
-    query = _features(meta, episodes.query_x, chunk)
-    n_tasks, n_way = episodes.n_tasks, int(episodes.support_y.max()) + 1
-    weight = support.new_zeros(n_tasks, n_way, support.shape[-1])
-    bias = support.new_zeros(n_tasks, n_way)
-    for _ in range(steps):
-        with torch.enable_grad():
-            weight.requires_grad_(True)
-            bias.requires_grad_(True)
-            logits = torch.einsum("bnd,bwd->bnw", support, weight) + bias[:, None]
-            loss = _per_task_ce(logits, episodes.support_y).sum()  # tasks are independent: Σ_i CE_i
-            gw, gb = torch.autograd.grad(loss, (weight, bias))
-        weight, bias = (weight - lr * gw).detach(), (bias - lr * gb).detach()
-    logits = torch.einsum("bnd,bwd->bnw", query, weight) + bias[:, None]
-    return (logits.argmax(-1) == episodes.query_y).float().mean(1)
-
-
-def dense_implicit_hypergradient(graph: Graph) -> Tensor:
-    """The exact implicit hypergradient at the lower level's current iterate, by dense solves.
-
-    ``∇F = ∇_θ f - Σ_i ∇²_{θφ_i} g · [∇²_{φ_i} g]^{-1} ∇_{φ_i} f`` (Eq. 4/6), each task's Hessian
-    formed densely from Hessian-vector products with unit vectors (only sensible for tiny heads:
-    a check of what CG approximates). Returns the flat gradient over the upper's trainable parameters.
-    """
-    heads, upper = graph["heads"], graph["backbone"]
-    batch = heads.cur_batch
-    theta, phi = list(upper.trainable_parameters()), list(heads.trainable_parameters())
-    f = upper.training_step_exec(batch)
-    f_theta = torch.autograd.grad(f, theta, retain_graph=True, allow_unused=True)
-    f_phi = torch.autograd.grad(f, phi)
-    g_phi = torch.autograd.grad(heads.training_step_exec(batch), phi, create_graph=True)
-    sizes = [p[0].numel() for p in phi]
-
-    def task_slice(tensors: tuple[Tensor, ...] | list[Tensor], i: int) -> Tensor:
-        return torch.cat([t[i].reshape(-1) for t in tensors])
-
-    def embed(vector: Tensor, i: int) -> list[Tensor]:
-        out = [torch.zeros_like(p) for p in phi]
-        for o, chunk in zip(out, vector.split(sizes)):
-            o[i] = chunk.view_as(o[i])
-        return out
-
-    v = [torch.zeros_like(p) for p in phi]
-    for i in range(phi[0].shape[0]):
-        basis = torch.eye(sum(sizes), dtype=phi[0].dtype, device=phi[0].device)
-        hessian = torch.stack(
-            [task_slice(torch.autograd.grad(g_phi, phi, grad_outputs=embed(e, i), retain_graph=True), i) for e in basis]
-        )
-        for acc, part in zip(v, embed(torch.linalg.solve(hessian, task_slice(f_phi, i)), i)):
-            acc += part
-    mixed = torch.autograd.grad(g_phi, theta, grad_outputs=v, allow_unused=True)
-    zero = lambda t: torch.zeros_like(t)  # noqa: E731
-    return torch.cat(
-        [
-            ((a if a is not None else zero(t)) - (b if b is not None else zero(t))).reshape(-1)
-            for a, b, t in zip(f_theta, mixed, theta)
-        ]
-    )

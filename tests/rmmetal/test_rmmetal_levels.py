@@ -11,16 +11,9 @@ from engines import Runner, track_peak_memory
 from engines.golden import check_golden, default_dtype, golden_trace
 from engines.hypergrad import implicit
 from problems.fewshot import EpisodeStream, load_fewshot, sample_episodes
-from problems.rmmetal.levels import (
-    ALGORITHMS,
-    Algorithm,
-    EpisodeSource,
-    TaskHeads,
-    _per_task_ce,
-    dense_implicit_hypergradient,
-    meta_learning_graph,
-    meta_test,
-)
+from problems.rmmetal.hypergradient_accuracy import dense_implicit_hypergradient
+from problems.rmmetal.levels import ALGORITHMS, Algorithm, EpisodeSource, TaskHeads, meta_learning_graph, per_task_ce
+from problems.rmmetal.metatest import meta_test
 
 GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "goldens" / "rmmetal_levels.json"
 
@@ -53,14 +46,14 @@ def test_batched_heads_equal_a_per_task_loop():
     torch.manual_seed(0)
     heads = TaskHeads(4, 5, 12)
     feats, labels = torch.randn(4, 10, 12), torch.randint(0, 5, (4, 10))
-    batched = _per_task_ce(heads(feats), labels).sum()
+    batched = per_task_ce(heads(feats), labels).sum()
     grads = torch.autograd.grad(batched, [heads.weight, heads.bias])
     for i in range(4):
         linear = torch.nn.functional.linear(feats[i], heads.weight[i], heads.bias[i])
         alone = torch.nn.functional.cross_entropy(linear, labels[i])
         gi = torch.autograd.grad(alone, [heads.weight, heads.bias])
         assert torch.allclose(gi[0][i], grads[0][i], atol=1e-6) and torch.allclose(gi[1][i], grads[1][i], atol=1e-6)
-        assert torch.allclose(alone, _per_task_ce(heads(feats), labels)[i])
+        assert torch.allclose(alone, per_task_ce(heads(feats), labels)[i])
 
 
 def test_maml_task_networks_equal_separate_networks(digits):
