@@ -47,6 +47,8 @@ class _StorageTracker(TorchDispatchMode):
         self.live -= self._sizes.pop(key, 0)
 
     def _track(self, t: torch.Tensor) -> None:
+        if t._is_zerotensor():  # autograd's "efficient zero" tensors own no storage (reading it raises)
+            return
         storage = t.untyped_storage()
         key, size = storage.data_ptr(), storage.nbytes()
         if size == 0 or key in self._sizes or t.device.type != "cpu":
