@@ -1,7 +1,7 @@
 """What every recipe's command line shares: options, presets, run folders (results files: reporting.py).
 
 Common options mean the same in every recipe: --dataset, --data-root, --download,
---preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
+--preset {smoke,small,paper,study}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
 Without --preset a recipe picks the one that finishes in minutes where it runs (smoke on CPU,
 small on a GPU) and says so.
 """
@@ -19,7 +19,7 @@ import torch
 
 from engines import METHODS, resolve_device
 
-PRESETS = ("smoke", "small", "paper")
+PRESETS = ("smoke", "small", "paper", "study")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[str], default_dataset: str) -> None:
@@ -40,8 +40,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--preset",
         choices=PRESETS,
         default=None,
-        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings); "
-        "default: smoke on CPU, small on GPU",
+        help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), study (the "
+        "paper's claims tested on the embedded data, <= 1 hour on 2 CPU cores); default: smoke on CPU, small on GPU",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (shorthand for --seeds S)")
