@@ -5,6 +5,7 @@ Knows nothing of medicine: levels, graphs, hypergradient methods and runs.
 
 from . import _betty  # noqa: F401  (refuses a wrong betty-ml version with the install command)
 from .data import DataStream, IterableSource, mix_seed
+from .doctor import AuditSettings, DoctorReport, diagnose
 from .errors import CheckpointError, GraphError, LossError, NonFiniteError, ResumeError
 from .graph import Graph
 from .hypergrad import METHODS, MethodInfo, conjugate_gradient, method_table, minres, register_method
@@ -14,8 +15,10 @@ from .run import EarlyStopping, Runner, RunResult, resolve_device, run, seed_eve
 
 __all__ = [
     "METHODS",
+    "AuditSettings",
     "CheckpointError",
     "DataStream",
+    "DoctorReport",
     "EarlyStopping",
     "Graph",
     "GraphError",
@@ -29,6 +32,7 @@ __all__ = [
     "RunResult",
     "Runner",
     "conjugate_gradient",
+    "diagnose",
     "method_table",
     "minres",
     "mix_seed",

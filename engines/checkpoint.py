@@ -1,12 +1,14 @@
 """Atomic checkpoints and random-number-generator state that loads with ``weights_only=True``.
 
-A checkpoint is written to a temporary file in the target folder, flushed to disk and
-renamed over the old one, so a crash never leaves a truncated ``checkpoint_latest.pt``; with
-``keep_previous`` the file it replaces is first kept as ``<name>`` with ``_latest`` replaced by
-``_previous``, so a file damaged later (a full disk, a copy gone wrong) still has a good
-predecessor. Loading a damaged file raises :class:`engines.CheckpointError` naming it.
-RNG states are stored as tensors and plain Python objects (``torch.load`` defaults to
-``weights_only=True``, which refuses NumPy arrays).
+A checkpoint is written to a temporary file in the target folder, flushed to disk (fsync) and
+renamed over the old one, and the folder is fsynced after the rename, so a crash never leaves a
+truncated ``checkpoint_latest.pt``. With ``keep_previous`` the file it replaces is first kept as
+``<name>`` with ``_latest`` replaced by ``_previous`` — by a hard link (a copy where the file system
+has none) renamed into place, so ``checkpoint_latest.pt`` exists at every instant of the rotation: a
+kill at any point leaves it holding either the old or the new checkpoint, complete. A file damaged
+later (a full disk, a copy gone wrong) still has a good predecessor. Loading a damaged file raises
+:class:`engines.CheckpointError` naming it. RNG states are stored as tensors and plain Python
+objects (``torch.load`` defaults to ``weights_only=True``, which refuses NumPy arrays).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import secrets
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -44,8 +48,14 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 def save_atomic(obj: Any, path: str | Path, *, keep_previous: bool = False) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
-    (after moving the current ``path`` to :func:`previous_path` when ``keep_previous``)."""
+    """``torch.save`` to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder.
+
+    With ``keep_previous`` the current ``path`` is first kept as :func:`previous_path` without ever
+    being absent: it is hard-linked (copied where the file system has no hard links) to a temporary
+    name that is then renamed over the previous one. A crash at any instant therefore leaves ``path``
+    holding the old or the new checkpoint, complete, plus at most temporaries that
+    :func:`remove_stale_temporaries` deletes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,12 +65,44 @@ def save_atomic(obj: Any, path: str | Path, *, keep_previous: bool = False) -> P
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.is_file():
-            os.replace(path, previous_path(path))
+            _keep_as_previous(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make :func:`previous_path` a second name of ``path``'s current file, leaving ``path`` in place."""
+    previous = previous_path(path)
+    link = path.with_name(f".{previous.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(path, link)
+        except OSError:  # no hard links here (some network or FUSE file systems): a fsynced copy
+            shutil.copyfile(path, link)
+            with open(link, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(link, previous)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the folder's entries (the renames) where the platform can open a folder (not Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the renames are then as durable as they allow
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

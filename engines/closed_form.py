@@ -19,7 +19,13 @@ Problems (``n``: dimension):
 * :func:`dual_meta` — DuMeta++'s shape with a method per edge: a lower level restarted from
   ``ψ`` (upper ``init``) whose loss reads ``θ`` (upper ``encoder``); ``encoder`` differentiates
   through it with ``exact``, ``init`` with ``first_order``; both analytic values follow from the
-  same inner trajectory.
+  same inner trajectory. With ``coupling`` the loss of ``init`` also reads ``θ`` (DuMeta++'s head
+  initialisation is scored through the encoder), so that the two uppers' order matters unless they
+  step simultaneously; ``upper_order="sequential"`` gives the second its value at the first's
+  updated parameters.
+* :func:`chain_through_pair` — a top level whose loss reads the *lowest* level of a bilevel pair
+  (``weights`` below ``hyper``) and which feeds the middle one: the path
+  ``top <- weights <- hyper`` declared with ``nest(lower=hyper, upper=top, via=weights)``.
 * :func:`penalty_minimiser` / :func:`bilevel_minimiser` — the penalty method's joint minimiser
   on the quadratic problem, and the bilevel solution it tends to as λ grows.
 """
@@ -44,6 +50,7 @@ __all__ = [
     "bilevel_minimiser",
     "build",
     "capture",
+    "chain_through_pair",
     "dual_meta",
     "measure",
     "penalty_minimiser",
@@ -212,10 +219,12 @@ def three_level(
     n: int = 12,
     seed: int = 0,
     lower_optimizer: Callable | None = None,
+    cond: float = 4.0,
 ) -> ClosedForm:
-    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2``."""
+    """``z* = H1⁻¹C1λ``; ``w* = H2⁻¹(Bz* + C2λ)``; ``f = ||w* - t||²/2 + ρ||λ||²/2`` (``cond``: H1's and H2's
+    condition number)."""
     gen = torch.Generator().manual_seed(seed)
-    H1, H2 = _spd(n, 4.0, gen), _spd(n, 4.0, gen)
+    H1, H2 = _spd(n, cond, gen), _spd(n, cond, gen)
     B = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
     C1, C2 = (torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5 for _ in range(2))
     t = torch.randn(n, generator=gen, dtype=DTYPE)
@@ -371,6 +380,8 @@ def dual_meta(
     upper_lr: float = 0.05,
     seed: int = 0,
     swap_edges: bool = False,
+    coupling: float = 0.0,
+    upper_order: str | None = None,
 ) -> ClosedForm:
     """One lower level ``phi`` shared by two uppers with a method per edge (DuMeta++'s shape).
 
@@ -378,9 +389,13 @@ def dual_meta(
     ``g = (phi-a)ᵀH(phi-a)/2 - phiᵀCθ`` (θ: upper ``encoder``), so
     ``phi_K = P^K psi + Σ_{j<K} P^j η(Ha + Cθ)`` with ``P = I - ηH``.
     ``encoder``: ``f1 = ||phi_K - t1||²/2``, exact hypergradient ``(Σ_j P^j ηC)ᵀ(phi_K - t1)``;
-    ``init``: ``f2 = ||M phi_K - t2||²/2``, first-order (FOMAML) hypergradient ``Mᵀ(M phi_K - t2)``.
+    ``init``: ``f2 = ||M phi_K + c Eθ - t2||²/2`` (``c`` = ``coupling``), first-order (FOMAML)
+    hypergradient ``Mᵀ(M phi_K + c Eθ - t2)``.
     Both uppers have non-zero learning rates, so a hypergradient computed after the other upper
-    updated would differ; ``swap_edges`` declares the two edges in the other order.
+    updated may differ; ``swap_edges`` declares the two edges in the other order. ``upper_order`` is
+    the shared level's (None: the default, simultaneous); the analytic values follow it: sequentially,
+    the second upper's value is taken at the first one's updated parameters (``phi_K``, the real
+    iterate, is the same for both: the inner loop ran before either upper stepped).
     """
     gen = torch.Generator().manual_seed(seed)
     H = _spd(n, 4.0, gen)
@@ -388,17 +403,27 @@ def dual_meta(
     M = torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5
     a, t1, t2 = (torch.randn(n, generator=gen, dtype=DTYPE) for _ in range(3))
     theta0, psi0 = torch.randn(p, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE)
+    E = coupling * torch.randn(n, p, generator=gen, dtype=DTYPE) / n**0.5
     eta = 0.5 / float(torch.linalg.eigvalsh(H).max())
 
     def inner_loss(level: Level, _: Any) -> Tensor:
         phi = level.module()
         return (phi - a) @ H @ (phi - a) / 2 - phi @ (C @ level.encoder.module())
 
+    def init_loss(level: Level, _: Any) -> Tensor:
+        return (M @ level.phi.module() + E @ level.encoder.module() - t2).pow(2).sum() / 2
+
     inner = Level(
-        "phi", Vector(psi0), _sgd(eta), inner_loss, unroll=unroll, start=lambda lv: {"value": lv.init.module()}
+        "phi",
+        Vector(psi0),
+        _sgd(eta),
+        inner_loss,
+        unroll=unroll,
+        start=lambda lv: {"value": lv.init.module()},
+        upper_order=upper_order,
     )
     encoder = Level("encoder", Vector(theta0), _sgd(upper_lr), lambda lv, _: (lv.phi.module() - t1).pow(2).sum() / 2)
-    init = Level("init", Vector(psi0), _sgd(upper_lr), lambda lv, _: (M @ lv.phi.module() - t2).pow(2).sum() / 2)
+    init = Level("init", Vector(psi0), _sgd(upper_lr), init_loss)
     g = Graph("dual_meta")
     g.add(inner, encoder, init)
     edges = [("encoder", encoder_method), ("init", init_method)]
@@ -411,25 +436,128 @@ def dual_meta(
     def phi_k(theta: Tensor, psi: Tensor) -> Tensor:
         return torch.linalg.matrix_power(P, unroll) @ psi + sum(Pj @ (eta * (H @ a + C @ theta)) for Pj in powers)
 
-    def start() -> tuple[Tensor, Tensor]:  # the uppers' values when the inner loop ran (before either updated)
-        return theta0, psi0
+    phi_real = phi_k(theta0, psi0)  # the inner loop ran with the uppers' values before either updated
+    J = sum(Pj @ (eta * C) for Pj in powers)
 
-    def exact_encoder() -> Tensor:
-        theta, psi = start()
-        J = sum(Pj @ (eta * C) for Pj in powers)
-        return J.T @ (phi_k(theta, psi) - t1)
+    def hypergradients() -> dict[str, Tensor]:
+        """Both uppers' hypergradients in the order they step; sequentially, θ or ψ is updated in between.
+        (The encoder's is ``Jᵀ(phi_K - t1)`` at any ψ: ``phi_K`` is linear in ψ, so ``dphi_K/dθ`` is not
+        a function of it.)"""
+        theta, psi, out = theta0, psi0, {}
+        for name, _ in reversed(edges) if swap_edges else edges:
+            if name == "encoder":
+                out[name] = J.T @ (phi_real - t1)
+            else:
+                out[name] = M.T @ (M @ phi_real + E @ theta - t2)
+            if upper_order == "sequential":
+                if name == "encoder":
+                    theta = theta - upper_lr * out[name]
+                else:
+                    psi = psi - upper_lr * out[name]
+        return out
 
-    def first_order_init() -> Tensor:
-        theta, psi = start()
-        return M.T @ (M @ phi_k(theta, psi) - t2)
+    def exact_encoder() -> Tensor:  # what exact on the encoder edge gives (the uppers' values of the inner loop)
+        return J.T @ (phi_real - t1)
+
+    def exact_init() -> Tensor:  # what exact on the init edge would give: (P^K)ᵀ Mᵀ(M phi_K + c Eθ - t2)
+        return torch.linalg.matrix_power(P, unroll).T @ (M.T @ (M @ phi_real + E @ theta0 - t2))
 
     return ClosedForm(
         "dual_meta",
         g,
-        {"encoder": exact_encoder, "init": first_order_init},
+        {"encoder": lambda: hypergradients()["encoder"], "init": lambda: hypergradients()["init"]},
         unroll,
-        {"n": n, "p": p, "unroll": unroll, "inner_lr": eta, "upper_lr": upper_lr},
+        {
+            "n": n,
+            "p": p,
+            "unroll": unroll,
+            "inner_lr": eta,
+            "upper_lr": upper_lr,
+            "unrolled": {"encoder": exact_encoder, "init": exact_init},
+        },
     )
+
+
+def chain_through_pair(
+    method: str = "cg",
+    options: dict | None = None,
+    *,
+    unroll: int = 4,
+    n: int = 6,
+    seed: int = 0,
+) -> ClosedForm:
+    """A top level that reads the lowest level of a bilevel pair and feeds the middle one.
+
+    ``weights`` (θ): ``g = θᵀH1θ/2 - θᵀC1w``, so ``θ*(w) = H1⁻¹C1w``;
+    ``hyper`` (w, a bilevel pair with θ): ``h = bᵀθ + wᵀH2w/2 - wᵀC2ρ`` — it reads θ* (its hypergradient
+    through ``weights``) and ρ;
+    ``top`` (ρ): ``f = ||θ - t||²/2 + r||ρ||²/2`` — it reads only the *lowest* level.
+
+    ``dF/dρ = (H1⁻¹C1 H2⁻¹C2)ᵀ(θ* - t) + rρ`` with ``w* = H2⁻¹(C2ρ - C1ᵀH1⁻¹b)``: the path
+    ``top <- weights <- hyper``, declared by ``nest(lower=hyper, upper=top, via=weights)``. (``h`` is
+    linear in θ, so its curvature in w is H2 whether or not θ* is substituted: a hop through ``hyper``
+    that differentiates ``h`` at fixed θ is exact.) ``method``/``options`` are both lower levels'.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    H1, H2 = _spd(n, 2.0, gen), _spd(n, 2.0, gen)
+    C1, C2 = (torch.randn(n, n, generator=gen, dtype=DTYPE) / n**0.5 for _ in range(2))
+    b, t = torch.randn(n, generator=gen, dtype=DTYPE), torch.randn(n, generator=gen, dtype=DTYPE)
+    rho0 = torch.randn(n, generator=gen, dtype=DTYPE)
+    r = 0.1
+
+    def weights_loss(level: Level, _: Any) -> Tensor:
+        theta = level.module()
+        return theta @ H1 @ theta / 2 - theta @ (C1 @ level.hyper.module())
+
+    def hyper_loss(level: Level, _: Any) -> Tensor:
+        w = level.module()
+        return b @ level.weights.module() + w @ H2 @ w / 2 - w @ (C2 @ level.top.module())
+
+    def top_loss(level: Level, _: Any) -> Tensor:
+        rho = level.module()
+        return (level.weights.module() - t).pow(2).sum() / 2 + r * rho @ rho / 2
+
+    lr1, need1 = _lower_steps(H1)
+    lr2, need2 = _lower_steps(H2)
+    warm_hyper = _round_up(need2, unroll)
+    warm_weights = _round_up(need1, unroll)
+    weights = Level(
+        "weights",
+        Vector(torch.zeros(n)),
+        _sgd(lr1),
+        weights_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warm_weights,
+    )
+    hyper = Level(
+        "hyper",
+        Vector(torch.zeros(n)),
+        _sgd(lr2),
+        hyper_loss,
+        hypergrad=method,
+        unroll=unroll,
+        options=options,
+        warmup=warm_hyper,
+    )
+    top = Level("top", Vector(rho0), _sgd(0.0), top_loss)
+    g = Graph("chain_through_pair")
+    g.add(weights, hyper, top)
+    g.bilevel(lower=weights, upper=hyper)
+    g.nest(lower=hyper, upper=top, via=weights)  # top reads hyper's solution through weights
+    g.feeds(top, into=hyper)
+
+    def exact() -> Tensor:
+        rho = top.module.value.detach()
+        w = torch.linalg.solve(H2, C2 @ rho - C1.T @ torch.linalg.solve(H1, b))
+        theta = torch.linalg.solve(H1, C1 @ w)
+        J = torch.linalg.solve(H1, C1 @ torch.linalg.solve(H2, C2))
+        return J.T @ (theta - t) + r * rho
+
+    # hyper converges in need2 of its steps, one per `unroll` steps of weights, while weights tracks it
+    steps = warm_weights + (warm_hyper + 3 * need1 + unroll) * unroll
+    return ClosedForm("chain_through_pair", g, {"top": exact}, steps, {"n": n, "unroll": unroll})
 
 
 def penalty_minimiser(data: dict[str, Tensor], lam: float) -> tuple[Tensor, Tensor]:

@@ -213,6 +213,7 @@ def as_source(data: Any, level_name: str) -> Callable[[Any], Any] | None:
     """
     if data is None:
         return None
+    _refuse_tensors(data, level_name)
     if isinstance(data, Dataset) and not hasattr(data, "__next__"):
         raise TypeError(
             f"level '{level_name}': data is a Dataset; wrap it in engines.DataStream(dataset, "
@@ -227,6 +228,25 @@ def as_source(data: Any, level_name: str) -> Callable[[Any], Any] | None:
     raise TypeError(
         f"level '{level_name}': data must be None, a DataStream, an iterable or a callable "
         f"fn(level) -> batch, got {type(data).__name__}"
+    )
+
+
+def _refuse_tensors(data: Any, level_name: str) -> None:
+    """A tensor, or a tuple of tensors, is iterable — row by row, or tensor by tensor — which is never
+    the mini-batching a level wants; refuse it with the two ways to say what is meant."""
+    if torch.is_tensor(data):
+        what = f"a tensor of shape {tuple(data.shape)}, which would be iterated row by row (each batch one row"
+        what += f" of shape {tuple(data.shape[1:])})" if data.dim() > 0 else ")"
+        names = "x"
+    elif isinstance(data, tuple) and data and all(torch.is_tensor(t) for t in data):
+        what = f"a tuple of {len(data)} tensors, which would be iterated tensor by tensor (the first batch the first tensor)"
+        names = ", ".join(f"t{i}" for i in range(len(data)))
+    else:
+        return
+    raise TypeError(
+        f"level '{level_name}': data is {what}; for mini-batches pass "
+        f"data=engines.DataStream(torch.utils.data.TensorDataset({names}), batch_size=...), or for the same whole "
+        f"batch at every step data=lambda level: {'(' + names + ')' if ',' in names else names}"
     )
 
 

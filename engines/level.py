@@ -12,7 +12,8 @@ to be exact and safe:
 
 * several uppers of one level are stepped in two phases — every upper forms its gradient
   from the same state, then every upper updates — so no upper's hypergradient depends on
-  which upper happened to step first;
+  which upper happened to step first (or, with ``upper_order="sequential"``, one after the
+  other in declared order, each after the previous one's update);
 * hypergradients are formed path by path with the method each *edge* names
   (:mod:`engines.hypergrad.paths`), and the last one of every path is kept
   (:attr:`Level.hypergradients`) and its norm logged;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import math
 import numbers
 import random
@@ -41,11 +43,14 @@ from betty.problems import ImplicitProblem
 from torch import Tensor, nn
 
 from .data import as_source
+from .edges import ReadCheck, check_reads
 from .errors import GraphError, LossError, NonFiniteError
 from .hypergrad import METHODS
-from .hypergrad.paths import path_label, walk_path
+from .hypergrad.paths import Hypergradients, path_label, walk_path
 
-__all__ = ["Level", "LossFn", "OptimizerSpec", "SchedulerSpec"]
+__all__ = ["UPPER_ORDERS", "Level", "LossFn", "OptimizerSpec", "SchedulerSpec"]
+
+UPPER_ORDERS = ("simultaneous", "sequential")
 
 OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 SchedulerSpec = Callable[[torch.optim.Optimizer], Any]
@@ -81,23 +86,33 @@ class Level(ImplicitProblem):
             attributes), not through ``trainable_parameters()``: ``exact`` re-runs it with
             substituted parameters.
         data: where batches come from: a :class:`engines.DataStream`, any iterator or
-            re-iterable, a callable ``fn(level) -> batch``, or None (the loss takes no batch).
+            re-iterable, a callable ``fn(level) -> batch``, or None (the loss takes no batch); a tensor
+            or a tuple of tensors (which would be iterated row by row) is refused.
         scheduler: ``optimizer -> scheduler``; stepped every step, except
             ``ReduceLROnPlateau``, which the runner steps on the monitored validation metric.
         hypergrad: how upper levels differentiate through this level by default (a name in
-            ``engines.METHODS``); a graph edge may override it for one upper.
-        unroll: real steps of this level per step of its upper levels (``K``).
-        options: options of the default method (e.g. ``{"maxiter": 20, "tol": 1e-6}`` for cg).
+            ``engines.METHODS``, default ``"darts"``); a graph edge may override it for one upper.
+        unroll: real steps of this level per step of its upper levels (``K``, default 1).
+        options: options of the default method (e.g. ``{"maxiter": 20, "tol": 1e-6}`` for cg); names,
+            types and ranges are checked here.
         trainable: ``module -> parameters`` when only part of the module is trained here.
         start: ``level -> {name: tensor}``: values the trainable parameters restart from at every
             inner loop, possibly functions of upper parameters (MAML's ``φ_0 = θ``). It must map
             *every* trainable parameter, by its name within ``module`` (see
             :attr:`trainable_names`), to a tensor of that parameter's shape. Without it the
             parameters carry over between inner loops.
-        warmup: real steps before the upper levels are first called.
+        warmup: real steps before the upper levels are first called (default 0).
+        upper_order: how several upper levels of this level step when they are due together:
+            ``"simultaneous"`` (default: every upper forms its gradient from the same state, then every
+            upper updates, so no result depends on their order) or ``"sequential"`` (in the order their
+            edges were declared, each forming its gradient after the previous one's update, e.g.
+            DuMeta++'s Algorithm 1: θ, then φ with the updated encoder).
         grad_clip: clip the total gradient norm to this value (0 disables).
         probe: ``level -> Tensor`` summarising the level's output for regression goldens
             (default: its trainable parameters).
+
+    ``hypergrad``, ``unroll``, ``options``, ``warmup`` and ``upper_order`` concern upper levels: graph
+    validation warns about them on a top level, where they would be ignored.
     """
 
     def __init__(
@@ -109,15 +124,29 @@ class Level(ImplicitProblem):
         data: Any = None,
         *,
         scheduler: SchedulerSpec | None = None,
-        hypergrad: str = "darts",
-        unroll: int = 1,
+        hypergrad: str | None = None,
+        unroll: int | None = None,
         options: Mapping[str, Any] | None = None,
         trainable: Callable[[nn.Module], Iterable[nn.Parameter]] | None = None,
         start: Callable[[Level], Mapping[str, Tensor]] | None = None,
-        warmup: int = 0,
+        warmup: int | None = None,
         grad_clip: float = 0.0,
         probe: Callable[[Level], Tensor] | None = None,
+        upper_order: str | None = None,
     ):
+        given = {
+            "hypergrad": hypergrad,
+            "unroll": unroll,
+            "options": options or None,
+            "warmup": warmup,
+            "upper_order": upper_order,
+        }
+        # settings that concern upper levels and were given explicitly (warned about on a top level by validation)
+        self.explicit_settings = tuple(key for key, value in given.items() if value is not None)
+        hypergrad = "darts" if hypergrad is None else hypergrad
+        unroll = 1 if unroll is None else unroll
+        warmup = 0 if warmup is None else warmup
+        upper_order = "simultaneous" if upper_order is None else upper_order
         if not isinstance(module, nn.Module):
             raise TypeError(f"level '{name}': module must be an nn.Module, got {type(module).__name__}")
         if not isinstance(hypergrad, str):
@@ -127,6 +156,10 @@ class Level(ImplicitProblem):
             )
         if isinstance(unroll, bool) or not isinstance(unroll, numbers.Integral) or unroll < 1:
             raise ValueError(f"level '{name}': unroll must be an integer >= 1, got {unroll!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+            raise ValueError(f"level '{name}': warmup must be an integer >= 0, got {warmup!r}")
+        if upper_order not in UPPER_ORDERS:
+            raise ValueError(f"level '{name}': upper_order must be one of {list(UPPER_ORDERS)}, got {upper_order!r}")
         if loss is None and type(self).loss is Level.loss:
             raise TypeError(f"level '{name}': give loss=fn(level, batch) or subclass Level and override loss()")
         if loss is not None and not callable(loss):
@@ -145,6 +178,7 @@ class Level(ImplicitProblem):
         super().__init__(name, config, module=module)
         self.hypergrad = hypergrad
         self.unroll = int(unroll)
+        self.upper_order = upper_order
         self.hypergrad_options = options
         self._scheduler_spec = scheduler
         self._loss_fn = loss
@@ -158,7 +192,7 @@ class Level(ImplicitProblem):
         self.method_state: dict[str, Any] = {}
         self.hop_cache: dict[Any, Any] = {}
         self.diagnostics: dict[str, Any] = {}
-        self.hypergradients: dict[str, list[Tensor]] = {}
+        self.hypergradients: dict[str, list[Tensor]] = Hypergradients(name)
         self.hypergradient_report: dict[str, Any] = {}
         self.trajectory: Any = None
         self.step_log: list[dict[str, Any]] = []
@@ -167,10 +201,15 @@ class Level(ImplicitProblem):
         self.hold_batch = False
         self._last_raw_batch: tuple[Any, Any] | None = None
         self.stop_request: str | None = None
+        # observer(level, batch, logged) after each real step's gradient, before the update; must not change the
+        # level's state (the hypergradient doctor records windows and audits through it: engines/doctor)
+        self.step_observers: list[Callable[[Level, Any, dict[str, Any]], None]] = []
         self.one_step_record: dict[str, Any] | None = None
         self._edge_methods: dict[str, tuple[str, dict[str, Any]]] = {}
         self._methods_through: tuple[str, ...] = (hypergrad,)
         self._uppers_through: tuple[str, ...] = ()
+        self._graph_paths = False
+        self._read_checks: tuple[ReadCheck, ...] = ()
         self._in_real_step = False
         self._captured_outputs: list[Tensor] | None = None
         self._detach_outputs = False
@@ -203,14 +242,30 @@ class Level(ImplicitProblem):
             self.module.to(torch.float64)
 
     def configure_edges(
-        self, edges: Mapping[str, tuple[str, Mapping[str, Any]]], uppers_through: Iterable[str]
+        self,
+        edges: Mapping[str, tuple[str, Mapping[str, Any]]],
+        uppers_through: Iterable[str],
+        paths: Iterable[list[Level]] | None = None,
+        read_checks: Iterable[ReadCheck] = (),
     ) -> None:
-        """Set by the graph: per-upper method overrides, and the uppers whose hypergradients pass through
-        this level (so the level runs the recording hooks of every method used on them)."""
+        """Set by the graph: per-upper method overrides, the uppers whose hypergradients pass through
+        this level (so the level runs the recording hooks of every method used on them), this level's
+        own hypergradient paths, and what its loss must read for every declared edge to carry
+        something (checked before the first step, :mod:`engines.edges`)."""
         self._edge_methods = {k: (m, dict(o)) for k, (m, o) in edges.items()}
         self._uppers_through = tuple(uppers_through)
         used = {self.method_through_name(u)[0] for u in uppers_through}
         self._methods_through = tuple(sorted(used)) or (self.hypergrad,)
+        if paths is not None:
+            self._paths = [list(path) for path in paths]
+            self._graph_paths = True
+        self._read_checks = tuple(read_checks)
+
+    def add_paths(self, paths: list) -> None:
+        """Betty's path registration; a graph sets the paths itself (they may pass through ``via`` levels,
+        which Betty's search along nest edges does not know)."""
+        if not self._graph_paths:
+            super().add_paths(paths)
 
     def method_through_name(self, upper: str) -> tuple[str, dict[str, Any]]:
         """``(method, options)`` for differentiating this level's solution with respect to level ``upper``."""
@@ -423,13 +478,23 @@ class Level(ImplicitProblem):
             for module, name, buffer in swapped:
                 module._buffers[name] = buffer
 
+    @contextlib.contextmanager
+    def _graph_buffers_frozen(self) -> Iterator[None]:
+        """:meth:`_frozen_buffers` for this level and every level connected to it: a loss may run other
+        levels' modules (an upper's validation loss runs the lower's network), and a recomputation must
+        not advance their running statistics either."""
+        with contextlib.ExitStack() as frozen:
+            for level in self._connected_levels():
+                frozen.enter_context(level._frozen_buffers())
+            yield
+
     def _loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
         """The loss (or loss dict) under autocast; outside the real step it replays that step's random
-        state and leaves the module's buffers as they were."""
+        state and leaves the buffers of every level's module as they were."""
         if self._in_real_step:
             with self._autocast():
                 return self.training_step(batch)
-        with self._rng(self.last_step_rng), self._autocast(), self._frozen_buffers():
+        with self._rng(self.last_step_rng), self._autocast(), self._graph_buffers_frozen():
             return self.training_step(batch)
 
     def training_step_exec(self, batch: Any) -> Tensor:
@@ -440,20 +505,36 @@ class Level(ImplicitProblem):
         """The loss with the trainable parameters replaced by ``values`` and buffers by ``buffers``."""
         swap = {f"m.{n}": v for n, v in zip(self.trainable_names, values)}
         swap.update({f"m.{n}": b for n, b in buffers.items()})
-        with self._rng(rng), self._autocast():
+        with self._rng(rng), self._autocast(), self._graph_buffers_frozen():
             return torch.func.functional_call(_LossModule(self), swap, (batch,), strict=False)
 
     def _guarded_loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
-        """The loss output; a loss that fails on ``batch=None`` at a level without data is reported as that."""
+        """The loss output. A loss that reads an attribute a level does not have (``level.hyper`` with no
+        level named ``hyper``) is reported as that; one that fails on ``batch=None`` at a level without
+        data, as that."""
         try:
             return self._loss_output(batch)
         except (TypeError, AttributeError, IndexError, KeyError) as err:
+            owner = getattr(err, "obj", None) if isinstance(err, AttributeError) else None
+            if isinstance(owner, Level) and isinstance(getattr(err, "name", None), str):
+                raise LossError(self._unknown_attribute(owner, err.name)) from err
             if batch is None and self._source is None:
                 raise LossError(
                     f"level '{self.name}': its loss failed on batch=None ({type(err).__name__}: {err}); "
                     "the level has no data — pass data=... (a DataStream, an iterable or a callable)"
                 ) from err
             raise
+
+    def _unknown_attribute(self, owner: Level, attribute: str) -> str:
+        names = sorted(level.name for level in self._connected_levels())
+        close = difflib.get_close_matches(attribute, names, n=1)
+        hint = f" — did you mean level.{close[0]}?" if close else ""
+        where = "the level" if owner is self else f"level '{owner.name}'"
+        return (
+            f"level '{self.name}': its loss reads '{attribute}' on {where}, which has no such attribute: "
+            f"no level is named '{attribute}'{hint} (levels reach each other by name; the levels of this "
+            f"graph are {names})"
+        )
 
     def preflight(self) -> bool:
         """Evaluate the loss once on the batch the first step will draw, with no side effects, and check it
@@ -467,12 +548,11 @@ class Level(ImplicitProblem):
         py_state, np_state = random.getstate(), np.random.get_state()
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), contextlib.ExitStack() as frozen:
-                for level in self._connected_levels():  # an upper's loss may run a lower's module
-                    frozen.enter_context(level._frozen_buffers())
+            with torch.random.fork_rng(devices=devices), self._graph_buffers_frozen():
                 batch = self.get_batch()
-                loss = self._scalar_loss(self._guarded_loss_output(batch))
+                loss = self._scalar_loss(self._guarded_loss_output(batch))  # as a recomputation sees it
                 self._check_dependence(loss)
+                self._check_edges(loss)
         finally:
             if self._source is not None:
                 self._source.load_state_dict(saved_source)
@@ -559,13 +639,17 @@ class Level(ImplicitProblem):
             batch = self.cur_batch
         self.before_step(batch)
         self.last_step_rng = self._capture_rng()
+        first_check = not self._checked_loss
         self._in_real_step = True
         try:
             loss, logged = self.get_loss(batch)
-            if not self._checked_loss:
+            if first_check:
                 self._check_dependence(loss)
         finally:
             self._in_real_step = False
+        if first_check and self._read_checks:  # not previewed: check the edges on a recomputation, once
+            self._check_edges(self.training_step_exec(batch))
+            self.hop_cache.clear()
         reports = self.backward(loss, self.trainable_parameters(), self._paths)
         del loss
         if self._parents:
@@ -573,6 +657,8 @@ class Level(ImplicitProblem):
                 hook = METHODS[method].on_lower_step if method in METHODS else None
                 if hook is not None:
                     hook(self, batch)
+        for observe in tuple(self.step_observers):
+            observe(self, batch, logged)
         if self.is_implemented("grad_callback"):
             self.grad_callback()
         self._pending = {"logged": logged, "reports": reports}
@@ -592,17 +678,27 @@ class Level(ImplicitProblem):
             self._step_uppers()
 
     def _step_uppers(self) -> None:
+        """Step the uppers that are due, in the order their edges were declared: simultaneously (every
+        one forms its gradient from the same state, then every one updates) or sequentially (each forms
+        its gradient after the previous one's update), as ``upper_order`` says."""
         due = []
         for upper in self._parents:
             upper.ready[upper.children.index(self)] = True
             if upper.check_ready():
                 due.append(upper)
-        for upper in due:  # phase 1: every upper forms its gradient from the same state
+        for upper in due:
             upper._global_step = self._global_step
-            upper._begin_step()
-            upper.compute_step()
-        for upper in due:  # phase 2: every upper updates
-            upper.apply_step()
+        if self.upper_order == "sequential":
+            for upper in due:
+                upper._begin_step()
+                upper.compute_step()
+                upper.apply_step()
+        else:
+            for upper in due:  # phase 1: every upper forms its gradient from the same state
+                upper._begin_step()
+                upper.compute_step()
+            for upper in due:  # phase 2: every upper updates
+                upper.apply_step()
         self._inner_loop_start = True
 
     def one_step_descent(self, batch: Any = None) -> dict[str, float]:
@@ -613,7 +709,7 @@ class Level(ImplicitProblem):
         return logged
 
     def _check_dependence(self, loss: Tensor) -> None:
-        """Once, at the level's first real step: its loss must depend on its own parameters, or (for an
+        """Once, before the level's first real step: its loss must depend on its own parameters, or (for an
         upper level whose parameters act only through lower levels) on some lower level's."""
         self._checked_loss = True
         if self._paths:
@@ -631,7 +727,27 @@ class Level(ImplicitProblem):
                 f"level '{self.name}': its loss does not depend on the level's own parameters "
                 f"({', '.join(self.trainable_names[:4])}{'...' if len(self.trainable_names) > 4 else ''}); "
                 "read them through level.module, or feed this level into a lower level with graph.feeds"
+                + self._swap_hint(loss)
             )
+
+    def _swap_hint(self, loss: Tensor) -> str:
+        """For a loss that reads an upper level's parameters but not its own: the edge is probably reversed."""
+        if not loss.requires_grad:
+            return ""
+        for upper in self._parents:
+            grads = torch.autograd.grad(loss, upper.trainable_parameters(), retain_graph=True, allow_unused=True)
+            if any(g is not None for g in grads):
+                return (
+                    f"; it reads the parameters of '{upper.name}', which is declared as its upper level — if "
+                    f"'{self.name}' is meant to be the upper level, swap the arguments: "
+                    f"g.bilevel(lower='{upper.name}', upper='{self.name}')"
+                )
+        return ""
+
+    def _check_edges(self, loss: Tensor) -> None:
+        """Every declared edge on a hypergradient path that this level's loss (or start map) must carry."""
+        if self._read_checks:
+            check_reads(self, loss, self._read_checks, lambda name: getattr(self, name))
 
     def backward(self, loss: Tensor, params: list[Tensor], paths: list, **_: Any) -> dict[str, Any]:
         """Direct gradient plus one hypergradient per path (each hop with its edge's method), formed
@@ -767,16 +883,14 @@ class Level(ImplicitProblem):
 
 
 def _betty_option_fields(name: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Check ``options`` against the method's and translate the ones Betty's ``Config`` also has."""
+    """Check ``options`` against the method's (names, types and ranges) and translate the ones Betty's
+    ``Config`` also has."""
     info = METHODS.get(method)
     if info is None:  # reported with the full list by Graph.validate()
         return {}
-    unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        accepted = ", ".join(sorted(info.options)) or "none"
-        raise ValueError(
-            f"level '{name}': option(s) {unknown} are not understood by hypergrad '{method}' (accepted: {accepted})"
-        )
+    problems = info.option_problems(options)
+    if problems:
+        raise ValueError(f"level '{name}': " + "; ".join(problems))
     return {field: options[key] for key, (field, _) in info.options.items() if field is not None and key in options}
 
 

@@ -47,10 +47,11 @@ class _StorageTracker(TorchDispatchMode):
         self.live -= self._sizes.pop(key, 0)
 
     def _track(self, t: torch.Tensor) -> None:
-        if t._is_zerotensor():  # autograd's "efficient zero" tensors own no storage (reading it raises)
+        try:
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # a storage without data that some backward kernels return: nothing to count
             return
-        storage = t.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
         if size == 0 or key in self._sizes or t.device.type != "cpu":
             return
         self._sizes[key] = size

@@ -33,6 +33,7 @@ import numbers
 import os
 import platform
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -56,8 +57,10 @@ from .checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from .doctor.audit import Auditor, AuditSettings
 from .errors import CheckpointError, NonFiniteError, ResumeError
 from .level import Level
+from .monitoring import metric_mode
 from .topology import Topology
 
 __all__ = ["EarlyStopping", "RunResult", "Runner", "build_engine", "resolve_device", "run", "seed_everything"]
@@ -195,13 +198,20 @@ class Runner:
         validate: ``fn(graph) -> {metric: value}``, run on rank 0 with all modules in eval mode.
         valid_every: validate every N global steps (0: only at the end if ``validate`` is given).
         monitor, mode: metric that selects the best checkpoint ("max" or "min"); default: the
-            first metric returned, "min" if its name contains "loss" else "max".
+            first metric returned. Without ``mode`` the direction is told from a well-known name
+            (loss, mse, mae, error, nll, distance... are minimised; acc, dice, iou, jaccard, psnr,
+            ssim, auc... maximised, see :mod:`engines.monitoring`) and announced; any other name
+            needs ``mode`` (refused here when ``monitor`` is given, else at the first validation).
         early_stopping: stop after this many validations without improvement.
         checkpoint_every: write ``checkpoint_latest.pt`` every N steps (0: only at the end).
         resume: continue the run in ``out`` from ``checkpoint_latest.pt``.
         progress: show a progress bar with each level's latest loss.
         tensorboard: also log to ``out/tensorboard``.
         config: extra settings recorded in ``config.json`` (e.g. a recipe's arguments).
+        audit_every: audit every upper level's hypergradient at its first step and every N-th after it
+            against the doctor's reference, logged as ``audit`` on its metrics line, warning once per
+            path where it carries little or wrong signal; the run is not changed (0: no audit).
+        audit: how to audit (:class:`engines.doctor.AuditSettings`: thresholds, trust check, levels).
     """
 
     def __init__(
@@ -224,6 +234,8 @@ class Runner:
         progress: bool = True,
         tensorboard: bool = False,
         config: dict[str, Any] | None = None,
+        audit_every: int = 0,
+        audit: AuditSettings | None = None,
     ):
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be a positive integer (global steps to run), got {steps!r}")
@@ -231,15 +243,24 @@ class Runner:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         if resume and out is None:
             raise ValueError("resume=True needs out= (the run directory to continue); without it nothing was saved")
-        for name, value in (("valid_every", valid_every), ("checkpoint_every", checkpoint_every)):
+        for name, value in (
+            ("valid_every", valid_every),
+            ("checkpoint_every", checkpoint_every),
+            ("audit_every", audit_every),
+        ):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if validate is not None and not callable(validate):
             raise TypeError(f"validate must be a function graph -> {{metric: number}}, got {type(validate).__name__}")
         if mode not in (None, "max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self._mode_reason = None  # why the mode was told from the metric's name (announced once)
+        if monitor is not None and mode is None:
+            mode, self._mode_reason = metric_mode(monitor)
         if early_stopping is not None and validate is None:
             raise ValueError("early_stopping needs a validate function")
+        if audit is not None and not isinstance(audit, AuditSettings):
+            raise TypeError(f"audit must be engines.doctor.AuditSettings, got {type(audit).__name__}")
         self.graph = graph
         self.steps = int(steps)
         self.out = Path(out) if out is not None else None
@@ -253,6 +274,8 @@ class Runner:
         self.checkpoint_every = int(checkpoint_every)
         self.resume, self.show_progress, self.use_tensorboard = resume, progress, tensorboard
         self.user_config = dict(config or {})
+        self.audit_every, self.audit_settings = int(audit_every), audit
+        self._auditor: Auditor | None = None
         self.step_count = 0
         self.stop_reason: str | None = None
         self.best: dict[str, Any] | None = None
@@ -276,6 +299,16 @@ class Runner:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def audits(self) -> list[dict[str, Any]]:
+        """Every audit done so far (``audit_every``): ``{"level", "step", "audit"}``, as logged."""
+        return [] if self._auditor is None else list(self._auditor.audits)
+
+    @property
+    def audit_seconds(self) -> float:
+        """Wall time the audit has taken so far (0 without ``audit_every``)."""
+        return 0.0 if self._auditor is None else self._auditor.seconds
+
     def start(self) -> None:
         """Seed, build the engine, prepare the run directory, restore a checkpoint if resuming."""
         self.rank, self.world = _init_distributed(self.device)
@@ -291,6 +324,9 @@ class Runner:
         if not self.resume:  # every loss checked before any work (a resumed run already passed this)
             for level in self.graph.levels.values():
                 level.preflight()
+        if self.audit_every:
+            self._auditor = Auditor(self.graph, self.audit_every, self.audit_settings)
+            self._auditor.check(self.world)
         self._started = True
         self._t0 = time.perf_counter()
         self._bar = tqdm(
@@ -308,11 +344,13 @@ class Runner:
                 tqdm.write(f"[medmlo] removed {tmp}, left by an interrupted checkpoint write")
         if self.resume:
             self._restore(self._load_latest(latest))
-        elif (latest.exists() or previous_path(latest).exists()) and self.is_main:
-            raise ResumeError(
-                f"run directory {self.out} already holds a run (checkpoint_latest.pt); pass resume=True "
-                "(--resume) to continue it, or choose another output directory"
-            )
+        elif self.is_main:
+            held = [p.name for p in (latest, previous_path(latest)) if p.exists()]
+            if held:
+                raise ResumeError(
+                    f"run directory {self.out} already holds a run ({', '.join(held)}); pass resume=True "
+                    "(--resume) to continue it, or choose another output directory"
+                )
         if not self.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -367,6 +405,7 @@ class Runner:
                 "mode": self.mode,
                 "early_stopping": asdict(self.early_stopping) if self.early_stopping else None,
                 "checkpoint_every": self.checkpoint_every,
+                "audit_every": self.audit_every,
                 "world_size": self.world,
             },
             "config": self.user_config,
@@ -458,11 +497,15 @@ class Runner:
         self.step_count += 1
         engine = self.graph.engine
         engine.global_step = self.step_count
+        if self._auditor is not None:
+            self._auditor.before_step()
         try:
             engine.train_step()
         except NonFiniteError as err:
             self._on_non_finite(err)
             raise
+        if self._auditor is not None:
+            self._auditor.after_step()
         self._drain_logs()
         requests = [f"{n}: {lv.stop_request}" for n, lv in self.graph.levels.items() if lv.stop_request]
         if requests:
@@ -547,7 +590,11 @@ class Runner:
         if self.monitor is None:
             self.monitor = next(iter(metrics))
         if self.mode is None:
-            self.mode = "min" if "loss" in self.monitor else "max"
+            self.mode, self._mode_reason = metric_mode(self.monitor)
+        if self._mode_reason is not None:
+            message = f"[medmlo] best checkpoint: mode='{self.mode}' for '{self.monitor}' ({self._mode_reason})"
+            tqdm.write(message, file=sys.stderr)  # a diagnostic, like the progress bar: stdout stays the caller's
+            self._mode_reason = None
         if self.monitor not in metrics:
             raise KeyError(f"validation returned {sorted(metrics)} but the monitored metric is '{self.monitor}'")
         value = metrics[self.monitor]

@@ -34,6 +34,7 @@ from typing import Any
 
 from betty.engine import Engine
 
+from .edges import ReadCheck
 from .errors import GraphError
 from .hypergrad import METHODS
 from .level import Level
@@ -47,6 +48,7 @@ LevelRef = Level | str
 class _Edge:
     lower: str
     upper: str
+    via: str | None = None  # nest only: the upper's loss reads the lower's solution through this level
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,19 @@ class Topology:
         lower: LevelRef,
         upper: LevelRef,
         *,
+        via: LevelRef | None = None,
         hypergrad: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        """``lower``'s solution enters ``upper``'s loss (Betty ``l2u``). ``hypergrad``/``options``
-        override the method for the hop through ``upper`` with respect to ``lower``."""
-        self._add_edge(self._nest, lower, upper, "nest")
+        """``lower``'s solution enters ``upper``'s loss (Betty ``l2u``): ``upper`` steps after ``lower``'s
+        inner loop and its hypergradients may pass through ``lower``.
+
+        ``via``: ``upper``'s loss reads ``lower``'s solution only *through* the level ``via``, whose loss
+        reads ``lower`` (e.g. a top level whose loss reads the weights of a bilevel pair ``weights`` /
+        ``hyper``: ``nest(lower=hyper, upper=top, via=weights)``); paths then run
+        ``top <- weights <- hyper`` (see docs/chains.md). ``hypergrad``/``options`` override the method
+        for the hop through ``upper`` with respect to ``lower``."""
+        self._add_edge(self._nest, lower, upper, "nest", via=None if via is None else _name(via))
         if hypergrad is not None or options is not None:
             self._override(_name(upper), _name(lower), hypergrad, options, "nest")
 
@@ -171,10 +180,18 @@ class Topology:
                         takers.append(upper)
         return out
 
-    def _add_edge(self, edges: list[_Edge], lower: LevelRef, upper: LevelRef, kind: str) -> None:
-        edge = _Edge(_name(lower), _name(upper))
+    def _add_edge(
+        self, edges: list[_Edge], lower: LevelRef, upper: LevelRef, kind: str, via: str | None = None
+    ) -> None:
+        edge = _Edge(_name(lower), _name(upper), via)
         if edge.lower == edge.upper:
             raise GraphError(f"graph '{self.name}': {kind} edge from level '{edge.lower}' to itself")
+        for other in edges:
+            if (other.lower, other.upper) == (edge.lower, edge.upper) and other.via != edge.via:
+                raise GraphError(
+                    f"graph '{self.name}': nest edge {edge.lower} -> {edge.upper} declared twice, with via="
+                    f"{other.via!r} and via={edge.via!r}; declare it once"
+                )
         if edge not in edges:
             edges.append(edge)
 
@@ -205,10 +222,26 @@ class Topology:
         return out
 
     def _chains(self, src: str, dst: str) -> list[list[str]]:
-        """All nest-chains ``[src, ..., dst]``."""
+        """All nest-chains ``[src, ..., dst]``; a ``via`` edge puts its ``via`` level between its ends."""
         if src == dst:
             return [[dst]]
-        return [[src, *rest] for up in self.uppers(src) for rest in self._chains(up, dst)]
+        return [
+            [src, *([e.via] if e.via else []), *rest]
+            for e in self._nest
+            if e.lower == src
+            for rest in self._chains(e.upper, dst)
+        ]
+
+    def below(self, name: str) -> set[str]:
+        """Every level under ``name`` by nest edges (its lower levels, theirs, and so on)."""
+        out: set[str] = set()
+        todo = self.lowers(name)
+        while todo:
+            level = todo.pop()
+            if level not in out:
+                out.add(level)
+                todo.extend(self.lowers(level))
+        return out
 
     def depth(self, name: str) -> int:
         """Longest chain of nest edges below a level (0 for the bottom)."""
@@ -222,20 +255,26 @@ class Topology:
             raise GraphError(f"graph '{self.name}' has no levels")
         for kind, edges in (("nest", self._nest), ("feeds", self._feeds)):
             for e in edges:
-                unknown = [n for n in (e.lower, e.upper) if n not in self._levels]
+                unknown = [n for n in (e.lower, e.upper, e.via) if n and n not in self._levels]
                 if unknown:
                     raise GraphError(
                         f"graph '{self.name}': {kind} edge {e.lower} -> {e.upper} names unknown level(s) "
                         f"{unknown}; known levels: {sorted(self._levels)}"
                     )
         self._check_acyclic()
+        self._check_via()
         for e in self._feeds:
             if not self._chains(e.lower, e.upper):
-                raise GraphError(
-                    f"level '{e.upper}' feeds its parameters into '{e.lower}', but no chain of nest edges "
-                    f"leads from '{e.lower}' up to '{e.upper}', so '{e.upper}' could never see how "
-                    f"'{e.lower}' responds; add g.nest(lower='{e.lower}', upper=...) edges up to '{e.upper}'"
-                )
+                raise GraphError(self._no_chain_message(e.upper, e.lower))
+        for upper, paths in self.paths().items():
+            for path in paths:
+                inner = path[1:-1]
+                if len(set(inner)) != len(inner) or upper in inner:
+                    raise GraphError(
+                        f"graph '{self.name}': the hypergradient path {' <- '.join(path[:-1])} of '{upper}' passes "
+                        "through a level twice (a via= level that is also on the nest chain); declare the chain "
+                        "with plain nest edges"
+                    )
         for level in self._levels.values():
             if level.optimizer is None:
                 raise GraphError(f"level '{level.name}' has no optimizer")
@@ -262,7 +301,47 @@ class Topology:
                         "each parameter belongs to exactly one level"
                     )
                 owners[id(p)] = level.name
+        self._check_settings()
         self._check_methods()
+
+    def _check_via(self) -> None:
+        """A ``via`` level must read the edge's lower level and lie below its upper level."""
+        for e in self._nest:
+            if e.via is None:
+                continue
+            call = f"g.nest(lower='{e.lower}', upper='{e.upper}', via='{e.via}')"
+            if e.via in (e.lower, e.upper):
+                raise GraphError(f"graph '{self.name}': {call}: via must be a third level, not an end of the edge")
+            if e.lower not in self.feeders(e.via) and e.lower not in self.lowers(e.via):
+                raise GraphError(
+                    f"graph '{self.name}': {call} says that the loss of '{e.via}' reads '{e.lower}', but no edge "
+                    f"declares it: add g.bilevel(lower='{e.via}', upper='{e.lower}') or "
+                    f"g.feeds('{e.lower}', into='{e.via}') (or g.nest(lower='{e.lower}', upper='{e.via}'))"
+                )
+            if e.via not in self.below(e.upper):
+                raise GraphError(
+                    f"graph '{self.name}': {call}: '{e.via}' must lie below '{e.upper}' (a chain of nest edges up "
+                    f"to it) so that its solution is current when '{e.upper}' steps; add "
+                    f"g.nest(lower='{e.via}', upper='{e.upper}')"
+                )
+
+    def _no_chain_message(self, upper: str, lower: str) -> str:
+        """Why ``feeds(upper, into=lower)`` has no path, and the declarations that would give it one."""
+        readers = [
+            v for v in self._levels if v not in (lower, upper) and (lower in self.feeders(v) or lower in self.lowers(v))
+        ]
+        ways = [f"g.nest(lower='{lower}', upper='{upper}') if the loss of '{upper}' reads '{lower}'"]
+        ways += [
+            f"g.nest(lower='{lower}', upper='{upper}', via='{v}') if the loss of '{upper}' reads '{v}', whose loss "
+            f"reads '{lower}'"
+            for v in sorted(readers)
+        ]
+        return (
+            f"level '{upper}' feeds its parameters into '{lower}', but no chain of nest edges leads from '{lower}' "
+            f"up to '{upper}', so '{upper}' could never see how '{lower}' responds; each loss on a path must read "
+            f"the level after it: add {'; or '.join(ways)}; or nest edges up to '{upper}' through levels whose "
+            "losses read each other (see docs/chains.md)"
+        )
 
     def _check_acyclic(self) -> None:
         visiting: list[str] = []
@@ -283,6 +362,66 @@ class Topology:
             if name not in done:
                 visit(name)
 
+    def _override_hint(self, override: _Override, hops: Mapping[tuple[str, str], list[str]]) -> str:
+        """Which call sets the hop the user probably meant (nest sets the hop through its *upper*)."""
+        if override.declared_by == "nest" and (override.wrt, override.through) in hops:
+            lower, upper = override.wrt, override.through
+            return (
+                f". g.nest(lower='{lower}', upper='{upper}', hypergrad=...) sets the hop through the upper level "
+                f"'{upper}' (taken when a level above '{upper}' differentiates through it); to choose how '{upper}' "
+                f"differentiates through '{lower}', pass hypergrad= to g.bilevel(lower='{lower}', upper='{upper}', "
+                f"hypergrad=...) or g.feeds('{upper}', into='{lower}', hypergrad=...)"
+            )
+        if override.declared_by in ("feeds", "bilevel") and (override.wrt, override.through) in hops:
+            lower, upper = override.through, override.wrt
+            return (
+                f". g.feeds/g.bilevel(..., hypergrad=...) set the hop through the lower level '{lower}'; to set the "
+                f"hop through '{upper}' with respect to '{lower}', use g.nest(lower='{lower}', upper='{upper}', "
+                "hypergrad=...)"
+            )
+        return ""
+
+    def _check_settings(self) -> None:
+        """Warn, naming the level, about settings that would be ignored: those that concern upper levels on a
+        top level, a method on a level no hypergradient passes through, and an upper order on a level with
+        fewer than two uppers. (Warned rather than refused: level builders are shared between graphs of
+        different shapes, e.g. a recipe's baseline without the top level.)"""
+        hops = self.hops()
+        for name, level in self._levels.items():
+            explicit = list(getattr(level, "explicit_settings", ()))
+            uppers = self.uppers(name)
+            if not uppers and explicit:
+                lowers = self.lowers(name)
+                meant = (
+                    f"; to choose how '{name}' differentiates through '{lowers[0]}', set hypergrad= on '{lowers[0]}' "
+                    f"or on the edge: g.bilevel(lower='{lowers[0]}', upper='{name}', hypergrad=...)"
+                    if lowers and "hypergrad" in explicit
+                    else ""
+                )
+                warnings.warn(
+                    f"level '{name}' has no upper level (it is a top level), so its {', '.join(explicit)} would be "
+                    "ignored: they say how upper levels step after a level and differentiate through it; remove "
+                    f"them{meant}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                continue
+            unused = [k for k in ("hypergrad", "options") if k in explicit]
+            if unused and not any(through == name for through, _ in hops):
+                warnings.warn(
+                    f"level '{name}': its {' and '.join(unused)} would be ignored: no hypergradient passes through "
+                    f"'{name}' (its upper level(s) {uppers} are nested over it without a feeds edge into it)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            if "upper_order" in explicit and len(uppers) < 2:
+                warnings.warn(
+                    f"level '{name}': upper_order='{level.upper_order}' has no effect: it orders several upper "
+                    f"levels, and '{name}' has {len(uppers)} ({uppers})",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
     def _check_methods(self) -> None:
         owners_of_paths = set(self.paths())
         hops = self.hops()
@@ -292,6 +431,7 @@ class Topology:
                     f"graph '{self.name}': a hypergradient method was set on the {override.declared_by} edge for "
                     f"differentiating '{override.through}' with respect to '{override.wrt}', but no hypergradient "
                     f"takes that hop; hops taken: {sorted(f'{t}/{w}' for t, w in hops) or 'none'}"
+                    + self._override_hint(override, hops)
                 )
         for (through, wrt), takers in sorted(hops.items()):
             level = self._levels[through]
@@ -303,12 +443,9 @@ class Topology:
                 raise GraphError(f"{where}: unknown hypergrad '{method}'; available: {usable}")
             if info.refused:
                 raise GraphError(f"{where}: hypergrad '{info.name}' refused: {info.refused}")
-            unknown = sorted(set(options) - set(info.options))
-            if unknown:
-                raise GraphError(
-                    f"{where}: option(s) {unknown} are not understood by hypergrad '{method}' "
-                    f"(accepted: {', '.join(sorted(info.options)) or 'none'})"
-                )
+            problems = info.option_problems(options)
+            if problems:
+                raise GraphError(f"{where}: " + "; ".join(problems))
             if info.leaf_only and through in owners_of_paths:
                 raise GraphError(
                     f"{where}: hypergrad '{info.name}' only supports levels that own no hypergradient "
@@ -362,6 +499,8 @@ class Topology:
             opt = lv.optimizer
             opt_text = f"{type(opt).__name__}(lr={opt.param_groups[0]['lr']:g})" if opt else "no optimizer"
             through = f"hypergrad={lv.hypergrad} unroll={lv.unroll}" if self.uppers(name) else "top level"
+            if lv.upper_order != "simultaneous":
+                through += f" upper_order={lv.upper_order}"
             if lv.hypergrad_options and self.uppers(name):
                 through += " " + " ".join(f"{k}={v}" for k, v in sorted(lv.hypergrad_options.items()))
             lines.append(
@@ -369,8 +508,10 @@ class Topology:
             )
         lines.append("edges:")
         for e in self._nest:
+            through = f" through '{e.via}'" if e.via else ""
+            arrow = f"-> {e.upper} via {e.via}" if e.via else f"-> {e.upper}"
             lines.append(
-                f"  {e.lower} -> {e.upper}   (nest: the solution of '{e.lower}' enters the loss of '{e.upper}')"
+                f"  {e.lower} {arrow}   (nest: the solution of '{e.lower}' enters the loss of '{e.upper}'{through})"
             )
         for e in self._feeds:
             lines.append(
@@ -407,13 +548,77 @@ class Topology:
         return {"l2u": l2u, "u2l": u2l}
 
     def configure_levels(self) -> None:
-        """Tell every level which uppers differentiate through it and with which per-edge methods."""
+        """Tell every level which uppers differentiate through it and with which per-edge methods, its own
+        hypergradient paths, and what its loss must read (checked before the first step)."""
         hops = self.hops()
+        paths = self.paths()
+        checks = self.read_checks()
         for name, level in self._levels.items():
             through = [wrt for (t, wrt) in hops if t == name]
             level.configure_edges(
-                {wrt: self.method_of(name, wrt) for wrt in through if (name, wrt) in self._overrides}, through
+                {wrt: self.method_of(name, wrt) for wrt in through if (name, wrt) in self._overrides},
+                through,
+                paths=[[self._levels[n] for n in path] for path in paths.get(name, [])],
+                read_checks=checks.get(name, []),
             )
+
+    def read_checks(self) -> dict[str, list[ReadCheck]]:
+        """For every level, what its loss (or start map) must read so that every factor of every path is
+        carried: a path ``[U, l_1, ..., l_n, U]`` needs ``U``'s loss to read ``l_1`` and each ``l_i`` to
+        read the level after it (:mod:`engines.edges`). Each check names the declaration behind it."""
+        texts = self._edge_texts()
+        found: dict[tuple[str, str, str | None], list[str]] = {}
+        for paths in self.paths().values():
+            for path in paths:
+                label = "<-".join(path[:-1])
+                for i, (x, y) in enumerate(itertools.pairwise(path)):
+                    key = (x, y, None if i == 0 else self.method_of(x, y)[0])
+                    found.setdefault(key, [])
+                    if label not in found[key]:
+                        found[key].append(label)
+        out: dict[str, list[ReadCheck]] = {}
+        for (x, y, method), labels in found.items():
+            level = self._levels[x]
+            if method is None:
+                via = tuple(
+                    sorted(v for v in self.below(x) if v != y and (y in self.feeders(v) or y in self.lowers(v)))
+                )
+                check = ReadCheck(y, texts[(x, y)], tuple(labels), "loss", None, via)
+            else:
+                info = METHODS[method]
+                if info.needs_start and not level.has_start:
+                    continue  # warned at validation: the hop is zero by the method's definition
+                carrier = "loss"
+                if info.needs_start:
+                    carrier = "start"
+                elif info.name == "exact" and level.has_start:
+                    truncate = self.method_of(x, y)[1].get("truncate")
+                    carrier = "loss_or_start" if truncate is None or truncate >= level.unroll else "loss"
+                check = ReadCheck(y, texts[(x, y)], tuple(labels), carrier, method)
+            out.setdefault(x, []).append(check)
+        return out
+
+    def _edge_texts(self) -> dict[tuple[str, str], str]:
+        """``(x, y) -> the declaration that says x's loss reads y``, as the user would write it."""
+        texts: dict[tuple[str, str], str] = {}
+        for e in self._feeds:
+            texts[(e.lower, e.upper)] = (
+                f"feeds edge {e.upper} => {e.lower} (g.feeds('{e.upper}', into='{e.lower}') or "
+                f"g.bilevel(lower='{e.lower}', upper='{e.upper}'))"
+            )
+        for e in self._nest:
+            if e.via is None:
+                texts.setdefault(
+                    (e.upper, e.lower),
+                    f"nest edge {e.lower} -> {e.upper} (g.nest(lower='{e.lower}', upper='{e.upper}') or "
+                    f"g.bilevel(lower='{e.lower}', upper='{e.upper}'))",
+                )
+        for e in self._nest:
+            if e.via is not None:
+                text = f"g.nest(lower='{e.lower}', upper='{e.upper}', via='{e.via}')"
+                texts.setdefault((e.upper, e.via), text)
+                texts.setdefault((e.via, e.lower), text)
+        return texts
 
     def signature(self) -> dict[str, Any]:
         """What must match for a run directory to be resumed with this graph."""
@@ -424,10 +629,11 @@ class Topology:
                     "hypergrad": lv.hypergrad,
                     "unroll": lv.unroll,
                     "params": [list(p.shape) for p in lv.trainable_parameters()],
+                    **({"upper_order": lv.upper_order} if lv.upper_order != "simultaneous" else {}),
                 }
                 for n, lv in sorted(self._levels.items())
             },
-            "nest": sorted([e.lower, e.upper] for e in self._nest),
+            "nest": sorted([e.lower, e.upper, *([e.via] if e.via else [])] for e in self._nest),
             "feeds": sorted([e.upper, e.lower] for e in self._feeds),
             "edge_methods": sorted(
                 [o.through, o.wrt, o.method, [list(kv) for kv in o.options]] for o in self._overrides.values()

@@ -1,7 +1,8 @@
 """What every recipe's command line shares: options, presets, run folders (results files: reporting.py).
 
 Common options mean the same in every recipe: --dataset, --data-root, --download,
---preset {smoke,small,paper,study}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad.
+--preset {smoke,small,paper}, --device, --seed/--seeds, --steps, --out, --resume, --hypergrad,
+--doctor (recipes/doctor.py) and --audit-every (the runner's audit_every).
 Without --preset a recipe picks the one that finishes in minutes where it runs (smoke on CPU,
 small on a GPU) and says so.
 """
@@ -9,6 +10,7 @@ small on a GPU) and says so.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -41,7 +43,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         choices=PRESETS,
         default=None,
         help="smoke (CPU, minutes), small (a short real run, GPU), paper (the paper's settings), study (the "
-        "paper's claims tested on the embedded data, <= 1 hour on 2 CPU cores); default: smoke on CPU, small on GPU",
+        "claims on 2 CPU cores within an hour, docs/results/); "
+        "default: smoke on CPU, small on GPU",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (shorthand for --seeds S)")
@@ -61,6 +64,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets: Sequence[
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision (fp16 needs a GPU)"
     )
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes per level")
+    parser.add_argument(
+        "--doctor",
+        action="store_true",
+        help="before training each run, compare every hypergradient method with a reference on its graph and write "
+        "hypergrad_doctor.{md,json,png} into its run folder (docs/doctor.md)",
+    )
+    parser.add_argument(
+        "--audit-every",
+        type=non_negative_int,
+        default=0,
+        help="audit each upper level's hypergradient against the doctor's reference at its first step and every N-th "
+        "after it, logged in metrics.jsonl (0: off)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -82,6 +98,17 @@ positive_int = _integer_at_least(1, "a positive integer")
 """argparse type: an integer >= 1 (steps, sizes, counts)."""
 non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
+
+
+def finite_non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (a weight, a margin); nan, inf and negatives are refused at parse time."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
 
 
 def choose_preset(requested: str | None, device: torch.device) -> str:

@@ -27,7 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULT_FILE", "Plan", "RunSpec", "execute", "finished", "grid", "has_checkpoint", "record"]
+__all__ = [
+    "RESULT_FILE",
+    "STARTED_FILE",
+    "Plan",
+    "RunSpec",
+    "execute",
+    "finished",
+    "grid",
+    "has_checkpoint",
+    "record",
+    "started",
+]
 
 RESULT_FILE = "result.json"
 """What a finished run leaves in its folder: its spec, the settings it was made with, its result."""
@@ -141,6 +152,35 @@ def finished(run_dir: Path, spec: RunSpec | None = None, settings: Mapping[str, 
                 "with the same settings: choose another --out or delete that folder"
             )
     return saved["result"]
+
+
+STARTED_FILE = "started.json"
+"""What a run leaves in its folder when it starts: its spec and the settings it is made with."""
+
+
+def started(run_dir: Path, spec: RunSpec, settings: Mapping[str, Any]) -> None:
+    """Call when a run starts training: records its spec and settings in ``started.json``; for a run that
+    was already started (an interrupted one, about to resume from its checkpoint), refuses other ones
+    (``SystemExit`` naming the file and the settings that differ), so a resumed run is never continued
+    with other settings than it began with. :func:`finished` does the same for finished runs."""
+    path = Path(run_dir) / STARTED_FILE
+    now = {"spec": _plain(spec.as_row()), "settings": _plain(dict(settings))}
+    if path.is_file():
+        then = json.loads(path.read_text())
+        keys = set(then["settings"]) | set(now["settings"])
+        differ = sorted(k for k in keys if then["settings"].get(k) != now["settings"].get(k))
+        if then["spec"] != now["spec"] or differ:
+            what = ", ".join(f"{k}: {then['settings'].get(k)!r} then, {now['settings'].get(k)!r} now" for k in differ)
+            raise SystemExit(
+                f"error: {path}: the interrupted run in this folder was started as {then['spec']} with other "
+                f"settings ({what or 'the run differs'}); it cannot be continued with these: choose another --out "
+                "or delete that folder"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(now, indent=1))
+    os.replace(tmp, path)
 
 
 def record(run_dir: Path, spec: RunSpec, settings: Mapping[str, Any], result: Mapping[str, Any]) -> Path:

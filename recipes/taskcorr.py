@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+import doctor
 import planning
 from reports import taskcorr as report
 
@@ -62,8 +63,7 @@ from problems.taskcorr.optimal_control import GRADIENT_PATHS, ControlNetConfig
 
 METHODS = ("uniform", "independent", "learned-shared", "learned", "metarecon")
 LEARNED = ("learned", "learned-shared")
-DATASETS = ("auto", "mni152", "brats2018", "nifti")
-"""auto: the embedded MNI152 stand-in without --data-root, else the layout found there."""
+DATASETS = ("auto", "mni152", "brats2018", "nifti")  # auto: the embedded stand-in, else the layout in --data-root
 DEFAULT_HYPERGRAD = "adjoint_unroll"
 """W's hypergradient: equal to `exact` (the gradient of what is trained) with memory flat in T; darts and
 one_step drift from it (problems/taskcorr/hypergradient.py, benchmarks/taskcorr_hypergradient.py)."""
@@ -254,6 +254,8 @@ class Setup:
     data: TaskData
     device: torch.device
     progress: bool
+    doctor: bool = False  # --doctor: the hypergradient doctor's table in each run folder before training
+    audit_every: int = 0  # --audit-every: W's hypergradient audited against the reference during training
 
     @property
     def network(self) -> ControlNetConfig:
@@ -336,6 +338,8 @@ def train(spec: planning.RunSpec, run_dir: Path, *, setup: Setup) -> dict[str, A
         save_atomic(out.pop("examples"), run_dir / "examples.pt")
         return out
     graph = graph_for(spec, setup)
+    if setup.doctor:
+        doctor.write_doctor(lambda: graph_for(spec, setup), run_dir)
     steps = s["outer_steps"] * s["inner_steps"]
     Runner(
         graph,
@@ -347,6 +351,7 @@ def train(spec: planning.RunSpec, run_dir: Path, *, setup: Setup) -> dict[str, A
         checkpoint_every=s["inner_steps"] * max(1, s["outer_steps"] // 5),
         resume=planning.has_checkpoint(run_dir),
         progress=setup.progress,
+        audit_every=setup.audit_every,
         config={"spec": spec.as_row(), "settings": s},
     ).run()
     nets = graph["theta"].module.nets
@@ -380,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = common.prepare_out(args.out or Path("runs") / f"taskcorr-{data.source}-{plan.preset}", args.resume)
     print(f"[taskcorr] data: {data.description}")
     print(f"[taskcorr] {len(plan.runs)} runs on {device}: " + ", ".join(f"{k}={v}" for k, v in plan.settings.items()))
-    setup = Setup(plan.settings, data, device, progress=not args.no_progress)
+    setup = Setup(plan.settings, data, device, not args.no_progress, args.doctor, args.audit_every)
     with torch_threads(args.threads or PRESETS[plan.preset].threads, device):
         results = planning.execute(plan, out, functools.partial(train, setup=setup))
         if "learned" in plan.methods:

@@ -19,8 +19,9 @@ from betty.hypergradient.cg import cg as _betty_cg
 from . import diff_optim
 from .finite_difference import FD_OPTIONS, SAMA_OPTIONS, darts, one_step, record_one_step, sama
 from .first_order import first_order
-from .implicit import CG_OPTIONS, NEUMANN_OPTIONS, cg, cg_warm, curvature_product, neumann
+from .implicit import CG_OPTIONS, CURVATURES, NEUMANN_OPTIONS, SOLVERS, cg, cg_warm, curvature_product, neumann
 from .linear_solve import CGResult, conjugate_gradient, minres
+from .option_checks import choice, flag, integer, optional, real
 from .penalty import PENALTY_OPTIONS, penalty, penalty_lower_step
 from .registry import METHODS, MethodInfo, method_table, register_method
 from .unrolled import EXACT_OPTIONS, exact, record_step
@@ -38,6 +39,29 @@ __all__ = [
 
 _ADAPTIVE_OPTIMIZERS = tuple(cls.__name__ for cls in diff_optim.SUPPORTED)
 
+# Option value checks (type and range) of each method; register_method refuses an option without one.
+_STEP = {"alpha": real(0.0, strict=True)}  # finite-difference scale (darts, sama, one_step)
+CG_CHECKS = {
+    "maxiter": integer(1),
+    "tol": real(0.0),
+    "damping": real(0.0),
+    "adaptive_damping": flag(),
+    "target_residual": real(0.0, strict=True),
+    "curvature": choice(*CURVATURES),
+    "solver": choice(*SOLVERS),
+    "blockwise": flag(),
+}
+NEUMANN_CHECKS = {"iterations": integer(0), "alpha": real(0.0, strict=True), "curvature": choice(*CURVATURES)}
+EXACT_CHECKS = {"truncate": optional(integer(1))}  # and <= the level's unroll, checked by Graph.validate
+PENALTY_CHECKS = {
+    "lam": real(0.0, strict=True),  # λ = 0 would make the hop exactly zero
+    "lam_growth": real(1.0),
+    "delta": real(0.0),
+    "delta_decay": real(0.0, strict=True, maximum=1.0),
+    "delta_tol": real(0.0),
+    "max_rounds": integer(1),
+}
+
 register_method(
     MethodInfo(
         name="darts",
@@ -47,6 +71,7 @@ register_method(
         cost="2 forward + 2 backward passes of the lower loss, no double backward",
         memory="one lower step (the first perturbed graph is freed before the second is built)",
         options=FD_OPTIONS,
+        checks=_STEP,
     )
 )
 register_method(
@@ -58,6 +83,7 @@ register_method(
         cost="as darts plus elementwise preconditioning",
         memory="one lower step",
         options=SAMA_OPTIONS,
+        checks=_STEP,
         optimizers=("Adam", "AdamW", "SGD"),
     )
 )
@@ -71,6 +97,7 @@ register_method(
         cost="as darts (2 forward + 2 backward passes), plus one parameter copy per lower step",
         memory="one lower step plus two parameter-sized vectors (pre-step iterate, update Jacobian)",
         options={"alpha": (None, 0.01)},
+        checks=_STEP,
         optimizers=_ADAPTIVE_OPTIMIZERS,
         on_lower_step=record_one_step,
     )
@@ -84,6 +111,7 @@ register_method(
         cost="1 backward with create_graph + `iterations` curvature products + 1 mixed VJP",
         memory="one double-backward graph of a lower step",
         options=NEUMANN_OPTIONS,
+        checks=NEUMANN_CHECKS,
     )
 )
 register_method(
@@ -96,6 +124,7 @@ register_method(
         cost="1 backward with create_graph + <= maxiter curvature products + 1 mixed VJP",
         memory="one double-backward graph of a lower step, independent of K",
         options=CG_OPTIONS,
+        checks=CG_CHECKS,
     )
 )
 register_method(
@@ -108,6 +137,7 @@ register_method(
         cost="as cg, +1 product for the warm start's residual (not taken from maxiter)",
         memory="as cg plus one parameter-sized solution vector kept between steps; independent of K",
         options=CG_OPTIONS,
+        checks=CG_CHECKS,
     )
 )
 register_method(
@@ -119,6 +149,7 @@ register_method(
         cost="T forward + T backward with create_graph + one reverse pass through them (≈3T lower steps)",
         memory="grows linearly with T (activations of T steps during the hop; T batches kept)",
         options=EXACT_OPTIONS,
+        checks=EXACT_CHECKS,
         optimizers=_ADAPTIVE_OPTIMIZERS,
         on_lower_step=record_step,
     )
@@ -144,6 +175,7 @@ register_method(
         cost="per lower step: 1 backward with graph + 1 Hessian-vector product + 1 upper backward",
         memory="one double-backward graph of a lower step",
         options=PENALTY_OPTIONS,
+        checks=PENALTY_CHECKS,
         on_lower_step=penalty_lower_step,
     )
 )
@@ -156,6 +188,7 @@ register_method(
         cost="1 backward with create_graph + `iterations` Hessian-vector products + 1 mixed VJP",
         memory="one double-backward graph of a lower step",
         options={"iterations": ("cg_iterations", 1), "alpha": ("cg_alpha", 1.0)},
+        checks={"iterations": integer(1), "alpha": real(0.0, strict=True)},
         leaf_only=True,
     )
 )

@@ -73,8 +73,15 @@ def mixed_product(
                 for p, b, d in zip(params, base, direction):
                     p.copy_(b + sign * eps * d)
             loss = curr.training_step_exec(curr.cur_batch)
-            grads.append(zeros_for_none(torch.autograd.grad(loss, prev_params, allow_unused=True), prev_params))
-            del loss  # free this perturbed graph before building the next
+            # retain_graph: a loss may reuse, through ``hop_cache``, values computed once per hypergradient
+            # from the upper's parameters (RM-MetaL's support features); their graph must survive the first
+            # evaluation. The rest of this perturbed graph is freed with ``loss`` before the next is built.
+            grads.append(
+                zeros_for_none(
+                    torch.autograd.grad(loss, prev_params, allow_unused=True, retain_graph=True), prev_params
+                )
+            )
+            del loss
     return [(gp - gn) / (2 * eps) for gp, gn in zip(*grads)]
 
 

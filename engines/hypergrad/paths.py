@@ -24,7 +24,30 @@ from torch import Tensor
 from .common import Hop, running, zeros_for_none
 from .registry import METHODS
 
-__all__ = ["path_label", "walk_path"]
+__all__ = ["Hypergradients", "path_label", "walk_path"]
+
+
+class Hypergradients(dict):
+    """A level's latest hypergradient of every path, keyed by path label (``"hp<-net"``, see
+    :func:`path_label`); a key that is not one says which keys there are."""
+
+    def __init__(self, level: str):
+        super().__init__()
+        self.level = level
+
+    def __missing__(self, key: Any) -> list[Tensor]:
+        if self:
+            labels = sorted(self)
+            hint = f"its keys are path labels: {labels}"
+            close = [label for label in labels if str(key) in label.split("<-")]
+            if close:
+                hint += f" (level '{key}' is on {close})"
+        else:
+            hint = (
+                "it has none yet: a level's hypergradients are kept after each of its steps, keyed by path "
+                f"labels such as '{self.level}<-lower'; levels that receive none have no paths"
+            )
+        raise KeyError(f"level '{self.level}' has no hypergradient '{key}'; {hint}")
 
 
 def path_label(path: Sequence[Any]) -> str:

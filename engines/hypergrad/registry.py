@@ -9,11 +9,13 @@ using ``Config(type=...)``) calls it like one of Betty's own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import betty.hypergradient as _betty_hg
+
+from .option_checks import OptionCheck
 
 __all__ = ["METHODS", "MethodInfo", "method_table", "register_method"]
 
@@ -32,6 +34,8 @@ class MethodInfo:
         memory: memory behaviour.
         options: accepted option keys -> (the Betty ``Config`` field a plain Betty problem sets for it,
             or None) and the default value.
+        checks: option key -> :class:`~engines.hypergrad.option_checks.OptionCheck` (type and range);
+            every option must have one, so that a bad value is refused before training.
         leaf_only: refuses a level that owns hypergradient paths itself.
         optimizers: the level optimizer classes the method needs (None: any).
         needs_start: the method only makes sense at a level with a ``start`` map (warned otherwise).
@@ -46,6 +50,7 @@ class MethodInfo:
     cost: str
     memory: str
     options: dict[str, tuple[str | None, Any]] = field(default_factory=dict)
+    checks: dict[str, OptionCheck] = field(default_factory=dict)
     leaf_only: bool = False
     optimizers: tuple[str, ...] | None = None
     needs_start: bool = False
@@ -55,12 +60,39 @@ class MethodInfo:
     def defaults(self) -> dict[str, Any]:
         return {key: default for key, (_, default) in self.options.items()}
 
+    def option_problems(self, options: Mapping[str, Any]) -> list[str]:
+        """What is wrong with ``options`` for this method: unknown names, then values of the wrong type
+        or outside their range (one sentence each; empty when all is well)."""
+        unknown = sorted(set(options) - set(self.options))
+        problems = []
+        if unknown:
+            accepted = ", ".join(sorted(self.options)) or "none"
+            problems.append(f"option(s) {unknown} are not understood by hypergrad '{self.name}' (accepted: {accepted})")
+        for key, value in options.items():
+            check = self.checks.get(key)
+            problem = check.problem(key, value) if check is not None else None
+            if problem is not None:
+                problems.append(f"hypergrad '{self.name}' {problem}")
+        return problems
+
 
 METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(info: MethodInfo) -> MethodInfo:
-    """Add a method to medmlo's registry and to Betty's ``jvp_fn_mapping``."""
+    """Add a method to medmlo's registry and to Betty's ``jvp_fn_mapping``. Every option must come
+    with a check of its values (``MethodInfo.checks``), and every check must name an option."""
+    unchecked = sorted(set(info.options) - set(info.checks))
+    stray = sorted(set(info.checks) - set(info.options))
+    if unchecked or stray:
+        raise ValueError(
+            f"register_method('{info.name}'): every option needs a check of its values in MethodInfo.checks "
+            f"(engines.hypergrad.option_checks); options without a check: {unchecked}, checks of no option: {stray}"
+        )
+    for key, (_, default) in info.options.items():
+        problem = info.checks[key].problem(key, default)
+        if problem is not None:
+            raise ValueError(f"register_method('{info.name}'): the default of {problem}")
     METHODS[info.name] = info
     if info.fn is not None:
         _betty_hg.jvp_fn_mapping[info.name] = info.fn

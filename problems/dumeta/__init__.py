@@ -10,7 +10,11 @@ Generalizable Few-Shot Brain Tissue Segmentation Across Diverse Ages", arXiv:260
 * :mod:`~problems.dumeta.prototypes` — class means, the memory bank and the triplet regulariser
   (Eq. 12-14);
 * :mod:`~problems.dumeta.data` — Algorithm 1's split of the domain pool per meta-iteration;
-* :mod:`~problems.dumeta.metatest` — fine-tuning on one or five subjects of an unseen domain.
+* :mod:`~problems.dumeta.domains` — the pool (train/validation) and the unseen domains of a seed;
+* :mod:`~problems.dumeta.methods` — the methods of the tables and the meta-tests each one gets;
+* :mod:`~problems.dumeta.metatest` — fine-tuning on one or five subjects of an unseen domain,
+  segmentation and scoring, Table IV's yardsticks, model selection, the feature embedding;
+* :mod:`~problems.dumeta.optim` — the paper's optimiser (SGD, Nesterov, poly decay).
 """
 
 from . import levels

@@ -25,6 +25,7 @@ from torch import Tensor
 from engines import mix_seed
 
 from ..braindata import Subject, random_patches
+from ..braindata.augment import NnUNetAugmentation
 
 __all__ = ["DomainItems", "JointSampler", "MetaTaskSampler", "PatchItems", "SegBatch", "TensorItems"]
 
@@ -87,15 +88,26 @@ class TensorItems:
 
 class PatchItems:
     """Random patches of a dataset's subjects (braindata's ``random_patches``: a third of them centred
-    on tissue, as nnU-Net's foreground oversampling), drawn anew at every call.
+    on tissue, as nnU-Net's foreground oversampling), drawn anew at every call, optionally with
+    nnU-Net's augmentation (:class:`~problems.braindata.augment.NnUNetAugmentation`: each patch is cut
+    larger and augmented down to ``patch``).
 
     Args:
         name: the dataset's name.
         subjects: its scans (on the grid the network works on).
         patch: ``(px, py, pz)``; ``pz = 1`` gives 2D axial patches ``[n, 1, px, py]`` for the 2D network.
+        augment: whether to augment every patch; ``device`` is where the spatial resampling runs.
     """
 
-    def __init__(self, name: str, subjects: Sequence[Subject], patch: Sequence[int]):
+    def __init__(
+        self,
+        name: str,
+        subjects: Sequence[Subject],
+        patch: Sequence[int],
+        *,
+        augment: bool = False,
+        device: str | None = None,
+    ):
         if not subjects:
             raise ValueError(f"dataset {name!r} has no subjects to draw patches from")
         if len(patch) != 3 or min(patch) < 1:
@@ -103,15 +115,23 @@ class PatchItems:
         self.name = name
         self.subjects = list(subjects)
         self.patch = tuple(int(p) for p in patch)
+        flat = self.patch[:2] if self.patch[2] == 1 else self.patch
+        self.augment = NnUNetAugmentation(flat, device) if augment else None
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         which = torch.randint(len(self.subjects), (n,), generator=generator).tolist()
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
-        images, labels = zip(*(random_patches(self.subjects[i], self.patch, 1, rng) for i in which))
-        image, label = torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
-        if self.patch[2] == 1:  # axial 2D patches
-            image, label = image[..., 0], label[..., 0]
-        return image[:, None], label
+        cut = self.patch if self.augment is None else (*self.augment.source_patch, 1)[:3]
+        images, labels = [], []
+        for i in which:
+            image, label = random_patches(self.subjects[i], cut, 1, rng)
+            if self.patch[2] == 1:  # axial 2D patches
+                image, label = image[..., 0], label[..., 0]
+            if self.augment is not None:
+                image, label = (v[None] for v in self.augment(image[0], label[0], rng))
+            images.append(image)
+            labels.append(label)
+        return torch.from_numpy(np.concatenate(images))[:, None], torch.from_numpy(np.concatenate(labels))
 
 
 class _PoolSampler:

@@ -11,8 +11,14 @@ Algorithm 1, one meta-iteration t, with E_θ / D_ω the encoder / head of a :cla
   (Eq. 8–11) with the second-order term dropped, as the paper does: ``first_order`` through
   ``head`` (∂ω*/∂φ ≈ I, the Jacobian of the start map).
 
-Both hypergradients come from the same real inner step (the engine computes them before either
-outer level updates). During meta-training the head is the whole decoder and the encoder the rest
+Both hypergradients come from the same real inner step. The order of the two outer updates is one
+setting, ``upper_order`` of :func:`dual_meta_graph` (:data:`UPPER_ORDERS`): ``"sequential"`` is
+Algorithm 1 (lines 6–11: θ is updated first, then φ's gradient is formed with the updated encoder,
+"having determined the universal feature extractor", Sec. III-A2), the default; ``"two-phase"`` forms
+both gradients from the state before either update (the engine's order-independent default). The
+sequential order is the engine's ``Level(upper_order="sequential")`` on ``head``, whose uppers step in
+the order the graph declares them (``encoder`` first); :func:`effective_upper_order` says whether this
+engine has that option. During meta-training the head is the whole decoder and the encoder the rest
 (the paper's split); the fine-tuned depth at meta-test is separate (``problems.dumeta.metatest``).
 
 The memory bank of ``L_reg`` (Eq. 12–14) belongs to ``encoder``, whose loss is the only one that
@@ -23,13 +29,15 @@ the level's checkpoint state, so a resumed run continues identically.
 
 Baselines and ablations are configurations (:data:`VARIANTS`, :func:`init_learning_graph`,
 :func:`joint_training_graph`): MFL only (ω carries over, no φ), MFL + MIL without ``L_reg``, the
-"sum" loss and sample-level anchors of Table V, the ICCV DuMeta (sample-level anchors), MIL only
-(θ gets its direct gradient only), first-order MAML and Reptile on the whole network, and joint
+"sum" loss and the sample-level anchors of Table V (D, E), MIL only (θ gets its direct gradient only), first-order MAML and Reptile on the whole network, and joint
 training on the pool (Table V A).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +55,7 @@ from .prototypes import ClassAwareRegulariser
 
 __all__ = [
     "REG_FEATURES",
+    "UPPER_ORDERS",
     "VARIANTS",
     "EncoderLevel",
     "HeadInitLevel",
@@ -55,6 +64,7 @@ __all__ = [
     "ReptileInitLevel",
     "Variant",
     "dual_meta_graph",
+    "effective_upper_order",
     "init_learning_graph",
     "joint_training_graph",
     "meta_trained_parameters",
@@ -63,6 +73,37 @@ __all__ = [
 REG_FEATURES = ("decoder", "encoder+decoder")
 """Which feature maps L_reg reads: the five decoder scales (Sec. III-B, "feature maps from D_ω";
 the default) or also encoder stages 0–4 (Appendix II lists layers 1, 3, 5, 7, 9 as well)."""
+
+
+UPPER_ORDERS = ("sequential", "two-phase")
+"""How ``encoder`` and ``head_init`` step after the shared inner step: ``sequential`` (Algorithm 1: θ
+first, then φ's gradient with the updated θ) or ``two-phase`` (both gradients from the same state)."""
+
+
+@functools.cache
+def _engine_has_upper_order() -> bool:
+    return "upper_order" in inspect.signature(Level.__init__).parameters
+
+
+def effective_upper_order(requested: str) -> str:
+    """The order the outer levels really step in: ``requested``, or ``"two-phase"`` when ``"sequential"``
+    is asked for and this engine's :class:`~engines.Level` has no ``upper_order`` option yet."""
+    if requested not in UPPER_ORDERS:
+        raise ValueError(f"upper_order must be one of {UPPER_ORDERS}, got {requested!r}")
+    return requested if requested == "two-phase" or _engine_has_upper_order() else "two-phase"
+
+
+def _upper_order_option(requested: str) -> dict[str, str]:
+    """``{"upper_order": "sequential"}`` for the shared inner level when the engine supports it, else ``{}``
+    (the engine's default is the two-phase update); a warning says when a sequential request falls back."""
+    effective = effective_upper_order(requested)
+    if effective != requested:
+        warnings.warn(
+            "upper_order='sequential' requested, but this engine's Level has no upper_order option: the outer "
+            "levels use the two-phase update (both gradients from the state before either update)",
+            stacklevel=3,
+        )
+    return {"upper_order": "sequential"} if effective == "sequential" else {}
 
 
 @dataclass(frozen=True)
@@ -86,7 +127,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "dumeta++": Variant(),  # Table V F
-    "dumeta": Variant(anchor="sample"),  # ICCV DuMeta = Table V E
+    "sample": Variant(anchor="sample"),  # Table V E: sample-level anchors (not the ICCV DuMeta's cosine loss)
     "mfl": Variant(meta_init=False, anchor=None),  # Table V B
     "mfl+mil": Variant(anchor=None),  # Table V C
     "prototype-sum": Variant(hinge="sum"),  # Table V D
@@ -233,6 +274,7 @@ def dual_meta_graph(
     ds_weights: Sequence[float] = PAPER_DS_WEIGHTS,
     encoder_hypergrad: str = "exact",
     head_init_hypergrad: str = "first_order",
+    upper_order: str = "sequential",
 ) -> Graph:
     """DuMeta++ (``"dumeta++"``) or one of its configurations (:data:`VARIANTS`) on ``net``.
 
@@ -243,9 +285,11 @@ def dual_meta_graph(
         reg_weight, margin, capacity: λ2, λ1 and the memory bank's N.
         reg_features: see :data:`REG_FEATURES`.
         encoder_hypergrad, head_init_hypergrad: methods on the two edges through ``head``.
+        upper_order: :data:`UPPER_ORDERS`; ``encoder`` is declared first, so it steps first when sequential.
     """
     v = VARIANTS[variant] if isinstance(variant, str) else variant
     name = variant if isinstance(variant, str) else "custom"
+    effective_upper_order(upper_order)  # checked before anything is built
     seg_loss = DeepSupervisedDiceCE(ds_weights)
     g = Graph(f"dumeta[{name}]")
     phi = ParameterMirror(net.decoder) if v.meta_init else None
@@ -259,6 +303,7 @@ def dual_meta_graph(
         scheduler=inner_scheduler,
         hypergrad=encoder_hypergrad if v.meta_features else head_init_hypergrad,
         start=(lambda level: phi.values()) if phi is not None else None,
+        **(_upper_order_option(upper_order) if phi is not None else {}),
     )
     regulariser = None
     if v.anchor is not None:

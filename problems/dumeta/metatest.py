@@ -8,12 +8,22 @@ graph of the same engine, so it gets the same run folder, logs and resume as met
 Segmentation runs MONAI's sliding-window inference: over the volume with 3D patches for the 3D
 network, over every axial slice with 2D patches for the 2D one (predictions stacked along Z), so
 both score on the subject's own grid with its voxel spacing.
+
+:func:`meta_test` is one whole meta-test (fine-tune, segment the test subjects, score Dice/ASSD
+and STCS/ASPC); :class:`PoolValidation` is the paper's model selection during meta-training (the
+meta-trained network, no adaptation, on the pool's validation subjects); :func:`feature_embedding`
+collects the class-mean decoder features of Fig. 6.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,16 +31,68 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-from engines import Graph
+from engines import Graph, Runner
 
-from ..braindata import Subject
+from ..braindata import BrainDomain, Subject, dice_per_tissue, longitudinal_rows, score_subjects
 from ..losses import PAPER_DS_WEIGHTS, DeepSupervisedDiceCE
-from .data import JointSampler
-from .levels import InnerLevel
+from .data import JointSampler, PatchItems
+from .domains import Data, split_for
+from .levels import InnerLevel, meta_trained_parameters
+from .methods import Job
 from .net import DualUNet, head_parameters
+from .optim import poly, sgd
 from .prototypes import class_means
 
-__all__ = ["decoder_class_means", "fine_tuning_graph", "network_from", "segment_subject"]
+__all__ = [
+    "MetaTestSetup",
+    "PoolValidation",
+    "decoder_class_means",
+    "feature_embedding",
+    "fine_tuning_graph",
+    "meta_test",
+    "network_from",
+    "random_start",
+    "reference_test",
+    "scored",
+    "segment_subject",
+]
+
+
+@dataclass(frozen=True)
+class MetaTestSetup:
+    """How every meta-test runs (Sec. IV-B): the network, the fine-tuning optimiser and its schedule,
+    and inference.
+
+    Attributes:
+        dims, base_width: the network (2D or 3D, c of Table VII).
+        patch: training patch edge and sliding window (2D: applied to every axial slice).
+        steps, lr, momentum, weight_decay, batch: fine-tuning: SGD (Nesterov) with poly decay over
+            ``steps``, ``batch`` patches of the support subjects per step.
+        sw_batch: sliding-window batch at inference.
+        test_people: cap on the test people of a domain (None: all).
+        augment: nnU-Net's augmentation of the support patches (as the authors' fine-tuning trainer).
+    """
+
+    dims: int
+    base_width: int
+    patch: int
+    steps: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch: int
+    sw_batch: int
+    test_people: int | None = None
+    augment: bool = False
+
+    @property
+    def roi(self) -> tuple[int, ...]:
+        return (self.patch,) * self.dims
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """The 3D patch drawn from a volume (``pz = 1``: an axial 2D patch)."""
+        return (self.patch, self.patch, 1 if self.dims == 2 else self.patch)
 
 
 def network_from(template: DualUNet, values: Mapping[str, Tensor]) -> DualUNet:
@@ -133,3 +195,132 @@ def decoder_class_means(
         }
         for parts in per_scale
     ]
+
+
+def random_start(dims: int, base_width: int, seed: int) -> dict[str, Tensor]:
+    """A freshly initialised network's parameters (the random-initialisation baselines)."""
+    torch.manual_seed(seed)
+    return {n: p.detach().clone() for n, p in DualUNet(dims, base_width=base_width).named_parameters()}
+
+
+def meta_test(
+    start: Mapping[str, Tensor],
+    job: Job,
+    domain: BrainDomain,
+    setup: MetaTestSetup,
+    *,
+    seed: int,
+    out: Path,
+    device: torch.device,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune ``start`` on the support subjects of ``job`` in ``out`` (resuming an interrupted run;
+    a finished one is read back from ``out/result.json``), segment the test subjects and score them.
+
+    Returns :func:`scored`'s ``{"rows", "support", "test", "example"}``.
+    """
+    done = out / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    net = network_from(DualUNet(setup.dims, base_width=setup.base_width), start)
+    support, test = split_for(domain, job.shots, seed, setup.test_people)
+    if job.depth != 0:
+        items = PatchItems(
+            f"{domain.name}-support", support, setup.patch_size, augment=setup.augment, device=str(device)
+        )
+        sampler = JointSampler([items], setup.batch, seed=seed)
+        graph = fine_tuning_graph(
+            net,
+            sampler,
+            depth=job.depth,
+            optimizer=sgd(setup.lr, setup.momentum, setup.weight_decay),
+            scheduler=poly(setup.steps),
+        )
+        Runner(
+            graph,
+            setup.steps,
+            out=out,
+            device=device,
+            seed=seed,
+            precision=precision,
+            resume=(out / "checkpoint_latest.pt").exists(),
+            progress=progress,
+            config={"job": dataclasses.asdict(job), "support": [s.subject_id for s in support]},
+        ).run()
+    net = net.to(device)
+    predictions = {
+        s.subject_id: segment_subject(net, s, roi=setup.roi, batch=setup.sw_batch, device=device) for s in test
+    }
+    payload = scored(predictions, support, test, job, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".result.json.tmp"
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(done)
+    return payload
+
+
+def reference_test(method: str, job: Job, domain: BrainDomain, setup: MetaTestSetup, *, seed: int, **_: Any) -> dict:
+    """Table IV's yardsticks on the test scans of ``job``'s split, in :func:`meta_test`'s form: ``"truth"``
+    scores the labels themselves, ``"all-gm"`` labels every brain voxel (label > 0) grey matter."""
+    if method not in ("truth", "all-gm"):
+        raise ValueError(f"reference must be 'truth' or 'all-gm', got {method!r}")
+    support, test = split_for(domain, job.shots, seed, setup.test_people)
+    predictions = {s.subject_id: s.label if method == "truth" else np.where(s.label > 0, 2, 0) for s in test}
+    return scored(predictions, support, test, job, seed)
+
+
+def scored(
+    predictions: Mapping[str, np.ndarray], support: Sequence[Subject], test: Sequence[Subject], job: Job, seed: int
+) -> dict[str, Any]:
+    """What a meta-test returns: Dice/ASSD rows per test scan and STCS/ASPC rows per series pair (keyed by
+    domain, shots, depth and seed), the subject ids, and the axial slice with the most brain of the first
+    test scan (image, truth, prediction) for the figures."""
+    key = {"shots": job.shots, "depth": str(job.depth), "seed": seed}
+    rows = [{**r, **key} for r in score_subjects(predictions, test) + longitudinal_rows(predictions, test)]
+    first = test[0]
+    z = int(np.argmax((first.label > 0).sum(axis=(0, 1))))
+    return {
+        "rows": rows,
+        "support": [s.subject_id for s in support],
+        "test": [s.subject_id for s in test],
+        "example": {
+            "subject": first.subject_id,
+            "image": first.image[:, :, z].tolist(),
+            "truth": first.label[:, :, z].tolist(),
+            "prediction": np.asarray(predictions[first.subject_id])[:, :, z].tolist(),
+        },
+    }
+
+
+class PoolValidation:
+    """Mean Dice over tissues of the meta-trained network (θ with φ, no adaptation) on the pool's
+    validation subjects: the paper's model selection on the 20 % validation partitions."""
+
+    def __init__(self, net: DualUNet, subjects: Sequence[Subject], setup: MetaTestSetup, device: torch.device):
+        self.net, self.subjects, self.setup, self.device = net, list(subjects), setup, device
+
+    def __call__(self, graph: Graph) -> dict[str, float]:
+        net = network_from(self.net, meta_trained_parameters(graph, self.net)).to(self.device)
+        scores = [
+            v
+            for s in self.subjects
+            for v in dice_per_tissue(
+                segment_subject(net, s, roi=self.setup.roi, batch=self.setup.sw_batch, device=self.device), s.label
+            ).values()
+        ]
+        finite = [v for v in scores if math.isfinite(v)]
+        return {"val_dice": float(np.mean(finite)) if finite else 0.0}
+
+
+def feature_embedding(net: DualUNet, data: Data, setup: MetaTestSetup, items: int, seed: int) -> dict[str, Any]:
+    """Per-sample class-mean decoder features of ``items`` patches of every domain (pool and unseen),
+    for Fig. 6: ``{domain: [{"means", "present"} per scale]}``."""
+    domains = [(p.name, p.subjects) for p in data.pool] + [(d.name, d.subjects) for d in data.targets]
+    sources = [(name, PatchItems(name, subjects, setup.patch_size)) for name, subjects in domains]  # no augmentation
+    out = {}
+    for name, patches in sources:
+        image, label = patches.draw(items, torch.Generator().manual_seed(seed))
+        scales = decoder_class_means(net, image, label, chunk=setup.sw_batch)
+        out[name] = [{k: torch.from_numpy(v) for k, v in scale.items()} for scale in scales]
+    return out

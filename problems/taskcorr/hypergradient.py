@@ -48,6 +48,7 @@ from engines import METHODS, MethodInfo, register_method
 from engines.hypergrad import diff_optim
 from engines.hypergrad.common import deliver, hop_options, report, zeros_for_none
 from engines.hypergrad.finite_difference import _parameters_at
+from engines.hypergrad.option_checks import choice, flag, real
 
 __all__ = ["METHOD", "UnrollRecord", "adjoint_unroll", "record_unroll_step"]
 
@@ -229,6 +230,11 @@ if METHOD not in METHODS:
             memory="k iterates, gradients and batches (parameter-sized) and what one product needs; no double-backward "
             "graph through the recorded steps",
             options={"products": (None, "auto"), "alpha": (None, 0.01), "hessian": (None, True)},
+            checks={
+                "products": choice("auto", "level", "finite_difference"),
+                "alpha": real(0.0, strict=True),
+                "hessian": flag(),
+            },
             leaf_only=True,
             optimizers=tuple(cls.__name__ for cls in diff_optim.SUPPORTED),
             on_lower_step=record_unroll_step,

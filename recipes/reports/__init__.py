@@ -1,4 +1,2 @@
-"""The paper-shaped report of each recipe: results.md (the claims table first), results.json and figures.
-
-One module per recipe, built on ``recipes/reporting.py``; nothing here trains anything.
-"""
+"""The paper-shaped report of each recipe: results.md (claims first, then the paper's tables), results.json
+and figures, built on recipes/reporting.py."""

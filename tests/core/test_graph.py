@@ -11,7 +11,7 @@ from engines import Graph, GraphError, Level
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 
 
-def level(name, hypergrad="darts", optimizer=SGD, **kw):
+def level(name, hypergrad=None, optimizer=SGD, **kw):
     return Level(name, nn.Linear(2, 1), optimizer, lambda lv, _: lv.module.weight.sum(), hypergrad=hypergrad, **kw)
 
 

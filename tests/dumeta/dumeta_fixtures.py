@@ -39,12 +39,29 @@ def outer_sgd(lr: float = 0.01):
     return functools.partial(torch.optim.SGD, lr=lr, momentum=0.9, nesterov=True)
 
 
-def dual_graph(variant: str = "dumeta++", *, batch_size: int = 1, width: int = 2, seed: int = 0, **kwargs):
+def dual_graph(
+    variant: str = "dumeta++",
+    *,
+    batch_size: int = 1,
+    width: int = 2,
+    seed: int = 0,
+    upper_order: str = "two-phase",
+    **kwargs,
+):
+    """A DuMeta++ graph on the toy pool; the outer levels' order is two-phase unless asked (the goldens and
+    the order-independent reference test use it; the sequential order has its own test)."""
     torch.manual_seed(seed)
     net = DualUNet(2, base_width=width)
     sampler = MetaTaskSampler(toy_pool(), batch_size=batch_size, seed=seed)
     graph = dual_meta_graph(
-        variant, net=net, sampler=sampler, inner_lr=INNER_LR, outer_optimizer=outer_sgd(), capacity=4, **kwargs
+        variant,
+        net=net,
+        sampler=sampler,
+        inner_lr=INNER_LR,
+        outer_optimizer=outer_sgd(),
+        capacity=4,
+        upper_order=upper_order,
+        **kwargs,
     )
     return graph, net, sampler
 

@@ -1,5 +1,6 @@
 """Algorithm 1's sampling (one dataset inner, the other two outer; resumable) and the meta-test tools."""
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ from engines import Runner
 from problems.braindata import Subject
 from problems.dumeta.data import JointSampler, MetaTaskSampler, PatchItems
 from problems.dumeta.metatest import fine_tuning_graph, network_from, segment_subject
+from problems.dumeta.methods import DEFAULT_CAPACITY, Job, jobs_for, protocols, row_label
 from problems.dumeta.net import DualUNet, head_parameters
 
 
@@ -91,3 +93,17 @@ def test_fine_tuning_trains_only_the_chosen_head_stages():
         fine_tuning_graph(net, support, depth=0, optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
     with pytest.raises(KeyError, match="no starting value"):
         network_from(template, {})
+
+
+def test_each_method_gets_the_meta_tests_of_its_tables_on_its_own_protocol_first():
+    jobs = functools.partial(jobs_for, capacity=DEFAULT_CAPACITY, head_depth=3, shots=[1, 5], depths=[0, 3])
+    cells = [(d, k) for d in (0, 1) for k in (1, 5)]
+    assert jobs("maml") == [Job(d, k, "all") for d, k in cells] + [Job(d, k, 3) for d, k in cells]
+    assert jobs("maml", both_protocols=False) == [Job(d, k, "all") for d, k in cells]
+    assert jobs("randinit-2d") == [Job(d, k, "all") for d, k in cells]
+    assert jobs("dumeta++") == [Job(d, k, 3) for d, k in cells] + [Job(0, 1, 0)]  # + Fig. 7's depth 0
+    assert jobs("dumeta++", capacity=10) == [Job(1, 1, 3)]  # Table VI: one-shot on the second domain only
+    assert jobs("joint") == [Job(0, 1, 3), Job(0, 1, "all")]  # Table V A, both ways
+    assert jobs("mfl+mil") == [Job(0, 1, 3)] and jobs("truth") == [Job(1, 1, 0)]
+    assert protocols("reptile", 3)[0] == "all" and protocols("sample", 3) == [3]
+    assert row_label("maml", "all", 3) == "MAML, whole network" and row_label("dumeta++", 3, 3) == "DuMeta++"

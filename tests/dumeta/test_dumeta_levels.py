@@ -1,6 +1,7 @@
 """DuMeta++'s three levels: the hypergradients of θ (second order, Eq. 3-5) and φ (first order,
 Eq. 11 without the Hessian) against hand-unrolled references, goldens, and resume with the bank."""
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ from torch.func import functional_call
 
 from engines import Runner
 from engines.golden import check_golden, default_dtype, golden_trace
-from problems.dumeta import VARIANTS, meta_trained_parameters
+from problems.dumeta import VARIANTS, effective_upper_order, meta_trained_parameters
 from problems.dumeta.data import MetaTaskSampler
 from problems.dumeta.prototypes import ClassAwareRegulariser
 from problems.losses import DeepSupervisedDiceCE
@@ -46,9 +47,9 @@ def reference_batches(seed=0):
     return batches
 
 
-def unrolled_reference(net, params, batches, *, second_order):
-    """ω* = φ − α ∇_ω L_inner(φ, θ) (Eq. 1) by torch.func, then ∂L_outer1/∂θ (Eq. 3) and ∂L_outer2/∂ω* (Eq. 9)
-    at ω*, θ."""
+def unrolled_reference(net, params, batches, *, second_order, theta_for_phi=None):
+    """ω* = φ − α ∇_ω L_inner(φ, θ) (Eq. 1) by torch.func, then ∂L_outer1/∂θ (Eq. 3) at ω*, θ and
+    ∂L_outer2/∂ω* (Eq. 9) at ω* and θ (or ``theta_for_phi``: the encoder after its update, Algorithm 1)."""
     seg = DeepSupervisedDiceCE()
     theta = {n: p.clone().requires_grad_(True) for n, p in params.items() if n.startswith("encoder.")}
     phi = {n: p.clone().requires_grad_(True) for n, p in params.items() if n.startswith("decoder.")}
@@ -65,6 +66,8 @@ def unrolled_reference(net, params, batches, *, second_order):
     d_theta = dict(zip(theta, torch.autograd.grad(loss1, list(theta.values()))))
     second = batches["head_init"]
     omega = {n: w.detach().requires_grad_(True) for n, w in omega.items()}
+    if theta_for_phi is not None:
+        theta = {f"encoder.{n}": t for n, t in theta_for_phi.items()}
     loss2 = seg(functional_call(net, {**theta, **omega}, (second.image,)).logits, second.label)
     d_omega = dict(zip(omega, torch.autograd.grad(loss2, list(omega.values()))))
     return d_theta, d_omega
@@ -101,6 +104,44 @@ def test_head_init_gradient_is_the_first_order_maml_formula(step_one):
     grads, _, _, fo_phi = step_one
     got = flat({n.removeprefix("copies."): g for n, g in grads["head_init"].items()})
     assert torch.allclose(got, flat(fo_phi, "decoder."), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.skipif(
+    effective_upper_order("sequential") != "sequential", reason="this engine's Level has no upper_order option yet"
+)
+def test_sequential_order_forms_phis_gradient_with_the_updated_encoder():
+    """Algorithm 1: θ steps first (line 8), then φ's gradient is formed through the updated encoder (line 11)."""
+    with default_dtype(torch.float64):
+        graph, net, _ = dual_graph("dumeta++", upper_order="sequential")
+        params = {n: p.detach().clone() for n, p in net.named_parameters()}
+        head_init, seen = graph["head_init"], {}
+        head_init.grad_callback = lambda: seen.update(
+            grad={
+                n: p.grad.detach().clone() for n, p in zip(head_init.trainable_names, head_init.trainable_parameters())
+            },
+            theta={n: p.detach().clone() for n, p in net.encoder.named_parameters()},
+        )
+        runner = Runner(graph, 1, device="cpu", seed=0, precision="fp64", progress=False)
+        runner.step()
+        runner.close()
+        _, after = unrolled_reference(net, params, reference_batches(), second_order=False, theta_for_phi=seen["theta"])
+        _, before = unrolled_reference(net, params, reference_batches(), second_order=False)
+    assert any(not torch.equal(t, params[f"encoder.{n}"]) for n, t in seen["theta"].items())  # θ moved first
+    got = flat({n.removeprefix("copies."): g for n, g in seen["grad"].items()})
+    assert torch.allclose(got, flat(after, "decoder."), rtol=1e-7, atol=1e-10)
+    gap = (flat(after, "decoder.") - flat(before, "decoder.")).norm() / flat(before, "decoder.").norm()
+    assert gap > 1e-3, f"the encoder's update should change φ's gradient, got a relative change of {gap:.2e}"
+
+
+def test_upper_order_is_checked_and_a_missing_engine_option_is_said():
+    with pytest.raises(ValueError, match="upper_order must be one of"):
+        dual_graph("dumeta++", upper_order="parallel")
+    expected = effective_upper_order("sequential")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dual_graph("dumeta++", upper_order="sequential")
+    assert any("no upper_order option" in str(w.message) for w in caught) == (expected == "two-phase")
+    assert effective_upper_order("two-phase") == "two-phase"
 
 
 def test_inner_loop_restarts_from_phi_and_the_bank_fills_from_the_encoder_step():

@@ -4,6 +4,7 @@ nnU-Net-layout data root, resume, and its command-line errors."""
 import csv
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 import dumeta  # noqa: E402
+import planning  # noqa: E402
 
 FAST = ["--preset", "smoke", "--steps", "2", "--fine-tune-steps", "2", "--no-progress"]
 
@@ -27,6 +29,7 @@ def smoke(tmp_path_factory):
         "dumeta++",
         "mfl+mil",
         "randinit-2d",
+        "maml",
         "--capacities",
         "1",
         "--depths",
@@ -52,8 +55,8 @@ def test_smoke_writes_results_figures_and_run_folders(smoke):
         "figures/graph.png",
     ):
         assert (out / name).is_file(), name
-    for run in ("dumeta++__seed0", "mfl+mil__seed0", "dumeta++-n1__seed0"):
-        for name in ("config.json", "metrics.jsonl", "checkpoint_latest.pt", "meta_trained.pt"):
+    for run in ("dumeta++__seed0", "mfl+mil__seed0", "dumeta++__capacity1__seed0"):
+        for name in ("config.json", "metrics.jsonl", "checkpoint_latest.pt", "result.json"):
             assert (out / "runs" / run / name).is_file(), f"{run}/{name}"
     assert (out / "runs" / "randinit-2d__seed0" / "finetune" / "infant6m__1shot__depthall" / "result.json").is_file()
     saved = json.loads((out / "results.json").read_text())
@@ -70,24 +73,76 @@ def test_smoke_writes_results_figures_and_run_folders(smoke):
 
 
 def test_smoke_rows_cover_every_table_with_valid_scores(smoke):
-    _, _, results = smoke
-    rows = results["rows"]
+    out, _, results = smoke
+    rows = results["rows"]  # per-seed means over the test subjects of every meta-test
     dice = [r["value"] for r in rows if r["metric"] == "Dice"]
     assert dice and all(0.0 <= v <= 1.0 for v in dice if math.isfinite(v))
     assert {r["metric"] for r in rows} == {"Dice", "ASSD", "STCS", "ASPC"}
-    jobs = {(r["run"], r["domain"], r["shots"], r["depth"]) for r in rows}
-    assert ("dumeta++", "infant6m", 1, "3") in jobs and ("dumeta++", "infant6m", 1, "0") in jobs
-    assert ("dumeta++-n1", "elderly", 1, "3") in jobs and ("randinit-2d", "elderly", 1, "all") in jobs
-    assert ("mfl+mil", "infant6m", 1, "3") in jobs
-    stcs = [r for r in rows if r["metric"] == "STCS"]
-    assert stcs and all(r["series"].startswith("elderly") for r in stcs)
-    assert set(results["runs"]) == {"dumeta++", "mfl+mil", "dumeta++-n1"}
+    jobs = {(r["method"], r["capacity"], r["domain"], r["shots"], r["depth"]) for r in rows}
+    assert ("dumeta++", 100, "infant6m", 1, "3") in jobs and ("dumeta++", 100, "infant6m", 1, "0") in jobs
+    assert ("dumeta++", 1, "elderly", 1, "3") in jobs and ("randinit-2d", 100, "elderly", 1, "all") in jobs
+    assert ("mfl+mil", 100, "infant6m", 1, "3") in jobs
+    assert {r["domain"] for r in rows if r["metric"] == "STCS"} == {"elderly"}
+    made = {f"{m}__seed0" for m in ("dumeta++", "mfl+mil", "randinit-2d", "maml", "truth", "all-gm")}
+    assert set(results["runs"]) == made | {"dumeta++__capacity1__seed0"}
+    # the per-subject rows stay in each run's result.json; the per-seed cell is their mean
+    run = json.loads((out / "runs" / "dumeta++__seed0" / "result.json").read_text())["result"]
+    subjects = [
+        r["value"]
+        for r in run["rows"]
+        if (r["domain"], r["shots"], r["depth"], r["metric"], r["tissue"]) == ("infant6m", 1, "3", "Dice", "GM")
+    ]
+    cell = next(
+        r
+        for r in rows
+        if (r["method"], r["capacity"], r["domain"], r["shots"], r["depth"], r["metric"], r["tissue"])
+        == ("dumeta++", 100, "infant6m", 1, "3", "Dice", "GM")
+    )
+    assert len(subjects) == 2 and cell["value"] == pytest.approx(sum(subjects) / 2) and cell["n"] == 2
+
+
+def cell(rows, method, metric, tissue, **match):
+    found = [
+        r
+        for r in rows
+        if (r["method"], r["metric"], r["tissue"]) == (method, metric, tissue)
+        and all(r[k] == v for k, v in match.items())
+    ]
+    assert len(found) == 1, (method, metric, tissue, match, found)
+    return found[0]["value"]
+
+
+def test_each_baseline_is_meta_tested_the_way_its_paper_does(smoke):
+    _, _, results = smoke
+    protocols = {(r["method"], r["depth"]) for r in results["rows"] if r["metric"] == "Dice"}
+    assert {("randinit-2d", "all"), ("maml", "all"), ("maml", "3"), ("dumeta++", "3")} <= protocols
+    assert ("randinit-2d", "3") not in protocols and ("mfl+mil", "all") not in protocols
+    markdown = (results_dir := smoke[0] / "results.md").read_text()
+    assert "| MAML, whole network | " in markdown and "| MAML, encoder frozen (3 stages) | " in markdown
+    maml_rows = [line for line in markdown.splitlines() if line.startswith("| MAML, ")]
+    # the paper's MAML number (Table I, Dice CSF 0.9433) sits beside the whole-network row only
+    assert "(0.9433)" in maml_rows[0] and "(" not in maml_rows[1].split("|", 2)[2], results_dir
+
+
+def test_table_iv_has_the_labels_and_a_trivial_labelling_beside_the_methods(smoke):
+    _, _, results = smoke
+    rows, key = results["rows"], {"domain": "elderly", "shots": 1}
+    assert all(cell(rows, "truth", "Dice", t, **key) == 1.0 for t in ("CSF", "GM", "WM"))
+    assert cell(rows, "all-gm", "Dice", "CSF", **key) == 0.0 and cell(rows, "all-gm", "Dice", "WM", **key) == 0.0
+    # labelling every brain voxel GM is "more consistent" than the true labels, whose atrophy is built in
+    assert cell(rows, "all-gm", "STCS", "GM", **key) > cell(rows, "truth", "STCS", "GM", **key)
+    assert cell(rows, "truth", "ASPC", "CSF", **key) > 1.0 > cell(rows, "all-gm", "ASPC", "GM", **key)
+    markdown = (smoke[0] / "results.md").read_text()
+    table_iv = markdown[markdown.index("## Table IV") : markdown.index("## Table V")]
+    assert "| Ground truth (the labels) |" in table_iv and "| Trivial: every brain voxel GM |" in table_iv
+    claims = [c["test"] for c in results["claims"]]
+    assert any(c.startswith("|ASPC MAML − ASPC labels|") for c in claims)
 
 
 def test_resume_reuses_finished_runs(smoke):
     out, argv, results = smoke
     again = dumeta.main([*argv, "--resume"])
-    assert again["rows"] == results["rows"]
+    assert json.dumps(again["rows"]) == json.dumps(results["rows"])  # NaN (an undefined ASSD) included
 
 
 def write_domain(root: Path, name: str, people: int, seed: int, series: bool = False) -> None:
@@ -155,6 +210,80 @@ def test_data_root_reads_the_real_layout_end_to_end(tmp_path):
     assert results["pool"] == ["OASIS3", "IBIS12M", "IBIS24M"] and results["targets"] == ["iSegLike", "ADNI"]
     assert any(r["metric"] == "STCS" for r in results["rows"])
     assert "Stand-in" not in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_resume_refuses_runs_made_or_begun_with_other_settings(smoke, tmp_path):
+    out, argv, _ = smoke
+    with pytest.raises(SystemExit, match=r"made with other settings \(lambda2: 0.1 then, 0.2 now\)"):
+        dumeta.main([*argv, "--resume", "--lambda2", "0.2"])
+    spec = planning.RunSpec("dumeta++", 0)
+    planning.started(tmp_path, spec, {"lambda1": 1.5, "lambda2": 0.1})  # a run begins, then is interrupted
+    planning.started(tmp_path, spec, {"lambda1": 1.5, "lambda2": 0.1})  # continued with the same settings
+    with pytest.raises(SystemExit, match=r"started.json.*lambda2: 0.1 then, 0.2 now"):
+        planning.started(tmp_path, spec, {"lambda1": 1.5, "lambda2": 0.2})
+
+
+def test_impossible_settings_stop_before_any_training(tmp_path, capsys):
+    for flag, value in (("--lambda2", "nan"), ("--lambda1", "-1"), ("--lambda2", "inf")):
+        with pytest.raises(SystemExit) as stop:
+            dumeta.parse_args([flag, value])
+        assert stop.value.code == 2 and "expected a finite number >= 0" in capsys.readouterr().err
+    out = tmp_path / "many_shots"
+    with pytest.raises(SystemExit, match=r"'infant6m' has 10 people; cannot take 10 shot\(s\).*--shots 1 10"):
+        dumeta.main([*FAST, "--methods", "dumeta++", "--shots", "1", "10", "--out", str(out)])
+    assert not (out / "runs").exists()
+
+
+def test_results_claim_the_papers_setting_only_with_nnunets_augmentation():
+    from reports import dumeta as report
+
+    settings = {"head_depth": 3, "shots": [1], "capacities": [], "depths": [], "upper_order": "sequential"}
+    results = {
+        "rows": [],
+        "targets": ["iSeg-2019", "ADNI"],
+        "pool": ["OASIS3", "IBIS12M", "IBIS24M"],
+        "methods": [],
+        "runs": {},
+        "seeds": [0],
+        "figures": [],
+        "preset": "paper",
+        "data": {"source": "real", "stand_in": False, "root": "/data", "descriptions": {}},
+    }
+    paper = {"rows": []}
+    with_augmentation = report.render({**results, "settings": {**settings, "augment": True}}, [], paper)
+    without = report.render({**results, "settings": {**settings, "augment": False}}, [], paper)
+    assert "Setting: the paper's" in with_augmentation and "setting differs" not in with_augmentation
+    assert "Setting: the paper's" not in without and "No data augmentation" in without
+    assert dumeta.PRESETS["paper"].augment and not dumeta.PRESETS["smoke"].augment
+
+
+def test_study_plan_is_the_one_the_docs_state():
+    plan = dumeta.make_plan(dumeta.parse_args(["--preset", "study"]))
+    assert plan.seeds == [0, 1, 2] and len(plan.runs) == 21
+    assert plan.methods == ["randinit-2d", "maml", "reptile", "sample", "dumeta++", "truth", "all-gm"]
+    s = plan.settings
+    assert (s["dims"], s["base_width"], s["steps"], s["fine_tune_steps"]) == (2, 8, 300, 300)
+    assert (s["people"], s["test_people"], s["shots"], s["augment"]) == (16, 6, (1, 5), False)
+    assert (s["inner_lr"], s["outer_lr"], s["momentum"], s["upper_order"]) == (0.01, 0.01, 0.99, "sequential")
+    page = (ROOT / "docs" / "recipes" / "dumeta.md").read_text()
+    section = page[page.index("## Study preset") :]
+    section = section[: section.find("\n## ", 1) if "\n## " in section[1:] else None]
+    missing = [line for line in plan.markdown() if line not in section.splitlines()]
+    assert not missing, f"docs/recipes/dumeta.md '## Study preset' lacks {missing}"
+
+
+@pytest.mark.slow
+def test_cost_benchmark_times_every_meta_training_graph(tmp_path):
+    out = tmp_path / "cost.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dumeta_cost.py"), "--rounds", "1", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["joint", "dumeta++", "mfl+mil", "sample", "maml", "reptile"]
+    assert all(r["median_s"] > 0 and r["peak_mib"] > 0 for r in rows)
 
 
 def test_command_line_errors_are_clear(tmp_path):
