@@ -4,8 +4,8 @@ The preprint's equations were lost in the text we had; this is our reading of it
 (docs/recipes/taskcorr.md):
 training data come in N groups B_1..B_N (tasks: sampling pattern × ratio, or contrasts),
 validation data in M groups V_1..V_M. A matrix W ∈ R^{N×M} is normalised column by column,
-σ(w_j) = softmax(w_j), and σ(w_j)_i is read as the correlation between training group i and
-validation group j.
+σ(w_j) = softmax(w_j), and σ(w_j)_i weights training group i for validation group j (the paper
+reads it as their correlation; :mod:`problems.taskcorr.similarity` measures one to compare).
 
 * ``theta`` (lower, our Eq. 3b): ``θ_j*(W) = argmin_θ Σ_i σ(w_j)_i ℓ(θ; B_i)``, one network θ_j
   per column, all trained together on ``Σ_j Σ_i σ(w_j)_i ℓ(θ_j; B_i)`` (the M problems are
@@ -14,262 +14,45 @@ validation group j.
 
 (The paper's Eq. 3 is lost; its text names the normalisation (3c). The labels 3a/3b are ours.)
 Algorithm 1's schedule — k gradient steps on θ, then one on W — is the lower level's
-``unroll = k``. There is no θ shared by M > 1 columns: every column would then receive the same
-hypergradient direction through it and the columns could never differ.
+``unroll = k``; W's hypergradient goes through those k Adam steps (``adjoint_unroll``,
+:mod:`problems.taskcorr.hypergradient`). There is no θ shared by M > 1 columns: every column would
+then receive the same hypergradient direction through it and the columns could never differ.
 
-ℓ is the loss of Bian's pMRI code on the optimal-control network
-(:mod:`problems.taskcorr.optimal_control`): L1 of the root-sum-of-squares image against the target's,
-plus the mean squared error of the coil images, plus 0.01 × L1 of the initial coil images x_0.
-Data are multi-coil k-space simulated from single-channel slices with smooth coil maps
-(``x_c = S_c x``; the network never sees S).
+The baselines are the same ``theta`` level with a fixed weight matrix over groups (zeros allowed:
+a zero weight leaves that group out of that column): ``uniform`` (each θ_j on the training groups
+and V_j, equal weights) and ``independent`` (each θ_j on V_j alone).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from engines import DataStream, Graph, Level, mix_seed
+from engines import Graph, Level, mix_seed
 
-from ..mri import MRISlices, SamplingTask, fft2c
-from .optimal_control import ControlNetConfig, OptimalControlNet, Reconstruction, combined_magnitude
+from .groups import GroupStream, ReconBatch, ReconGroup, check_compatible
+from .loss import LossWeights, reconstruction_loss
+from .optimal_control import ControlNetConfig, OptimalControlNet
+from .second_order import second_order_adjoint
 
 __all__ = [
     "ColumnNetworks",
     "CorrelationLevel",
-    "GroupStream",
-    "LossWeights",
-    "ReconBatch",
-    "ReconGroup",
-    "ReconTask",
+    "FixedTaskWeights",
     "TaskCorrSettings",
     "TaskCorrelation",
     "ThetaLevel",
-    "pool_groups",
-    "reconstruct",
-    "reconstruction_loss",
-    "simulate_group",
-    "task_groups",
+    "fixed_weights_graph",
+    "independent_graph",
     "taskcorr_graph",
     "uniform_graph",
 ]
-
-
-# ------------------------------------------------------------------------------------------- data
-class ReconBatch(NamedTuple):
-    """Samples of one or more groups, in group order: k-space ``[B, C, H, W]`` (complex, zero off the
-    mask), masks ``[B, 1, H, W]`` (0/1), target coil images ``[B, C, H, W]`` (complex)."""
-
-    kspace: Tensor
-    masks: Tensor
-    coils: Tensor
-
-
-@dataclass(frozen=True)
-class ReconGroup:
-    """One group B_i or V_j: measured multi-coil k-space, its masks and the target coil images.
-
-    ``kspace`` and ``coils`` are ``[n, C, H, W]`` complex, ``masks`` ``[n, 1, H, W]``.
-    """
-
-    name: str
-    kspace: Tensor
-    masks: Tensor
-    coils: Tensor
-
-    def __post_init__(self) -> None:
-        n = self.kspace.shape[0]
-        if self.kspace.dim() != 4 or not torch.is_complex(self.kspace):
-            raise ValueError(
-                f"group '{self.name}': kspace must be complex [n, C, H, W], got {self.kspace.dtype} "
-                f"{tuple(self.kspace.shape)}"
-            )
-        if self.coils.shape != self.kspace.shape:
-            raise ValueError(
-                f"group '{self.name}': coils {tuple(self.coils.shape)} and kspace "
-                f"{tuple(self.kspace.shape)} must have the same shape"
-            )
-        if self.masks.shape != (n, 1, *self.kspace.shape[-2:]):
-            raise ValueError(
-                f"group '{self.name}': masks must be [n, 1, H, W] = {(n, 1, *self.kspace.shape[-2:])}, "
-                f"got {tuple(self.masks.shape)}"
-            )
-        if n == 0:
-            raise ValueError(f"group '{self.name}' is empty")
-
-    def __len__(self) -> int:
-        return self.kspace.shape[0]
-
-    @property
-    def coil_count(self) -> int:
-        return self.kspace.shape[1]
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return tuple(self.kspace.shape[-2:])
-
-    @property
-    def target(self) -> Tensor:
-        """The reference magnitude images ``[n, H, W]`` (root-sum-of-squares of the coil images)."""
-        return combined_magnitude(self.coils)
-
-    def batch(self, index: slice | Tensor) -> ReconBatch:
-        return ReconBatch(self.kspace[index], self.masks[index], self.coils[index])
-
-
-def simulate_group(
-    name: str, images: Tensor, mask: Tensor, coil_maps: Tensor, *, noise_std: float = 0.0, seed: int = 0
-) -> ReconGroup:
-    """Multi-coil data from single-channel images ``[n, H, W]``: coil images ``x_c = S_c x`` with
-    maps ``[C, H, W]``, k-space ``y_c = P (F x_c + ε)`` with complex Gaussian ``ε`` of std ``noise_std``
-    and the mask ``P`` ``[H, W]`` (one sampling pattern per group)."""
-    if images.dim() != 3:
-        raise ValueError(f"group '{name}': images must be [n, H, W], got {tuple(images.shape)}")
-    if coil_maps.dim() != 3 or coil_maps.shape[-2:] != images.shape[-2:]:
-        raise ValueError(
-            f"group '{name}': coil maps must be [C, H, W] with H, W = {tuple(images.shape[-2:])}, "
-            f"got {tuple(coil_maps.shape)}"
-        )
-    if mask.shape != images.shape[-2:]:
-        raise ValueError(
-            f"group '{name}': mask {tuple(mask.shape)} does not match the images {tuple(images.shape[-2:])}"
-        )
-    complex_dtype = torch.complex128 if images.dtype == torch.float64 else torch.complex64
-    coils = coil_maps.to(complex_dtype) * images.to(complex_dtype)[:, None]
-    kspace = fft2c(coils)
-    if noise_std > 0:
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(kspace.shape, generator=gen, dtype=images.dtype) + 1j * torch.randn(
-            kspace.shape, generator=gen, dtype=images.dtype
-        )
-        kspace = kspace + noise_std / 2**0.5 * noise
-    mask = mask.to(images.dtype)
-    masks = mask.expand(len(images), 1, *mask.shape)
-    return ReconGroup(name, mask * kspace, masks, coils)
-
-
-def pool_groups(name: str, groups: Sequence[ReconGroup]) -> ReconGroup:
-    """One group holding the samples of several (e.g. all validation tasks for M = 1)."""
-    _check_compatible(groups, "pooled")
-    return ReconGroup(
-        name,
-        torch.cat([g.kspace for g in groups]),
-        torch.cat([g.masks for g in groups]),
-        torch.cat([g.coils for g in groups]),
-    )
-
-
-@dataclass(frozen=True)
-class ReconTask:
-    """What a group holds: slices of one ``contrast`` sampled by one ``sampling`` task (e.g. T1, radial 20 %)."""
-
-    contrast: str
-    sampling: SamplingTask
-
-    @property
-    def key(self) -> str:
-        return f"{self.contrast}-{self.sampling.key}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.contrast.upper()} {self.sampling.label}"
-
-    @classmethod
-    def parse(cls, text: str) -> ReconTask:
-        """``"t1:radial:0.2"`` or ``"t1:radial:20%"`` (contrast, then a :class:`SamplingTask`) -> a task."""
-        contrast, sep, rest = text.partition(":")
-        if not sep or not contrast.strip():
-            raise ValueError(f"task {text!r} must read contrast:pattern:ratio, e.g. t1:radial:0.2")
-        return cls(contrast.strip().lower(), SamplingTask.parse(rest))
-
-
-def task_groups(
-    tasks: Sequence[ReconTask],
-    slices: Mapping[str, MRISlices],
-    split: str,
-    coil_maps: Tensor,
-    *,
-    limit: int | None = None,
-    mask_seed: int = 0,
-) -> list[ReconGroup]:
-    """One group per task: the ``split`` slices of the task's contrast (at most ``limit``, evenly
-    spaced), multi-coil data simulated with ``coil_maps`` ``[C, H, W]`` and the task's mask."""
-    groups = []
-    for task in tasks:
-        if task.contrast not in slices:
-            raise ValueError(
-                f"task {task.label}: no slices of contrast '{task.contrast}' were loaded (loaded: {sorted(slices)})"
-            )
-        images = slices[task.contrast].splits[split].subset(limit).images
-        mask = task.sampling.mask(tuple(images.shape[-2:]), seed=mask_seed)
-        groups.append(simulate_group(f"{task.label} ({split})", images, mask, coil_maps))
-    return groups
-
-
-class _GroupItems(torch.utils.data.Dataset):
-    def __init__(self, group: ReconGroup):
-        self.group = group
-
-    def __len__(self) -> int:
-        return len(self.group)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        g = self.group
-        return g.kspace[i], g.masks[i], g.coils[i]
-
-
-class GroupStream:
-    """Endless batches with ``batch_size`` samples of every group, concatenated in group order
-    (``[len(groups) * batch_size, ...]``). Deterministic and resumable (one
-    :class:`engines.DataStream` per group)."""
-
-    def __init__(self, groups: Sequence[ReconGroup], batch_size: int, *, seed: int = 0):
-        for g in groups:
-            if batch_size > len(g):
-                raise ValueError(f"group '{g.name}' has {len(g)} samples, fewer than the batch size {batch_size}")
-        self.groups = list(groups)
-        self.batch_size = batch_size
-        self.streams = [DataStream(_GroupItems(g), batch_size, seed=mix_seed(seed, i)) for i, g in enumerate(groups)]
-
-    def __iter__(self) -> GroupStream:
-        return self
-
-    def __next__(self) -> ReconBatch:
-        parts = [next(s) for s in self.streams]
-        return ReconBatch(*(torch.cat(field_parts) for field_parts in zip(*parts)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"streams": [s.state_dict() for s in self.streams]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for s, st in zip(self.streams, state["streams"]):
-            s.load_state_dict(st)
-
-
-# ------------------------------------------------------------------------------------------- loss
-@dataclass(frozen=True)
-class LossWeights:
-    """ℓ = L1(|x_T|_rss, |x*|) + ``coils`` · MSE(x_T, x*_c) + ``initial`` · L1(x_0, x*_c) (Bian's pMRI loss)."""
-
-    coils: float = 1.0
-    initial: float = 0.01
-
-
-def reconstruction_loss(recon: Reconstruction, coils: Tensor, weights: LossWeights = LossWeights()) -> Tensor:
-    """ℓ per sample ``[B]`` (means over pixels and coils) for a reconstruction and the target coil
-    images ``[B, C, H, W]``."""
-    loss = (combined_magnitude(recon.final) - combined_magnitude(coils)).abs().mean((-2, -1))
-    if weights.coils:
-        loss = loss + weights.coils * (recon.final - coils).abs().pow(2).mean((-3, -2, -1))
-    if weights.initial:
-        loss = loss + weights.initial * (recon.initial - coils).abs().mean((-3, -2, -1))
-    return loss
 
 
 # ------------------------------------------------------------------------------------------- modules
@@ -298,6 +81,23 @@ class TaskCorrelation(nn.Module):
         return torch.softmax(self.logits, dim=0)
 
 
+class FixedTaskWeights(nn.Module):
+    """A fixed ``[G, M]`` weight matrix over groups (a baseline's W, never learned): non-negative,
+    every column summing to one; a zero leaves that group out of that column's loss."""
+
+    def __init__(self, matrix: Tensor):
+        super().__init__()
+        matrix = torch.as_tensor(matrix, dtype=torch.get_default_dtype())
+        if matrix.dim() != 2 or (matrix < 0).any() or not torch.allclose(matrix.sum(0), torch.ones(matrix.shape[1])):
+            raise ValueError(
+                f"fixed task weights must be a non-negative [G, M] matrix with columns summing to 1: {matrix}"
+            )
+        self.register_buffer("matrix", matrix)
+
+    def weights(self) -> Tensor:
+        return self.matrix
+
+
 class ColumnNetworks(nn.Module):
     """θ_1..θ_M: one optimal-control network per column of W (one network when M = 1).
 
@@ -316,14 +116,15 @@ class ColumnNetworks(nn.Module):
 
 # ------------------------------------------------------------------------------------------- levels
 class ThetaLevel(Level):
-    """``theta`` (lower): ``Σ_j Σ_i σ(w_j)_i ℓ(θ_j; B_i)`` (Eq. 3b, our reading)."""
+    """``theta`` (lower): ``Σ_j Σ_i σ(w_j)_i ℓ(θ_j; B_i)`` (Eq. 3b, our reading); the groups are the
+    ``n_groups`` of every batch (:class:`~problems.taskcorr.groups.GroupStream` layout)."""
 
     def __init__(
         self,
         name: str,
         module: ColumnNetworks,
         *,
-        correlation: TaskCorrelation,
+        correlation: TaskCorrelation | FixedTaskWeights,
         n_groups: int,
         loss_weights: LossWeights,
         **options: Any,
@@ -332,20 +133,73 @@ class ThetaLevel(Level):
         self.task_correlation = correlation  # not `self.correlation`: Betty binds the upper level to that name
         self.n_groups = n_groups
         self.loss_weights = loss_weights
+        self.used = correlation.weights().detach().cpu() > 0  # [G, M]: the groups each column trains on
+        if tuple(self.used.shape) != (n_groups, len(module)):
+            raise ValueError(
+                f"level '{name}': weights of shape {tuple(self.used.shape)} for {n_groups} groups and "
+                f"{len(module)} networks; expected ({n_groups}, {len(module)})"
+            )
 
     def group_losses(self, batch: ReconBatch) -> Tensor:
-        """ℓ(θ_j; B_i) ``[N, M]``: every θ_j on the training batch of every group."""
+        """ℓ(θ_j; B_i) ``[G, M]``: every θ_j on the batch of every group it trains on (0 elsewhere)."""
+        per_group = batch.kspace.shape[0] // self.n_groups
         columns = []
-        for net in self.module.nets:
-            per_sample = reconstruction_loss(net(batch.kspace, batch.masks), batch.coils, self.loss_weights)
-            columns.append(per_sample.view(self.n_groups, -1).mean(1))
+        for j, net in enumerate(self.module.nets):
+            used = self.used[:, j]
+            if bool(used.all()):
+                per_sample = reconstruction_loss(net(batch.kspace, batch.masks), batch.coils, self.loss_weights)
+                columns.append(per_sample.view(self.n_groups, -1).mean(1))
+                continue
+            index = torch.arange(batch.kspace.shape[0]).view(self.n_groups, per_group)[used].flatten()
+            index = index.to(batch.kspace.device)
+            recon = net(batch.kspace[index], batch.masks[index])
+            means = iter(reconstruction_loss(recon, batch.coils[index], self.loss_weights).view(-1, per_group).mean(1))
+            zero = batch.masks.new_zeros(())
+            columns.append(torch.stack([next(means) if u else zero for u in used.tolist()]))
         return torch.stack(columns, dim=1)
 
     def loss(self, batch: ReconBatch) -> dict[str, Tensor]:
         losses = self.group_losses(batch)
-        weights = self.task_correlation.weights().to(losses)  # the baseline's fixed W lives outside the graph
+        weights = self.task_correlation.weights().to(losses)  # a baseline's fixed W lives outside the graph
         weighted = (weights * losses).sum()  # Eq. 3b: Σ_j Σ_i σ(w_j)_i ℓ(θ_j; B_i)
         return {"loss": weighted, "mean_group_loss": losses.mean()}
+
+    def second_order_products(
+        self, direction: list[Tensor], upper: Level, *, hessian: bool = True
+    ) -> tuple[list[Tensor] | None, list[Tensor]]:
+        """``(∇²_θ g · d, (∂²g/∂W∂θ) · d)`` of this level's loss g at its current parameters and batch
+        (the first is None without ``hessian``: the mixed product needs forward passes only).
+
+        g = Σ_j Σ_i σ(w_j)_i ℓ(θ_j; B_i) is linear in σ, so the mixed product is the derivative in W of
+        Σ_ij σ(w_j)_i ℓ̇_ij with ℓ̇_ij = ⟨∇ℓ(θ_j; B_i), d_j⟩. Both come from the networks' second-order
+        adjoint (:func:`~problems.taskcorr.second_order.second_order_adjoint`): exact, and without the
+        double-backward graph of all phases (what ``adjoint_unroll`` asks a level for).
+        """
+        batch = self.cur_batch
+        weights = self.task_correlation.weights()
+        per_group = batch.kspace.shape[0] // self.n_groups
+        hessians, tangents, start = [], [], 0
+        for j, net in enumerate(self.module.nets):
+            size = len(list(net.parameters()))
+            coefficients = weights[:, j].detach().to(batch.masks.dtype).repeat_interleave(per_group) / per_group
+            products = second_order_adjoint(
+                net,
+                batch.kspace,
+                batch.masks,
+                direction[start : start + size],
+                lambda recon: reconstruction_loss(recon, batch.coils, self.loss_weights),
+                coefficients,
+                hessian=hessian,
+            )
+            hessians += products.hessian_product or []
+            tangents.append(products.loss_tangents.view(self.n_groups, -1).mean(1))
+            start += size
+        with torch.enable_grad():
+            weights = self.task_correlation.weights()
+            mixed = torch.autograd.grad(
+                (weights * torch.stack(tangents, 1).to(weights)).sum(), list(upper.trainable_parameters())
+            )
+        return (hessians if hessian else None), list(mixed)
 
 
 class CorrelationLevel(Level):
@@ -364,7 +218,9 @@ class CorrelationLevel(Level):
             recon = net(batch.kspace[part], batch.masks[part])
             losses.append(reconstruction_loss(recon, batch.coils[part], self.theta_level.loss_weights).mean())
         losses = torch.stack(losses)
-        return {"loss": losses.sum(), "max_weight": self.module.weights().max()}
+        weights = self.module.weights().detach()
+        logged = {f"sigma_{i}_{j}": weights[i, j] for i in range(weights.shape[0]) for j in range(weights.shape[1])}
+        return {"loss": losses.sum(), "max_weight": weights.max(), **logged}
 
 
 # ------------------------------------------------------------------------------------------- graphs
@@ -374,8 +230,9 @@ class TaskCorrSettings:
 
     inner_steps: k, θ-steps per W-step (Algorithm 1). theta_lr / correlation_lr: Adam step sizes
     (Algorithm 3 names Adam; Algorithm 1 writes SGD). train_batch / val_batch: samples per group
-    and step. hypergrad: the method through ``theta``; options: its options. gradient: the
-    network's gradient path. loss: the weights of ℓ.
+    and step. hypergrad: the method through ``theta`` (``adjoint_unroll``: the gradient of what the
+    k Adam steps train, see :mod:`problems.taskcorr.hypergradient`); options: its options.
+    gradient: the network's gradient path. loss: the weights of ℓ.
     """
 
     inner_steps: int = 5
@@ -383,37 +240,20 @@ class TaskCorrSettings:
     correlation_lr: float = 0.05
     train_batch: int = 2
     val_batch: int = 2
-    hypergrad: str = "darts"
+    hypergrad: str = "adjoint_unroll"
     options: dict[str, Any] = field(default_factory=dict)
     gradient: str = "adjoint"
-    loss: LossWeights = LossWeights()
-
-
-def _check_compatible(groups: Sequence[ReconGroup], what: str, coils: int | None = None) -> None:
-    if not groups:
-        raise ValueError(f"no {what} groups given")
-    first = groups[0]
-    for g in groups:
-        if g.image_shape != first.image_shape or g.coil_count != first.coil_count:
-            raise ValueError(
-                f"{what} group '{g.name}' has {g.coil_count} coils of {g.image_shape}, but group "
-                f"'{first.name}' has {first.coil_count} coils of {first.image_shape}; all groups "
-                "must agree"
-            )
-        if coils is not None and g.coil_count != coils:
-            raise ValueError(
-                f"{what} group '{g.name}' has {g.coil_count} coils; the network was built for {coils} "
-                "(ControlNetConfig.coils)"
-            )
+    loss: LossWeights = field(default_factory=LossWeights)
 
 
 def _theta_level(
     config: ControlNetConfig,
-    train_groups: Sequence[ReconGroup],
+    groups: Sequence[ReconGroup],
     columns: int,
-    correlation: TaskCorrelation,
+    correlation: TaskCorrelation | FixedTaskWeights,
     settings: TaskCorrSettings,
     seed: int,
+    batch_size: int | None = None,
 ) -> ThetaLevel:
     torch.manual_seed(seed)
     nets = ColumnNetworks(config, columns, gradient=settings.gradient)
@@ -421,14 +261,24 @@ def _theta_level(
         "theta",
         nets,
         correlation=correlation,
-        n_groups=len(train_groups),
+        n_groups=len(groups),
         loss_weights=settings.loss,
         optimizer=functools.partial(torch.optim.Adam, lr=settings.theta_lr),
-        data=GroupStream(train_groups, settings.train_batch, seed=seed),
+        data=GroupStream(groups, batch_size or settings.train_batch, seed=seed),
         hypergrad=settings.hypergrad,
         unroll=settings.inner_steps,
         options=settings.options,
     )
+
+
+def _check_groups(config: ControlNetConfig, train_groups: Sequence[ReconGroup], val_groups: Sequence[ReconGroup]):
+    check_compatible(train_groups, "training", config.coils)
+    check_compatible(val_groups, "validation", config.coils)
+    if train_groups[0].image_shape != val_groups[0].image_shape:
+        raise ValueError(
+            f"training images are {train_groups[0].image_shape}, validation images "
+            f"{val_groups[0].image_shape}; they must agree"
+        )
 
 
 def taskcorr_graph(
@@ -447,13 +297,7 @@ def taskcorr_graph(
     ``n_train`` / ``n_val`` (optional) state N and M; they must match the numbers of groups, as must
     ``initial_logits`` (a starting W ``[N, M]``, default zeros: uniform weights).
     """
-    _check_compatible(train_groups, "training", config.coils)
-    _check_compatible(val_groups, "validation", config.coils)
-    if train_groups[0].image_shape != val_groups[0].image_shape:
-        raise ValueError(
-            f"training images are {train_groups[0].image_shape}, validation images "
-            f"{val_groups[0].image_shape}; they must agree"
-        )
+    _check_groups(config, train_groups, val_groups)
     N, M = len(train_groups), len(val_groups)
     if n_train is not None and n_train != N:
         raise ValueError(
@@ -485,34 +329,59 @@ def taskcorr_graph(
     return graph
 
 
-def uniform_graph(
+def fixed_weights_graph(
     config: ControlNetConfig,
-    train_groups: Sequence[ReconGroup],
+    groups: Sequence[ReconGroup],
+    weights: Tensor,
     settings: TaskCorrSettings = TaskCorrSettings(),
     *,
+    name: str,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> Graph:
-    """The baseline without correlation learning: one θ on ``(1/N) Σ_i ℓ(θ; B_i)`` (W fixed uniform)."""
-    _check_compatible(train_groups, "training", config.coils)
-    fixed = TaskCorrelation(len(train_groups), 1).requires_grad_(False)
-    theta = _theta_level(config, train_groups, 1, fixed, settings, seed)
-    graph = Graph(f"taskcorr-uniform[N={len(train_groups)}]")
+    """One level: M networks θ_j, θ_j trained on ``Σ_g weights[g, j] ℓ(θ_j; group g)`` (``weights``
+    ``[G, M]`` fixed; ``batch_size`` samples of every group per step, default ``settings.train_batch``)."""
+    check_compatible(groups, "training", config.coils)
+    fixed = FixedTaskWeights(weights)
+    theta = _theta_level(config, groups, fixed.matrix.shape[1], fixed, settings, seed, batch_size)
+    graph = Graph(name)
     graph.add(theta)
     return graph
 
 
-# ------------------------------------------------------------------------------------------- inference
-@torch.no_grad()
-def reconstruct(
-    net: OptimalControlNet, group: ReconGroup, *, batch_size: int = 8, device: torch.device | str | None = None
-) -> tuple[Tensor, Tensor]:
-    """Magnitude reconstructions and references ``[n, H, W]`` (on the CPU) of every sample of ``group``."""
-    device = device or next(net.parameters()).device
-    dtype = next(net.parameters()).dtype
-    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    outputs = []
-    for start in range(0, len(group), batch_size):
-        b = group.batch(slice(start, start + batch_size))
-        recon = net(b.kspace.to(device, complex_dtype), b.masks.to(device, dtype))
-        outputs.append(combined_magnitude(recon.final).cpu())
-    return torch.cat(outputs), group.target.to(outputs[0].dtype)
+def uniform_graph(
+    config: ControlNetConfig,
+    train_groups: Sequence[ReconGroup],
+    val_groups: Sequence[ReconGroup],
+    settings: TaskCorrSettings = TaskCorrSettings(),
+    *,
+    seed: int = 0,
+) -> Graph:
+    """The baseline without task weighting: θ_j on ``(1/(N+1)) (Σ_i ℓ(θ_j; B_i) + ℓ(θ_j; V_j))``, with the
+    same networks and the same data as :func:`taskcorr_graph` (W fixed uniform; V_j trained on directly)."""
+    _check_groups(config, train_groups, val_groups)
+    N, M = len(train_groups), len(val_groups)
+    weights = torch.zeros(N + M, M)
+    weights[:N] = 1 / (N + 1)
+    weights[N:] = torch.eye(M) / (N + 1)
+    return fixed_weights_graph(
+        config, [*train_groups, *val_groups], weights, settings, name=f"taskcorr-uniform[N={N},M={M}]", seed=seed
+    )
+
+
+def independent_graph(
+    config: ControlNetConfig,
+    val_groups: Sequence[ReconGroup],
+    settings: TaskCorrSettings = TaskCorrSettings(),
+    *,
+    samples_per_step: int,
+    seed: int = 0,
+) -> Graph:
+    """Independent per-task training: θ_j on ``ℓ(θ_j; V_j)`` alone, ``samples_per_step`` samples of V_j per
+    step (capped at the smallest group; the learned model's θ_j sees N × train_batch)."""
+    check_compatible(val_groups, "validation", config.coils)
+    batch = max(1, min(samples_per_step, *(len(g) for g in val_groups)))
+    M = len(val_groups)
+    return fixed_weights_graph(
+        config, val_groups, torch.eye(M), settings, name=f"taskcorr-independent[M={M}]", batch_size=batch, seed=seed
+    )

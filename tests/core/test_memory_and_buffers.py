@@ -41,6 +41,15 @@ def test_cpu_memory_tracker_sees_the_graph_that_a_longer_unroll_keeps():
     assert unrolled(20) > unrolled(10) > unrolled(1)
 
 
+def test_cpu_memory_tracker_skips_autograd_zero_tensors():
+    """Double backward through an op with an unused input makes an "efficient zero" tensor, which has no
+    storage to read; the tracker must count it as nothing instead of failing."""
+    with track_peak_memory("cpu") as mem:
+        zero = torch._efficientzerotensor((256, 256))
+        kept = torch.ones(256, 256)
+    assert zero._is_zerotensor() and mem.peak_bytes == kept.untyped_storage().nbytes()
+
+
 class BNNet(nn.Module):
     def __init__(self):
         super().__init__()

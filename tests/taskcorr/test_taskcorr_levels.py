@@ -1,48 +1,27 @@
 """The `theta` and `correlation` levels: σ(W) columns, a real hypergradient through the network (any gradient
-path), a pure-noise group learns a small weight, goldens, resume, and inputs that do not fit."""
+path), a pure-noise group learns a small weight, the baselines' fixed weights, goldens, resume, and inputs
+that do not fit."""
 
 from pathlib import Path
 
 import pytest
 import torch
-from taskcorr_fixtures import make_group, pure_noise_group
+from taskcorr_fixtures import config, groups, make_group, pure_noise_group, settings
 
 from engines import Runner, run
 from engines.golden import check_golden, default_dtype, golden_trace
 from problems.taskcorr import (
+    FixedTaskWeights,
     GroupStream,
     ReconGroup,
     TaskCorrelation,
-    TaskCorrSettings,
+    independent_graph,
     pool_groups,
     taskcorr_graph,
     uniform_graph,
 )
-from problems.taskcorr.optimal_control import ControlNetConfig
 
 GOLDEN = Path(__file__).resolve().parents[2] / "assets" / "goldens" / "taskcorr_levels.json"
-
-
-def config(coils: int = 2, phases: int = 2) -> ControlNetConfig:
-    return ControlNetConfig(coils=coils, phases=phases, width=4, features=3, kernel=3)
-
-
-def groups(slices, coils: int = 2):
-    train = [
-        make_group(slices, "t1", "train", "radial", 0.3, coils),
-        make_group(slices, "t1", "train", "cartesian", 0.25, coils),
-        make_group(slices, "t2", "train", "radial", 0.3, coils),
-    ]
-    val = [
-        make_group(slices, "t1", "val", "radial", 0.25, coils, n=4),
-        make_group(slices, "t2", "val", "radial", 0.25, coils, n=4),
-    ]
-    return train, val
-
-
-def settings(**changes) -> TaskCorrSettings:
-    base = {"inner_steps": 2, "theta_lr": 1e-2, "correlation_lr": 0.1, "train_batch": 2, "val_batch": 2}
-    return TaskCorrSettings(**{**base, **changes})
 
 
 def captured_hypergradient(graph, steps: int, **options) -> torch.Tensor:
@@ -69,9 +48,10 @@ def test_columns_of_sigma_w_sum_to_one_and_w_receives_a_hypergradient(mni_slices
     assert not torch.allclose(weights, torch.full_like(weights, 1 / 3))  # W took a step
 
 
-@pytest.mark.parametrize("method", ["darts", "exact"])
+@pytest.mark.parametrize("method", ["darts", "exact", "adjoint_unroll"])
 def test_hypergradient_is_the_same_through_the_adjoint_path_and_autograd(mni_slices, method):
-    """The engine differentiates `theta` through the costate recursion (exact needs its double backward)."""
+    """The engine differentiates `theta` through the costate recursion (exact needs its double backward;
+    adjoint_unroll the second-order adjoint, which does not depend on the path)."""
     results = {}
     for path in ("autograd", "adjoint", "adjoint_checkpointed"):
         with default_dtype(torch.float64):
@@ -140,15 +120,29 @@ def test_resume_gives_the_same_parameters_and_losses(mni_slices, tmp_path):
     assert resumed.losses == full.losses
 
 
-def test_the_uniform_baseline_trains_one_network_on_equal_weights(mni_slices):
-    train, _ = groups(mni_slices)
-    graph = uniform_graph(config(), train, settings())
-    theta = graph["theta"]
-    assert list(graph.levels) == ["theta"] and len(theta.module) == 1
-    assert torch.equal(theta.task_correlation.weights(), torch.full((3, 1), 1 / 3))
-    before = [p.detach().clone() for p in theta.module.parameters()]
-    graph.run(steps=2, device="cpu", progress=False)
-    assert any(not torch.equal(a, b) for a, b in zip(before, theta.module.parameters()))
+def test_the_baselines_train_the_same_networks_on_fixed_weights(mni_slices):
+    """uniform: θ_j on the N training groups and V_j, equal weights; independent: θ_j on V_j alone; both with
+    the learned model's M networks and initialisation."""
+    train, val = groups(mni_slices)
+    learned = taskcorr_graph(config(), train, val, settings())
+    uniform = uniform_graph(config(), train, val, settings())
+    independent = independent_graph(config(), val, settings(), samples_per_step=6)
+    assert list(uniform.levels) == ["theta"] and list(independent.levels) == ["theta"]
+    expected_uniform = torch.tensor([[0.25, 0.25]] * 3 + [[0.25, 0.0], [0.0, 0.25]])
+    assert torch.equal(uniform["theta"].task_correlation.weights(), expected_uniform)
+    assert torch.equal(independent["theta"].task_correlation.weights(), torch.eye(2))
+    start = learned["theta"].module.state_dict()
+    for graph in (uniform, independent):
+        assert len(graph["theta"].module) == 2
+        assert all(torch.equal(start[k], v) for k, v in graph["theta"].module.state_dict().items())
+    losses = uniform["theta"].group_losses(next(GroupStream([*train, *val], 2)))
+    assert (losses[3, 1] == 0) and (losses[4, 0] == 0) and (losses[:3] > 0).all()  # V_j only in column j
+    before = [p.detach().clone() for p in independent["theta"].module.parameters()]
+    independent.run(steps=2, device="cpu", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, independent["theta"].module.parameters()))
+    assert independent["theta"].cur_batch.kspace.shape[0] == 2 * 4  # 6 asked, capped at the 4 samples of V_j
+    with pytest.raises(ValueError, match="columns summing to 1"):
+        FixedTaskWeights(torch.tensor([[0.5], [0.6]]))
 
 
 def test_group_counts_that_do_not_fit_fail_clearly(mni_slices):
