@@ -50,6 +50,7 @@ from .edges import ReadCheck, check_reads
 from .errors import GraphError, LossError, NonFiniteError
 from .hypergrad import METHODS
 from .hypergrad.paths import Hypergradients, path_label, walk_path
+from .loss_module import LossModule
 
 __all__ = ["UPPER_ORDERS", "Level", "LossFn", "OptimizerSpec", "SchedulerSpec"]
 
@@ -59,20 +60,6 @@ OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.opt
 SchedulerSpec = Callable[[torch.optim.Optimizer], Any]
 LossFn = Callable[["Level", Any], Tensor | Mapping[str, Any]]
 RngState = tuple[Tensor, Tensor | None]
-
-
-class _LossModule(nn.Module):
-    """Puts a level's module under a parent so ``torch.func.functional_call`` can swap its
-    parameters while the level's own loss code (``self.module(...)``) runs unchanged."""
-
-    def __init__(self, level: Level):
-        super().__init__()
-        self.m = level.module
-        self._level = (level,)
-
-    def forward(self, batch: Any) -> Tensor:
-        out = self._level[0].training_step(batch)
-        return out["loss"] if isinstance(out, Mapping) else out
 
 
 class Level(ImplicitProblem):
@@ -546,7 +533,7 @@ class Level(ImplicitProblem):
         swap = {f"m.{n}": v for n, v in zip(self.trainable_names, values)}
         swap.update({f"m.{n}": b for n, b in buffers.items()})
         with self._rng(rng), self._autocast(), self._graph_buffers_frozen(), eager(self.module):
-            return torch.func.functional_call(_LossModule(self), swap, (batch,), strict=False)
+            return torch.func.functional_call(LossModule(self), swap, (batch,), strict=False)
 
     def _guarded_loss_output(self, batch: Any) -> Tensor | Mapping[str, Any]:
         """The loss output. A loss that reads an attribute a level does not have (``level.hyper`` with no

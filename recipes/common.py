@@ -100,17 +100,6 @@ non_negative_int = _integer_at_least(0, "an integer >= 0")
 """argparse type: an integer >= 0."""
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (learning rates, weights, epochs)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
 def finite_non_negative_float(text: str) -> float:
     """argparse type: a finite float >= 0 (a weight, a margin); nan, inf and negatives are refused at parse time."""
     try:

@@ -47,6 +47,8 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ..loss_module import LossModule
+
 __all__ = ["Linearizer", "forward_jvp", "linearizer_of", "outputs_function"]
 
 Vector = Sequence[Tensor]
@@ -61,15 +63,13 @@ def outputs_function(curr: Any) -> tuple[Callable[..., list[Tensor]], list[Tenso
     ``others`` (in the order of ``other_values``, detached copies of the current ones), and returns the
     outputs the loss marks (explicitly or, by default, the module's outputs). The caller supplies the
     random state and autocast of the step it stands for."""
-    from ..level import _LossModule  # the level module imports this package
-
     trainable = set(curr.trainable_names)
     named = [(n, t) for n, t in curr.module.named_parameters(remove_duplicate=False) if n not in trainable]
     named += list(curr.module.named_buffers(remove_duplicate=False))
     other_names = [n for n, _ in named]
     other_values = [t.detach().clone() for _, t in named]
     names = curr.trainable_names
-    holder = _LossModule(curr)
+    holder = LossModule(curr)
 
     def fn(values: Sequence[Tensor], others: Sequence[Tensor], batch: Any) -> list[Tensor]:
         swap = {f"m.{n}": v for n, v in zip(names, values)}
