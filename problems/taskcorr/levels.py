@@ -254,8 +254,12 @@ def _theta_level(
     settings: TaskCorrSettings,
     seed: int,
     batch_size: int | None = None,
+    *,
+    has_upper: bool = True,
 ) -> ThetaLevel:
     torch.manual_seed(seed)
+    # how W differentiates through θ; with fixed task weights no level does, so nothing is set
+    through = {"hypergrad": settings.hypergrad, "unroll": settings.inner_steps, "options": settings.options}
     nets = ColumnNetworks(config, columns, gradient=settings.gradient)
     return ThetaLevel(
         "theta",
@@ -265,9 +269,7 @@ def _theta_level(
         loss_weights=settings.loss,
         optimizer=functools.partial(torch.optim.Adam, lr=settings.theta_lr),
         data=GroupStream(groups, batch_size or settings.train_batch, seed=seed),
-        hypergrad=settings.hypergrad,
-        unroll=settings.inner_steps,
-        options=settings.options,
+        **(through if has_upper else {}),
     )
 
 
@@ -343,7 +345,7 @@ def fixed_weights_graph(
     ``[G, M]`` fixed; ``batch_size`` samples of every group per step, default ``settings.train_batch``)."""
     check_compatible(groups, "training", config.coils)
     fixed = FixedTaskWeights(weights)
-    theta = _theta_level(config, groups, fixed.matrix.shape[1], fixed, settings, seed, batch_size)
+    theta = _theta_level(config, groups, fixed.matrix.shape[1], fixed, settings, seed, batch_size, has_upper=False)
     graph = Graph(name)
     graph.add(theta)
     return graph
