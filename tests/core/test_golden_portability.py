@@ -12,7 +12,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("capability,threads,onednn", [("default", "1", "1"), ("avx2", "2", "1"), (None, "1", "0")])
+@pytest.mark.parametrize(
+    "capability,threads,onednn",
+    [  # the default suite runs the largest perturbation (other kernels and two threads); the rest are slow
+        pytest.param("default", "1", "1", marks=pytest.mark.slow),
+        ("avx2", "2", "1"),
+        pytest.param(None, "1", "0", marks=pytest.mark.slow),
+    ],
+)
 def test_goldens_pass_with_other_cpu_kernels_and_thread_counts(capability, threads, onednn):
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "MEDMLO_ONEDNN": onednn}
     if capability is not None:

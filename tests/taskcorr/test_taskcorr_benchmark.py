@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import adjoint_memory  # noqa: E402
@@ -45,6 +47,7 @@ def test_adjoint_memory_benchmark_writes_its_rows(tmp_path):
     assert peak[6, "adjoint"] - peak[2, "adjoint"] < 0.25 * autograd_growth  # states only, not activations
 
 
+@pytest.mark.slow  # five minutes: every candidate audited along a run, memory at three phase counts
 def test_hypergradient_benchmark_audits_candidates_and_measures_memory_against_phases(tmp_path):
     import taskcorr_hypergradient
 
