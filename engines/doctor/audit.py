@@ -344,32 +344,26 @@ class Auditor:
             values = audit[label]
             named = f"level '{upper.name}', path '{label}', method {'/'.join(dict.fromkeys(methods))}"
             cosine, ratio = values["cosine"], values["ratio_to_direct"]
-            if (
-                cosine is not None
-                and cosine < self.settings.cosine_floor
-                and (upper.name, label, "cos") not in self._warned
-            ):
-                self._warned.add((upper.name, label, "cos"))
-                warnings.warn(
+            if cosine is not None and cosine < self.settings.cosine_floor:
+                self._warn_once(
+                    (upper.name, label, "cos"),
                     f"hypergradient audit at global step {step}: {named}: cosine {cosine:.3f} with the reference "
                     f"(exact through the window; finite-difference disagreement {_fmt(values['reference_trust'])}) is "
                     f"below {self.settings.cosine_floor:g}; {advice(methods)}",
-                    RuntimeWarning,
-                    stacklevel=4,
                 )
-            if (
-                ratio is not None
-                and ratio < self.settings.ratio_floor
-                and (upper.name, label, "ratio") not in self._warned
-            ):
-                self._warned.add((upper.name, label, "ratio"))
-                warnings.warn(
+            if ratio is not None and ratio < self.settings.ratio_floor:
+                self._warn_once(
+                    (upper.name, label, "ratio"),
                     f"hypergradient audit at global step {step}: {named}: the hypergradient is {ratio:.2e} of the "
                     f"direct gradient (below {self.settings.ratio_floor:g}): the bilevel structure carries no "
                     f"measurable signal along this path; {advice(methods)}",
-                    RuntimeWarning,
-                    stacklevel=4,
                 )
+
+    def _warn_once(self, key: tuple[str, str, str], message: str) -> None:
+        """One warning per (upper level, path, kind) for the whole run."""
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
 def _fmt(value: float | None) -> str:
