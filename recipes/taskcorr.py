@@ -127,7 +127,7 @@ PRESETS = {
     "study": Preset(
         **_TINY,
         size=(40, 40),
-        phases=3,
+        phases=2,
         width=8,
         features=8,
         outer_steps=150,
