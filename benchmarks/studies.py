@@ -20,8 +20,10 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,37 @@ RECIPES = ("e2eaug", "rmmetal", "dumeta", "metarecon", "taskcorr")
 RESULTS = ROOT / "docs" / "results"
 RUNS = ROOT / "runs" / "studies"
 REPORT_FILES = ("results.md", "results.json", "figures")
+
+
+LOADS: dict[str, float] = {}
+
+
+class LoadSampler:
+    """The machine's mean 1-minute load average while a study runs (sampled every 30 s), so that a wall
+    time measured beside other jobs says so: on two cores a load near 1 means the study had a core to
+    itself, near 2 or more that it shared the machine."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self) -> float:
+        return statistics.fmean(self.samples) if self.samples else float("nan")
 
 
 def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
@@ -46,8 +79,10 @@ def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
     command += ["--no-progress", *extra]
     print(f"== {' '.join(command[1:])}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
+    with LoadSampler() as load:
+        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
     elapsed = time.perf_counter() - t0
+    LOADS[recipe] = load.mean()
     report = RESULTS / recipe
     if report.exists():
         shutil.rmtree(report)
@@ -71,6 +106,8 @@ def write_index(times: dict[str, float]) -> Path:
                 "wall_time_s": round(t, 1),
                 "cpus": os.cpu_count(),
                 "machine": platform.processor() or platform.machine(),
+                "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
+                "mean_load": round(LOADS.get(r, float("nan")), 2),
             }
             for r, t in times.items()
         }
@@ -84,13 +121,21 @@ def write_index(times: dict[str, float]) -> Path:
         "Each folder holds the recipe's `results.md` (claims with paired differences over seeds, 95 %",
         "intervals and verdicts, then the paper-style tables), `results.json` and `figures/`.",
         "",
-        "| recipe | report | wall time (2 CPU cores) |",
-        "|---|---|---|",
+        "Wall times are of the whole study (`benchmarks/studies.py`), with the machine's CPU count, the",
+        "threads the study was given (OMP_NUM_THREADS) and the mean 1-minute load average while it ran:",
+        "a load above the CPU count means the study shared the machine with other jobs and ran slower",
+        "than it would alone.",
+        "",
+        "| recipe | report | wall time | CPUs | threads | mean load |",
+        "|---|---|---|---|---|---|",
     ]
     for recipe in RECIPES:
         if recipe in known:
-            minutes = known[recipe]["wall_time_s"] / 60
-            lines.append(f"| {recipe} | [{recipe}/results.md]({recipe}/results.md) | {minutes:.0f} min |")
+            k = known[recipe]
+            lines.append(
+                f"| {recipe} | [{recipe}/results.md]({recipe}/results.md) | {k['wall_time_s'] / 60:.0f} min"
+                f" | {k['cpus']} | {k.get('threads', '?')} | {k.get('mean_load', '?')} |"
+            )
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
     return RESULTS / "README.md"
 
