@@ -114,10 +114,31 @@ def write_index(times: dict[str, float]) -> Path:
     )
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    (RESULTS / "README.md").write_text("\n".join(index_lines(known)) + "\n")
+    return RESULTS / "README.md"
+
+
+def claims_lines(results_md: str) -> list[str]:
+    """The claims table of a study's results.md (the first table whose header starts with
+    ``| claim (paper) |``, as ``recipes/reporting.claims_table`` writes it); [] if it has none."""
+    lines = results_md.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("| claim (paper) |")), None)
+    if start is None:
+        return []
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+def index_lines(known: dict[str, dict]) -> list[str]:
+    """docs/results/README.md: the wall time of each study, then every study's claims table, copied
+    from its results.md so that the index never disagrees with the reports."""
     lines = [
         "# Study reports",
         "",
-        "Regenerate with `python benchmarks/studies.py` (all) or `python benchmarks/studies.py --recipe NAME`.",
+        "Regenerate with `python benchmarks/studies.py` (all) or `python benchmarks/studies.py --recipe NAME`;",
+        "`python benchmarks/studies.py --index-only` rewrites this page from the reports already here.",
         "Each folder holds the recipe's `results.md` (claims with paired differences over seeds, 95 %",
         "intervals and verdicts, then the paper-style tables), `results.json` and `figures/`.",
         "",
@@ -136,15 +157,25 @@ def write_index(times: dict[str, float]) -> Path:
                 f"| {recipe} | [{recipe}/results.md]({recipe}/results.md) | {k['wall_time_s'] / 60:.0f} min"
                 f" | {k['cpus']} | {k.get('threads', '?')} | {k.get('mean_load', '?')} |"
             )
-    (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
-    return RESULTS / "README.md"
+    for recipe in RECIPES:
+        report = RESULTS / recipe / "results.md"
+        if recipe in known and report.is_file():
+            table = claims_lines(report.read_text())
+            lines += ["", f"## {recipe}", "", *(table or ["(its report has no claims table)"])]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", nargs="+", choices=RECIPES, default=list(RECIPES), help="which studies to run")
     parser.add_argument("--resume", action="store_true", help="continue interrupted studies")
+    parser.add_argument(
+        "--index-only", action="store_true", help="run nothing: rewrite docs/results/README.md from the reports there"
+    )
     args, extra = parser.parse_known_args(argv)
+    if args.index_only:
+        print(f"wrote {write_index({})}")
+        return
     times = {}
     for recipe in args.recipe:
         times[recipe] = run_study(recipe, args.resume, extra)

@@ -55,3 +55,26 @@ def test_study_plan_has_three_seeds_for_every_method(study_plan) -> None:
     for method in plan.methods:
         seeds = {run.seed for run in plan.runs if run.method == method}
         assert len(seeds) >= 3, f"{name}: method {method!r} has seeds {sorted(seeds)}; a claim needs >= 3"
+
+
+def test_claims_lines_takes_the_claims_table_only():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    studies = importlib.import_module("studies")
+    report = "# R\n\n| a | b |\n|---|---|\n\n| claim (paper) | test |\n|---|---|\n| x | +0.1 |\n\ntext\n| claim (paper) | other |\n"
+    assert studies.claims_lines(report) == ["| claim (paper) | test |", "|---|---|", "| x | +0.1 |"]
+    assert studies.claims_lines("# no table\n") == []
+
+
+def test_results_index_quotes_every_committed_claims_table():
+    """docs/results/README.md repeats each committed report's claims table verbatim (it is rewritten by
+    ``python benchmarks/studies.py --index-only``), so the index cannot drift from the reports."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    studies = importlib.import_module("studies")
+    results = ROOT / "docs" / "results"
+    index = (results / "README.md").read_text()
+    for recipe in RECIPES:
+        report = results / recipe / "results.md"
+        if report.is_file():
+            table = studies.claims_lines(report.read_text())
+            assert table, f"{report} has no claims table"
+            assert "\n".join(table) in index, f"docs/results/README.md does not quote {report}'s claims table"
