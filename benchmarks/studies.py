@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,6 +36,14 @@ REPORT_FILES = ("results.md", "results.json", "figures")
 
 
 LOADS: dict[str, float] = {}
+CPU_TIMES: dict[str, float] = {}
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes: a study's CPU time does not grow when
+    other jobs share the machine, its wall time does."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class LoadSampler:
@@ -79,10 +88,12 @@ def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
     command += ["--no-progress", *extra]
     print(f"== {' '.join(command[1:])}", flush=True)
     t0 = time.perf_counter()
+    cpu0 = _children_cpu_s()
     with LoadSampler() as load:
         subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
     elapsed = time.perf_counter() - t0
     LOADS[recipe] = load.mean()
+    CPU_TIMES[recipe] = _children_cpu_s() - cpu0
     report = RESULTS / recipe
     if report.exists():
         shutil.rmtree(report)
@@ -108,6 +119,7 @@ def write_index(times: dict[str, float]) -> Path:
                 "machine": platform.processor() or platform.machine(),
                 "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
                 "mean_load": round(LOADS.get(r, float("nan")), 2),
+                "cpu_time_s": round(CPU_TIMES.get(r, float("nan")), 1),
             }
             for r, t in times.items()
         }
@@ -116,6 +128,10 @@ def write_index(times: dict[str, float]) -> Path:
     index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
     (RESULTS / "README.md").write_text("\n".join(index_lines(known)) + "\n")
     return RESULTS / "README.md"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None or seconds != seconds else f"{seconds / 60:.0f} min"
 
 
 def claims_lines(results_md: str) -> list[str]:
@@ -142,21 +158,25 @@ def index_lines(known: dict[str, dict]) -> list[str]:
         "Each folder holds the recipe's `results.md` (claims with paired differences over seeds, 95 %",
         "intervals and verdicts, then the paper-style tables), `results.json` and `figures/`.",
         "",
-        "Wall times are of the whole study (`benchmarks/studies.py`), with the machine's CPU count, the",
-        "threads the study was given (OMP_NUM_THREADS) and the mean 1-minute load average while it ran:",
-        "a load above the CPU count means the study shared the machine with other jobs and ran slower",
-        "than it would alone.",
+        "Wall and CPU times are of the whole study (`benchmarks/studies.py`), with the machine's CPU count,",
+        "the threads the study was given (OMP_NUM_THREADS) and the mean 1-minute load average while it ran.",
+        "A load above the CPU count means the study shared the machine with other jobs, so its wall time is",
+        "longer than it would be alone; its CPU time (user + system, all threads) is not, and with one",
+        "thread it is what the study takes on an idle machine.",
         "",
-        "| recipe | report | wall time | CPUs | threads | mean load |",
-        "|---|---|---|---|---|---|",
+        "| recipe | report | wall time | CPU time | CPUs | threads | mean load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for recipe in RECIPES:
         if recipe in known:
             k = known[recipe]
             lines.append(
                 f"| {recipe} | [{recipe}/results.md]({recipe}/results.md) | {k['wall_time_s'] / 60:.0f} min"
-                f" | {k['cpus']} | {k.get('threads', '?')} | {k.get('mean_load', '?')} |"
+                f" | {_minutes(k.get('cpu_time_s'))} | {k['cpus']} | {k.get('threads', '?')} | {k.get('mean_load', '?')} |"
             )
+    notes = [f"- {recipe}: {known[recipe]['note']}" for recipe in RECIPES if known.get(recipe, {}).get("note")]
+    if notes:
+        lines += ["", *notes]
     for recipe in RECIPES:
         report = RESULTS / recipe / "results.md"
         if recipe in known and report.is_file():
