@@ -35,10 +35,6 @@ RUNS = ROOT / "runs" / "studies"
 REPORT_FILES = ("results.md", "results.json", "figures")
 
 
-LOADS: dict[str, float] = {}
-CPU_TIMES: dict[str, float] = {}
-
-
 def _children_cpu_s() -> float:
     """User + system CPU seconds of the finished child processes: a study's CPU time does not grow when
     other jobs share the machine, its wall time does."""
@@ -74,10 +70,26 @@ class LoadSampler:
         return statistics.fmean(self.samples) if self.samples else float("nan")
 
 
-def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
+def code_version() -> str:
+    """The commit the study runs (``git rev-parse --short HEAD``), with ``+changes`` when tracked files
+    differ from it: a report says which code produced it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if changed else "")
+
+
+def run_study(recipe: str, resume: bool, extra: list[str]) -> dict[str, object]:
     """Run one recipe's study preset (runs under runs/studies/<recipe>), copy its report to
-    docs/results/<recipe>; returns the study's wall time in seconds. Without ``resume`` an earlier
-    study's run folders are removed first, so the report is regenerated from scratch."""
+    docs/results/<recipe>; returns what the index records of it (wall and CPU time in seconds, the mean
+    load, the machine, the threads, the code). Without ``resume`` an earlier study's run folders are
+    removed first, so the report is regenerated from scratch."""
     out = RUNS / recipe
     if out.exists() and not resume:
         print(f"== removing the earlier study in {out} (pass --resume to continue it instead)")
@@ -87,13 +99,20 @@ def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
         command.append("--resume")
     command += ["--no-progress", *extra]
     print(f"== {' '.join(command[1:])}", flush=True)
+    code = code_version()
     t0 = time.perf_counter()
     cpu0 = _children_cpu_s()
     with LoadSampler() as load:
         subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
-    elapsed = time.perf_counter() - t0
-    LOADS[recipe] = load.mean()
-    CPU_TIMES[recipe] = _children_cpu_s() - cpu0
+    record = {
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "cpu_time_s": round(_children_cpu_s() - cpu0, 1),
+        "mean_load": round(load.mean(), 2),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
+        "code": code,
+    }
     report = RESULTS / recipe
     if report.exists():
         shutil.rmtree(report)
@@ -104,26 +123,15 @@ def run_study(recipe: str, resume: bool, extra: list[str]) -> float:
             shutil.copytree(source, report / name)
         elif source.is_file():
             shutil.copy2(source, report / name)
-    return elapsed
+    return record
 
 
-def write_index(times: dict[str, float]) -> Path:
-    """docs/results/README.md: one line per study with its wall time and its claims table's link."""
+def write_index(records: dict[str, dict]) -> Path:
+    """docs/results/README.md: one line per study with its times and code, then every claims table.
+    ``records`` (from :func:`run_study`) replace those of the same recipes in docs/results/times.json."""
     index = RESULTS / "times.json"
     known = json.loads(index.read_text()) if index.is_file() else {}
-    known.update(
-        {
-            r: {
-                "wall_time_s": round(t, 1),
-                "cpus": os.cpu_count(),
-                "machine": platform.processor() or platform.machine(),
-                "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
-                "mean_load": round(LOADS.get(r, float("nan")), 2),
-                "cpu_time_s": round(CPU_TIMES.get(r, float("nan")), 1),
-            }
-            for r, t in times.items()
-        }
-    )
+    known.update(records)
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
     (RESULTS / "README.md").write_text("\n".join(index_lines(known)) + "\n")
@@ -162,17 +170,18 @@ def index_lines(known: dict[str, dict]) -> list[str]:
         "the threads the study was given (OMP_NUM_THREADS) and the mean 1-minute load average while it ran.",
         "A load above the CPU count means the study shared the machine with other jobs, so its wall time is",
         "longer than it would be alone; its CPU time (user + system, all threads) is not, and with one",
-        "thread it is what the study takes on an idle machine.",
+        "thread it is what the study takes on an idle machine. `code` is the commit the study ran.",
         "",
-        "| recipe | report | wall time | CPU time | CPUs | threads | mean load |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | report | wall time | CPU time | CPUs | threads | mean load | code |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for recipe in RECIPES:
         if recipe in known:
             k = known[recipe]
             lines.append(
                 f"| {recipe} | [{recipe}/results.md]({recipe}/results.md) | {k['wall_time_s'] / 60:.0f} min"
-                f" | {_minutes(k.get('cpu_time_s'))} | {k['cpus']} | {k.get('threads', '?')} | {k.get('mean_load', '?')} |"
+                f" | {_minutes(k.get('cpu_time_s'))} | {k['cpus']} | {k.get('threads', '?')} | {k.get('mean_load', '?')}"
+                f" | {k.get('code', '?')} |"
             )
     notes = [f"- {recipe}: {known[recipe]['note']}" for recipe in RECIPES if known.get(recipe, {}).get("note")]
     if notes:
@@ -196,12 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.index_only:
         print(f"wrote {write_index({})}")
         return
-    times = {}
+    records: dict[str, dict] = {}
     for recipe in args.recipe:
-        times[recipe] = run_study(recipe, args.resume, extra)
-        print(f"== {recipe}: {times[recipe] / 60:.1f} min", flush=True)
-        write_index(times)
-    print(f"wrote {write_index(times)}")
+        records[recipe] = run_study(recipe, args.resume, extra)
+        print(f"== {recipe}: {records[recipe]['wall_time_s'] / 60:.1f} min", flush=True)
+        write_index(records)
+    print(f"wrote {write_index(records)}")
 
 
 if __name__ == "__main__":

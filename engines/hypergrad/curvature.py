@@ -21,8 +21,9 @@ both from **one** recomputation of the loss:
   The terms that read θ directly are found by walking the recomputation's autograd graph; only when
   there are some is the loss recomputed once more with ``z`` held constant for ``H_r``. When ``z``
   does not depend on λ and no term reads θ directly (per-example weights, loss weights...), the mixed
-  term is ``-(∂/∂λ)⟨∂g/∂z, J x⟩``: one more ``J x`` and a backward through the loss head instead of a
-  backward with ``create_graph`` through the network.
+  term is ``-(∂/∂λ)⟨∂g/∂z, J x⟩``: a backward through the loss head instead of a backward with
+  ``create_graph`` through the network, and ``J x`` comes free from a CG solve (which carries it along
+  with ``x`` from the ``J p`` of its products) or costs one more tangent pass.
 """
 
 from __future__ import annotations
@@ -54,17 +55,22 @@ class Curvature:
         params: ``curr``'s trainable parameters (the vectors' layout).
         kind: ``"hessian"`` or ``"gauss_newton"`` (what ``"auto"`` resolved to).
         product: ``v -> C v``.
-        mixed: ``(x, prev) -> -(d²g / dθ_prev dθ) x`` (a list over ``prev``'s trainable parameters).
+        mixed: ``(x, prev, image=None) -> -(d²g / dθ_prev dθ) x`` (a list over ``prev``'s trainable
+            parameters); ``image``, when given, is ``J x`` (see ``image``) and spares the mixed term its own.
         jacobian: the ``J v`` product of a Gauss-Newton model (None for the Hessian).
         note: why the model differs from what was asked (e.g. the module's outputs feed one another), or "".
+        image: ``v -> J v`` *as formed by the last* ``product(v)`` (None for another ``v``, or for the
+            Hessian): a Krylov solve can carry ``J x`` along with ``x`` (see
+            :func:`engines.hypergrad.linear_solve.conjugate_gradient`) and hand it to ``mixed``.
     """
 
     params: list[Tensor]
     kind: str
     product: Callable[[Vector], list[Tensor]]
-    mixed: Callable[[Vector, Any], list[Tensor]]
+    mixed: Callable[..., list[Tensor]]
     jacobian: JacobianProduct | None = None
     note: str = ""
+    image: Callable[[Vector], list[Tensor] | None] | None = None
 
     @property
     def jvp(self) -> str | None:
@@ -158,7 +164,7 @@ def _hessian(params: list[Tensor], grads: list[Tensor]) -> Curvature:
         params=params,
         kind="hessian",
         product=hessian_vector_product(grads, params),
-        mixed=lambda x, prev: mixed_vjp(grads, x, prev),
+        mixed=lambda x, prev, image=None: mixed_vjp(grads, x, prev),
     )
 
 
@@ -171,13 +177,16 @@ def _gauss_newton(
     explicit = reaches([loss], params, stop=z)
     explicit_hvp = _explicit_hessian(curr, params) if explicit else None
     jv = _jacobian_product(curr, params, outputs, keep, jvp)
+    last: dict[str, Any] = {}  # the vector of the last product and its J v
 
-    def product(v: Vector) -> list[Tensor]:
-        v = [t.detach() for t in v]
+    def product(vector: Vector) -> list[Tensor]:
+        last.clear()
+        v = [t.detach() for t in vector]
         out = explicit_hvp(v) if explicit_hvp is not None else [torch.zeros_like(p) for p in params]
         if not live:
             return out
         jvs = jv(v)
+        last.update(vector=vector, image=jvs)
         h = torch.autograd.grad(
             [grad_z[i] for i in live],
             [z[i] for i in live],
@@ -189,14 +198,17 @@ def _gauss_newton(
         jt = torch.autograd.grad([z[i] for i in live], params, grad_outputs=h, retain_graph=True, allow_unused=True)
         return [o if t is None else o + t.detach() for o, t in zip(out, jt)]
 
-    def mixed(x: Vector, prev: Any) -> list[Tensor]:
+    def last_image(vector: Vector) -> list[Tensor] | None:
+        return last["image"] if last.get("vector") is vector else None
+
+    def mixed(x: Vector, prev: Any, image: Vector | None = None) -> list[Tensor]:
         prev_params = list(prev.trainable_parameters())
         if not explicit and not reaches(z, prev_params):
             # ∂g/∂θ = Jᵀ ∂g/∂z with J independent of λ: -(∂/∂λ) <∂g/∂z, J x>
             used = [i for i, g in enumerate(grad_z) if g is not None and g.requires_grad]
             if not used:
                 return [torch.zeros_like(p) for p in prev_params]
-            jx = jv([t.detach() for t in x])
+            jx = list(image) if image is not None else jv([t.detach() for t in x])
             out = torch.autograd.grad(
                 [grad_z[i] for i in used], prev_params, grad_outputs=[jx[i] for i in used], allow_unused=True
             )
@@ -204,7 +216,7 @@ def _gauss_newton(
         grads = zeros_for_none(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True), params)
         return mixed_vjp(grads, x, prev)
 
-    return Curvature(params=params, kind="gauss_newton", product=product, mixed=mixed, jacobian=jv)
+    return Curvature(params=params, kind="gauss_newton", product=product, mixed=mixed, jacobian=jv, image=last_image)
 
 
 def _explicit_hessian(curr: Any, params: list[Tensor]) -> Callable[[Vector], list[Tensor]]:

@@ -44,8 +44,9 @@ better than zero) triggers a warning, once per hop.
 Cost per hop: one recomputation of the loss with its graph, at most ``maxiter`` curvature products
 (Hessian: one double backward each; Gauss-Newton: one tangent pass and one backward, plus one
 forward to linearise at set-up), and the mixed term (Gauss-Newton with outputs that do not depend on
-the upper level and no term reading θ directly: one more tangent pass and a backward through the
-loss head; otherwise a backward with ``create_graph`` and a double backward). Memory: the graph of a
+the upper level and no term reading θ directly: a backward through the loss head, with ``J x``
+carried by the CG solve from its products' ``J p`` (MINRES and ``neumann``: one more tangent pass);
+otherwise a backward with ``create_graph`` and a double backward). Memory: the graph of a
 single lower step (and the linearisation's saved values), independent of the number of lower steps ``K``.
 """
 
@@ -130,6 +131,7 @@ def _solve(vector: Vector, curr: Any, prev: Any, sync: bool, *, method: str, war
             blockwise=blockwise,
             cold_if_worse=warm and restarts == 0 and negative == 0,
             **({"min_curvature_ratio": _NEAR_SINGULAR} if solver is conjugate_gradient and adaptive else {}),
+            **({"image": model.image} if solver is conjugate_gradient and model.image is not None else {}),
         )
         products += result.iterations
         restarts += result.restarted
@@ -183,7 +185,7 @@ def _solve(vector: Vector, curr: Any, prev: Any, sync: bool, *, method: str, war
             f"{result.relative_residual:.3g} >= 1 (the solve is no better than zero): raise maxiter, use "
             "curvature='gauss_newton' (non-convex level) or solver='minres', or add damping",
         )
-    return deliver(model.mixed(result.x, prev), prev, sync)
+    return deliver(model.mixed(result.x, prev, image=result.image), prev, sync)
 
 
 def _model(curr: Any, opts: dict[str, Any]) -> Curvature:

@@ -47,6 +47,8 @@ class CGResult:
         restarted: blocks whose warm start was worse than zero and were restarted from zero
             (with ``cold_if_worse``).
         best: the iterate with the smallest residual met, per block (CG only; None otherwise).
+        image: ``L x`` for the linear map ``L`` of the ``image`` argument (CG only), else None.
+        best_image: ``L best`` likewise.
     """
 
     x: list[Tensor]
@@ -58,6 +60,8 @@ class CGResult:
     initial_relative_residual: float = 1.0
     restarted: int = 0
     best: list[Tensor] | None = None
+    image: list[Tensor] | None = None
+    best_image: list[Tensor] | None = None
 
 
 def _dot(a: Vector, b: Vector, blockwise: bool) -> Tensor:
@@ -82,6 +86,7 @@ def conjugate_gradient(
     blockwise: bool = False,
     cold_if_worse: bool = False,
     min_curvature_ratio: float = 0.0,
+    image: Callable[[Sequence[Tensor]], list[Tensor] | None] | None = None,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` for symmetric positive-definite ``A``.
 
@@ -98,6 +103,11 @@ def conjugate_gradient(
         min_curvature_ratio: a direction whose Rayleigh quotient is at most this fraction of the largest
             one met counts as non-positive curvature (nearly singular ``A``, e.g. a Gauss-Newton matrix
             of rank below the parameter count, where CG steps would grow without bound); 0 disables it.
+        image: ``v -> L v`` for a linear map ``L`` that ``matvec`` applies on its way (a Gauss-Newton
+            product ``Jᵀ H J v`` forms ``J v``), called right after ``matvec(v)`` and returning None when
+            it has no image of that ``v``. CG then carries ``L x`` along with ``x`` (``L x_k = L x_{k-1}
+            + α_k L p_k``), so a caller needing ``L x`` at the end saves one application of ``L``.
+            Not with ``blockwise``.
 
     Returns:
         A :class:`CGResult`. Directions with non-positive curvature (``p^T A p <= 1e-12 p^T p``)
@@ -117,7 +127,12 @@ def conjugate_gradient(
     apply = _damped(matvec, damping)
 
     b = [t.detach() for t in b]
-    x, r, products, initial, restarted = _start(apply, b, x0, blockwise, cold_if_worse)
+    track = image is not None and not blockwise
+    # x_image is L x: None stands for zero at a cold start; dropped (never wrong) when an image is missing
+    x, r, products, initial, restarted, x_image = _start(
+        apply, b, x0, blockwise, cold_if_worse, image if track else None
+    )
+    track = track and (x0 is None or x_image is not None)
     p = [t.clone() for t in r]
     b_norm = _dot(b, b, blockwise).sqrt()
     safe_b = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
@@ -126,10 +141,12 @@ def conjugate_gradient(
     active = rs.sqrt() > threshold
     min_curvature, max_curvature = float("inf"), 0.0
     iterations = 0
-    best_rs, x_best = rs, x
+    best_rs, x_best, best_image = rs, x, x_image
 
     while iterations < maxiter and bool(active.any()):
         ap = apply(p)
+        p_image = image(p) if track else None
+        track = p_image is not None
         curvature = _dot(p, ap, blockwise)
         pp = _dot(p, p, blockwise)
         quotient = curvature / pp.clamp_min(1e-300)
@@ -139,6 +156,9 @@ def conjugate_gradient(
         active = active & (curvature > 1e-12 * pp) & (quotient > min_curvature_ratio * max_curvature)
         step = torch.where(active, rs / torch.where(active, curvature, torch.ones_like(curvature)), 0.0)
         x = [xi + _scale(step, pi, blockwise) for xi, pi in zip(x, p)]
+        if track:
+            steps = [step * t for t in p_image]
+            x_image = steps if x_image is None else [xi + t for xi, t in zip(x_image, steps)]
         r = [ri - _scale(step, api, blockwise) for ri, api in zip(r, ap)]
         rs_new = _dot(r, r, blockwise)
         beta = torch.where(active, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), 0.0)
@@ -147,7 +167,7 @@ def conjugate_gradient(
         better = rs < best_rs
         if not blockwise:  # iterates are new tensors every iteration: keeping a reference is enough
             if bool(better):
-                x_best, best_rs = x, rs
+                x_best, best_rs, best_image = x, rs, x_image
         elif bool(better.any()):
             x_best = [torch.where(_expand(better, xi, blockwise), xi, bi) for xi, bi in zip(x, x_best)]
             best_rs = torch.where(better, rs, best_rs)
@@ -165,6 +185,8 @@ def conjugate_gradient(
         max_curvature=max_curvature,
         initial_relative_residual=initial,
         restarted=restarted,
+        image=x_image if track else None,
+        best_image=best_image if track else None,
     )
 
 
@@ -199,7 +221,7 @@ def minres(
         return _scale(s, t, blockwise)
 
     b = [t.detach() for t in b]
-    x, r, products, initial, restarted = _start(apply, b, x0, blockwise, cold_if_worse)
+    x, r, products, initial, restarted, _ = _start(apply, b, x0, blockwise, cold_if_worse)
     b_norm = _dot(b, b, blockwise).sqrt()
     safe_b = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
     beta = _dot(r, r, blockwise).sqrt()
@@ -263,21 +285,28 @@ def _start(
     x0: Vector | None,
     blockwise: bool,
     cold_if_worse: bool,
-) -> tuple[list[Tensor], list[Tensor], int, float, int]:
+    image: Callable[[Sequence[Tensor]], list[Tensor] | None] | None = None,
+) -> tuple[list[Tensor], list[Tensor], int, float, int, list[Tensor] | None]:
     """Initial iterate and residual, the products spent on them (1 for a warm start, else 0), the warm
-    start's relative residual, and how many blocks fell back to zero because it was worse."""
+    start's relative residual, how many blocks fell back to zero because it was worse, and the
+    iterate's ``image`` (None at a cold start, without ``image``, or when it has none; not blockwise)."""
     if x0 is None:
-        return [torch.zeros_like(t) for t in b], [t.clone() for t in b], 0, 1.0, 0
+        return [torch.zeros_like(t) for t in b], [t.clone() for t in b], 0, 1.0, 0, None
     x = [t.detach().clone() for t in x0]
     r = [bi - ai for bi, ai in zip(b, apply(x))]
+    x_image = image(x) if image is not None else None
     r_norm, b_norm = _dot(r, r, blockwise).sqrt(), _dot(b, b, blockwise).sqrt()
     initial = _max(r_norm / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm)))
     if not cold_if_worse:
-        return x, r, 1, initial, 0
+        return x, r, 1, initial, 0, x_image
     worse = r_norm > b_norm
     x = [torch.where(_expand(worse, t, blockwise), torch.zeros_like(t), t) for t in x]
     r = [torch.where(_expand(worse, ri, blockwise), bi, ri) for ri, bi in zip(r, b)]
-    return x, r, 1, initial, int(worse.sum())
+    if x_image is not None and bool(worse.all()):
+        x_image = [torch.zeros_like(t) for t in x_image]
+    elif bool(worse.any()):
+        x_image = None
+    return x, r, 1, initial, int(worse.sum()), x_image
 
 
 def _expand(mask: Tensor, t: Tensor, blockwise: bool) -> Tensor:

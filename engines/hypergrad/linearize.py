@@ -309,12 +309,16 @@ class _TrainingBatchNorm(torch.autograd.Function):
             out = torch.ops.aten.native_batch_norm_backward(
                 dx, x, weight, None, None, mean, invstd, True, ctx.eps, [True, False, False]
             )[0]
+        affine = None  # dγ x̂ + dβ, formed by one addcmul rather than a product and a sum
         if dweight is not None:
-            term = dweight.view(shape) * ((x - mean.view(shape)) * invstd.view(shape))
-            out = term if out is None else out + term
-        if dbias is not None:
-            out = dbias.view(shape).expand_as(x) if out is None else out + dbias.view(shape)
-        return out, None, None
+            x_hat = (x - mean.view(shape)) * invstd.view(shape)  # primal: computed once per solve
+            start = dbias.view(shape) if dbias is not None else torch.zeros_like(x)
+            affine = torch.addcmul(start, x_hat, dweight.view(shape))
+        elif dbias is not None:
+            affine = dbias.view(shape).expand_as(x)
+        if affine is None:
+            return out, None, None
+        return (affine if out is None else out + affine), None, None
 
 
 _BATCH_NORM_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -359,6 +363,7 @@ def _simplify(graph: fx.Graph) -> None:
         elif node.target is aten.copy.default and _same_meta(node.args[0], node.args[1]):
             node.replace_all_uses_with(node.args[1])
             graph.erase_node(node)
+    _fold_zeros(graph)
     seen: dict[Any, fx.Node] = {}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.is_impure():
@@ -374,6 +379,67 @@ def _simplify(graph: fx.Graph) -> None:
         else:
             seen[key] = node
     graph.eliminate_dead_code()
+
+
+_aten = torch.ops.aten
+_ZERO_SOURCES = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.default}
+# operations whose result is zero when their first argument is
+_ZERO_PRESERVING = {
+    _aten.expand.default,
+    _aten.view.default,
+    _aten._unsafe_view.default,
+    _aten.reshape.default,
+    _aten.alias.default,
+    _aten.clone.default,
+    _aten.permute.default,
+    _aten.t.default,
+    _aten.transpose.int,
+    _aten.unsqueeze.default,
+    _aten.squeeze.dim,
+    _aten.neg.default,
+    _aten._to_copy.default,
+}
+_BILINEAR = {_aten.mul.Tensor, _aten.mm.default, _aten.bmm.default}  # zero when either factor is
+
+
+def _fold_zeros(graph: fx.Graph) -> None:
+    """Remove arithmetic on tensors known to be zero. Forward mode gives an input without a tangent a
+    zero tangent, so the trace holds e.g. ``convolution(zeros, W)`` (a whole convolution in the primal
+    part) and ``add(that, conv(x, dW))`` (a whole pass in every product); both go."""
+    zero: set[fx.Node] = set()
+
+    def known_zero(value: Any) -> bool:
+        return value in zero if isinstance(value, fx.Node) else value == 0
+
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if _yields_zero(node, known_zero):
+            zero.add(node)
+        elif node.target in (_aten.add.Tensor, _aten.sub.Tensor) and node.kwargs.get("alpha", 1) == 1:
+            a, b = node.args[0], node.args[1]
+            if known_zero(a) and known_zero(b):
+                zero.add(node)
+            elif known_zero(b) and _same_meta(node, a):
+                node.replace_all_uses_with(a)
+            elif known_zero(a) and node.target is _aten.add.Tensor and _same_meta(node, b):
+                node.replace_all_uses_with(b)
+
+
+def _yields_zero(node: fx.Node, known_zero: Callable[[Any], bool]) -> bool:
+    """Whether ``node`` is zero whatever its non-zero inputs are."""
+    target, args = node.target, node.args
+    if target in _ZERO_SOURCES:
+        return True
+    if target is _aten.full.default:
+        return len(args) > 1 and args[1] == 0
+    if target in _ZERO_PRESERVING:
+        return known_zero(args[0])
+    if target in _BILINEAR:
+        return known_zero(args[0]) or known_zero(args[1])
+    if target is _aten.convolution.default:
+        return args[2] is None and (known_zero(args[0]) or known_zero(args[1]))
+    return False
 
 
 def _hashable(value: Any) -> Any:

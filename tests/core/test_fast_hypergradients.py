@@ -11,6 +11,7 @@ from core_toys import mlp_graph
 from torch import nn
 
 from engines import DataStream, Graph, GraphError, Level, closed_form, run
+from engines.hypergrad import conjugate_gradient
 from engines.hypergrad.common import lower_gradient, mixed_vjp
 from engines.hypergrad.curvature import curvature_model
 from engines.hypergrad.linearize import linearizer_of
@@ -140,6 +141,41 @@ def test_cg_hypergradients_are_the_same_with_every_jvp_mode(tmp_path):
         assert hop["hypergradient"]["weights<-net"]["net->weights"]["jvp"] == mode
     assert relative(got["linearize"], got["reverse"]) < 1e-10
     assert relative(got["forward"], got["reverse"]) < 1e-10
+
+
+def test_cg_carries_j_x_and_the_mixed_term_from_it_equals_the_direct_one():
+    """CG forms ``J p`` in every Gauss-Newton product; the ``J x`` it accumulates spares the mixed term a
+    tangent pass and gives the same mixed term as ``J`` applied to the solution."""
+    g = cnn_graph()
+    run(g, 3, device="cpu", progress=False)
+    net, upper = g["net"], g["weights"]
+    model = curvature_model(net, "gauss_newton")
+    b = [torch.randn_like(p) for p in model.params]
+    res = conjugate_gradient(model.product, b, damping=0.1, tol=1e-8, maxiter=8, image=model.image)
+    assert res.image is not None and res.iterations == 8
+    assert relative(res.image, model.jacobian(res.x)) < 1e-10
+    direct = curvature_model(net, "gauss_newton").mixed(res.x, upper)  # a mixed term uses up its model's graph
+    assert relative(model.mixed(res.x, upper, image=res.image), direct) < 1e-10
+
+
+def test_the_trace_drops_arithmetic_on_zero_tangents():
+    """The images have no tangent: forward mode convolves a zero tangent with the first layer's weights
+    and adds it in every product. The simplified trace does neither: one convolution in the primal part
+    (the forward's) and, in the tangent part, the first layer's ``conv(x, dW)`` alone."""
+    g = cnn_graph()
+    run(g, 2, device="cpu", progress=False)
+    net = g["net"]
+    curvature_model(net, "gauss_newton").product([torch.randn_like(p) for p in net.trainable_parameters()])
+    (trace,) = linearizer_of(net).traces.values()
+    aten = torch.ops.aten
+
+    def ops(graph_module, target):
+        return [n for n in graph_module.graph.nodes if n.op == "call_function" and n.target is target]
+
+    assert len(ops(trace.primal, aten.convolution.default)) == 1
+    assert not ops(trace.primal, aten.zeros.default) and not ops(trace.tangent, aten.zeros.default)
+    (conv,) = ops(trace.tangent, aten.convolution.default)
+    assert all(user.target is not aten.add.Tensor for user in conv.users)  # straight into the batch-norm tangent
 
 
 def test_a_linearisation_is_retaken_when_the_loss_changes_behind_its_back():

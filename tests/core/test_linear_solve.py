@@ -105,3 +105,43 @@ def test_a_warm_start_worse_than_zero_falls_back_to_zero_per_block(solver):
     )
     assert res.restarted == 1 and res.initial_relative_residual > 1 and res.converged
     assert torch.allclose(res.x[0], exact, atol=1e-8)
+
+
+def _gauss_newton_system(seed=5):
+    """``A = Mᵀ M`` with the image ``M v`` formed on the way, as a Gauss-Newton product forms ``J v``."""
+    g = torch.Generator().manual_seed(seed)
+    M = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    last = {}
+
+    def matvec(v):
+        last["v"], last["image"] = v, [M @ v[0]]
+        return [M.T @ last["image"][0]]
+
+    def image(v):
+        return last["image"] if last.get("v") is v else None
+
+    return M, matvec, image, torch.randn(30, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("start", ["cold", "warm", "warm worse than zero"])
+def test_cg_carries_the_image_of_its_iterate(start):
+    """``L x`` accumulated from the products' ``L p`` equals ``L`` applied to the solution."""
+    M, matvec, image, b = _gauss_newton_system()
+    x0 = {"cold": None, "warm": [0.01 * b], "warm worse than zero": [-100.0 * b]}[start]
+    res = conjugate_gradient(matvec, [b], x0=x0, damping=0.3, tol=1e-12, maxiter=25, cold_if_worse=True, image=image)
+    assert res.restarted == (start == "warm worse than zero")
+    assert torch.linalg.norm(res.image[0] - M @ res.x[0]) <= 1e-10 * torch.linalg.norm(M @ res.x[0])
+    assert torch.linalg.norm(res.best_image[0] - M @ res.best[0]) <= 1e-10 * torch.linalg.norm(M @ res.best[0])
+
+
+def test_cg_drops_the_image_when_a_product_has_none_and_blockwise_never_carries_one():
+    M, matvec, image, b = _gauss_newton_system()
+    calls = itertools.count()
+    flaky = conjugate_gradient(
+        matvec, [b], damping=0.3, maxiter=6, image=lambda v: None if next(calls) == 3 else image(v)
+    )
+    assert flaky.image is None and flaky.iterations == 6  # the solve itself goes on
+    blocks = conjugate_gradient(
+        lambda v: [v[0] @ (M.T @ M)], [b.repeat(2, 1)], damping=0.3, blockwise=True, image=image
+    )
+    assert blocks.image is None
