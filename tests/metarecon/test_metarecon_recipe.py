@@ -149,7 +149,7 @@ def test_study_plan_is_the_one_documented():
     table = [line for line in page[start:] if line.startswith("|")]
     assert table[: len(plan.markdown())] == plan.markdown()
     assert plan.seeds == [0, 1, 2] and plan.methods == ["meta", "conventional", "adapt"]
-    assert len(plan.runs) == 3 * (1 + 4 + 2 * 5 + 1)  # per seed: meta, 4 conventional, 5 adapt + conventional, exact
+    assert len(plan.runs) == 3 * (1 + 4 + 2 * 3 + 1)  # per seed: meta, 4 conventional, 3 adapt + conventional, exact
     assert plan.settings["meta_steps"] == 360 and plan.settings["valid_every"] == 35
 
 
