@@ -33,6 +33,7 @@ RECIPES = ("e2eaug", "rmmetal", "dumeta", "metarecon", "taskcorr")
 RESULTS = ROOT / "docs" / "results"
 RUNS = ROOT / "runs" / "studies"
 REPORT_FILES = ("results.md", "results.json", "figures")
+CODE_FOLDERS = ("engines", "problems", "recipes", "benchmarks")  # what a study's figures depend on
 
 
 def _children_cpu_s() -> float:
@@ -71,14 +72,18 @@ class LoadSampler:
 
 
 def code_version() -> str:
-    """The commit the study runs (``git rev-parse --short HEAD``), with ``+changes`` when tracked files
-    differ from it: a report says which code produced it."""
+    """The commit the study runs (``git rev-parse --short HEAD``), with ``+changes`` when tracked code
+    differs from it (reports written under docs/ by an earlier study of the same command do not count):
+    a report says which code produced it."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_FOLDERS],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"

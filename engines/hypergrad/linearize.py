@@ -54,7 +54,8 @@ __all__ = ["Linearizer", "forward_jvp", "linearizer_of", "outputs_function"]
 Vector = Sequence[Tensor]
 _MISSES_BEFORE_FORWARD = 3
 _MAX_TRACES = 4
-_CHECK_OPS = {torch.ops.aten.is_same_size.default, torch.ops.aten._has_same_storage_numel.default}
+_aten = torch.ops.aten
+_CHECK_OPS = {_aten.is_same_size.default, _aten._has_same_storage_numel.default}
 
 
 def outputs_function(curr: Any) -> tuple[Callable[..., list[Tensor]], list[Tensor], Any]:
@@ -312,8 +313,8 @@ class _TrainingBatchNorm(torch.autograd.Function):
         affine = None  # dγ x̂ + dβ, formed by one addcmul rather than a product and a sum
         if dweight is not None:
             x_hat = (x - mean.view(shape)) * invstd.view(shape)  # primal: computed once per solve
-            start = dbias.view(shape) if dbias is not None else torch.zeros_like(x)
-            affine = torch.addcmul(start, x_hat, dweight.view(shape))
+            slope = dweight.view(shape)
+            affine = x_hat * slope if dbias is None else torch.addcmul(dbias.view(shape), x_hat, slope)
         elif dbias is not None:
             affine = dbias.view(shape).expand_as(x)
         if affine is None:
@@ -348,19 +349,18 @@ class _FusedBatchNormTangent(TorchFunctionMode):
 def _simplify(graph: fx.Graph) -> None:
     """Drop forward-AD's shape checks, the write-back of buffer updates (running statistics; a
     recomputation never advances them), copies that functionalisation left where no mutation remains,
-    and duplicated pure sub-expressions; then dead code."""
-    aten = torch.ops.aten
+    arithmetic on zero tangents (:func:`_fold_zeros`) and duplicated pure sub-expressions; then dead code."""
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
         if node.target in _CHECK_OPS and not node.users:
             graph.erase_node(node)
-        elif node.target is aten.copy_.default and node.args[0].op == "placeholder" and not node.users:
+        elif node.target is _aten.copy_.default and node.args[0].op == "placeholder" and not node.users:
             graph.erase_node(node)  # a buffer update written back to an input: discarded, as in every recomputation
-        elif node.target is aten.clone.default and not node.kwargs:
+        elif node.target is _aten.clone.default and not node.kwargs:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-        elif node.target is aten.copy.default and _same_meta(node.args[0], node.args[1]):
+        elif node.target is _aten.copy.default and _same_meta(node.args[0], node.args[1]):
             node.replace_all_uses_with(node.args[1])
             graph.erase_node(node)
     _fold_zeros(graph)
@@ -381,7 +381,6 @@ def _simplify(graph: fx.Graph) -> None:
     graph.eliminate_dead_code()
 
 
-_aten = torch.ops.aten
 _ZERO_SOURCES = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.default}
 # operations whose result is zero when their first argument is
 _ZERO_PRESERVING = {
