@@ -48,6 +48,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..loss_module import LossModule
+from .trace_rewrites import simplify
 
 __all__ = ["Linearizer", "forward_jvp", "linearizer_of", "outputs_function"]
 
@@ -55,7 +56,6 @@ Vector = Sequence[Tensor]
 _MISSES_BEFORE_FORWARD = 3
 _MAX_TRACES = 4
 _aten = torch.ops.aten
-_CHECK_OPS = {_aten.is_same_size.default, _aten._has_same_storage_numel.default}
 
 
 def outputs_function(curr: Any) -> tuple[Callable[..., list[Tensor]], list[Tensor], Any]:
@@ -267,7 +267,7 @@ def _trace(
             *primals, *tangents, *[o.clone() for o in others], *batch
         )
     graph = functional.graph
-    _simplify(graph)
+    simplify(graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 2 * n_p + n_o + n_b:
         raise RuntimeError(f"unexpected trace inputs: {len(placeholders)} for {2 * n_p + n_o + n_b} tensors")
@@ -344,123 +344,6 @@ class _FusedBatchNormTangent(TorchFunctionMode):
                 )
                 return out[0]
         return func(*args, **kwargs)
-
-
-def _simplify(graph: fx.Graph) -> None:
-    """Drop forward-AD's shape checks, the write-back of buffer updates (running statistics; a
-    recomputation never advances them), copies that functionalisation left where no mutation remains,
-    arithmetic on zero tangents (:func:`_fold_zeros`) and duplicated pure sub-expressions; then dead code."""
-    for node in list(graph.nodes):
-        if node.op != "call_function":
-            continue
-        if node.target in _CHECK_OPS and not node.users:
-            graph.erase_node(node)
-        elif node.target is _aten.copy_.default and node.args[0].op == "placeholder" and not node.users:
-            graph.erase_node(node)  # a buffer update written back to an input: discarded, as in every recomputation
-        elif node.target is _aten.clone.default and not node.kwargs:
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-        elif node.target is _aten.copy.default and _same_meta(node.args[0], node.args[1]):
-            node.replace_all_uses_with(node.args[1])
-            graph.erase_node(node)
-    _fold_zeros(graph)
-    seen: dict[Any, fx.Node] = {}
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.is_impure():
-            continue
-        try:
-            key = (node.target, _hashable(node.args), _hashable(node.kwargs))
-            hash(key)
-        except TypeError:
-            continue
-        if key in seen:
-            node.replace_all_uses_with(seen[key])
-            graph.erase_node(node)
-        else:
-            seen[key] = node
-    graph.eliminate_dead_code()
-
-
-_ZERO_SOURCES = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.default}
-# operations whose result is zero when their first argument is
-_ZERO_PRESERVING = {
-    _aten.expand.default,
-    _aten.view.default,
-    _aten._unsafe_view.default,
-    _aten.reshape.default,
-    _aten.alias.default,
-    _aten.clone.default,
-    _aten.permute.default,
-    _aten.t.default,
-    _aten.transpose.int,
-    _aten.unsqueeze.default,
-    _aten.squeeze.dim,
-    _aten.neg.default,
-    _aten._to_copy.default,
-}
-_BILINEAR = {_aten.mul.Tensor, _aten.mm.default, _aten.bmm.default}  # zero when either factor is
-
-
-def _fold_zeros(graph: fx.Graph) -> None:
-    """Remove arithmetic on tensors known to be zero. Forward mode gives an input without a tangent a
-    zero tangent, so the trace holds e.g. ``convolution(zeros, W)`` (a whole convolution in the primal
-    part) and ``add(that, conv(x, dW))`` (a whole pass in every product); both go."""
-    zero: set[fx.Node] = set()
-
-    def known_zero(value: Any) -> bool:
-        return value in zero if isinstance(value, fx.Node) else value == 0
-
-    for node in graph.nodes:
-        if node.op != "call_function":
-            continue
-        if _yields_zero(node, known_zero):
-            zero.add(node)
-        elif node.target in (_aten.add.Tensor, _aten.sub.Tensor) and node.kwargs.get("alpha", 1) == 1:
-            a, b = node.args[0], node.args[1]
-            if known_zero(a) and known_zero(b):
-                zero.add(node)
-            elif known_zero(b) and _same_meta(node, a):
-                node.replace_all_uses_with(a)
-            elif known_zero(a) and node.target is _aten.add.Tensor and _same_meta(node, b):
-                node.replace_all_uses_with(b)
-
-
-def _yields_zero(node: fx.Node, known_zero: Callable[[Any], bool]) -> bool:
-    """Whether ``node`` is zero whatever its non-zero inputs are."""
-    target, args = node.target, node.args
-    if target in _ZERO_SOURCES:
-        return True
-    if target is _aten.full.default:
-        return len(args) > 1 and args[1] == 0
-    if target in _ZERO_PRESERVING:
-        return known_zero(args[0])
-    if target in _BILINEAR:
-        return known_zero(args[0]) or known_zero(args[1])
-    if target is _aten.convolution.default:
-        return args[2] is None and (known_zero(args[0]) or known_zero(args[1]))
-    return False
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, fx.Node):
-        return ("node", value)
-    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format, int, float, bool, str)):
-        return (type(value).__name__, value)
-    if value is None:
-        return None
-    raise TypeError("unhashable argument")
-
-
-def _same_meta(a: Any, b: Any) -> bool:
-    va = a.meta.get("val") if isinstance(a, fx.Node) else None
-    vb = b.meta.get("val") if isinstance(b, fx.Node) else None
-    return (
-        isinstance(va, Tensor) and isinstance(vb, Tensor) and va.shape == vb.shape and va.dtype == vb.dtype
-    ) and va.device == vb.device
 
 
 def _split(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from core_toys import mlp_graph
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from engines import DataStream, Graph, GraphError, Level, closed_form, run
 from engines.hypergrad import conjugate_gradient
@@ -176,6 +177,29 @@ def test_the_trace_drops_arithmetic_on_zero_tangents():
     assert not ops(trace.primal, aten.zeros.default) and not ops(trace.tangent, aten.zeros.default)
     (conv,) = ops(trace.tangent, aten.convolution.default)
     assert all(user.target is not aten.add.Tensor for user in conv.users)  # straight into the batch-norm tangent
+
+
+def test_the_cnn_trace_runs_its_pooled_tangent_on_the_pooled_values_and_pools_channels_last():
+    """ReLU -> max-pool: each product gathers the batch-norm tangent at the pooled positions first, so no
+    pointwise tangent operation runs on the full 6x6 maps; the primal part pools a channels-last copy."""
+    g = cnn_graph()
+    run(g, 2, device="cpu", progress=False)
+    net = g["net"]
+    curvature_model(net, "gauss_newton").product([torch.randn_like(p) for p in net.trainable_parameters()])
+    (trace,) = linearizer_of(net).traces.values()
+    x, y, idx = net.cur_batch
+    params = [p.detach() for p in net.trainable_parameters()]
+    others = [t.detach() for n, t in net.module.named_buffers()]
+    saved = trace.primal(*params, *others, x, y, idx)[trace.n_outputs :]
+    ShapeProp(trace.tangent).propagate(*saved, *[torch.randn_like(p) for p in params])
+    shapes = [
+        tuple(n.meta["tensor_meta"].shape)
+        for n in trace.tangent.graph.nodes
+        if n.op == "call_function" and torch.Tag.pointwise in getattr(n.target, "tags", ())
+    ]
+    assert (8, 4, 6, 6) not in shapes and (8, 4, 9) in shapes  # the pooled maps, flattened per channel
+    (pool,) = [n for n in trace.primal.graph.nodes if n.target is torch.ops.aten.max_pool2d_with_indices.default]
+    assert pool.args[0].kwargs == {"memory_format": torch.channels_last}
 
 
 def test_a_linearisation_is_retaken_when_the_loss_changes_behind_its_back():
