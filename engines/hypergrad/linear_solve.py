@@ -124,6 +124,18 @@ def conjugate_gradient(
         True
     """
 
+    if not blockwise and _flattenable(b, x0):
+        return _flat_conjugate_gradient(
+            matvec,
+            b,
+            x0=x0,
+            damping=damping,
+            tol=tol,
+            maxiter=maxiter,
+            cold_if_worse=cold_if_worse,
+            min_curvature_ratio=min_curvature_ratio,
+            image=image,
+        )
     apply = _damped(matvec, damping)
 
     b = [t.detach() for t in b]
@@ -188,6 +200,50 @@ def conjugate_gradient(
         image=x_image if track else None,
         best_image=best_image if track else None,
     )
+
+
+def _flattenable(b: Vector, x0: Vector | None) -> bool:
+    """Whether ``b`` (and ``x0``) are several tensors of one dtype and device, so CG can run on one flat vector."""
+    tensors = [*b, *(x0 or [])]
+    return len(b) > 1 and len({(t.dtype, t.device) for t in tensors}) == 1
+
+
+def _flat_conjugate_gradient(
+    matvec: Callable[[list[Tensor]], Sequence[Tensor]],
+    b: Vector,
+    *,
+    x0: Vector | None,
+    image: Callable[[Sequence[Tensor]], list[Tensor] | None] | None,
+    **options: float | int | bool,
+) -> CGResult:
+    """:func:`conjugate_gradient` on the concatenation of the tensors of ``b``: every vector operation of an
+    iteration is one kernel instead of one per parameter tensor (a network has dozens). ``matvec`` and
+    ``image`` still see lists of tensors shaped like ``b``, the same list object for one direction."""
+    shapes = [t.shape for t in b]
+    sizes = [t.numel() for t in b]
+
+    def flat(ts: Sequence[Tensor]) -> Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in ts])
+
+    def split(v: Tensor) -> list[Tensor]:
+        return [c.view(s) for c, s in zip(v.split(sizes), shapes)]
+
+    last: list[tuple[Tensor, list[Tensor]]] = []  # the flat direction last multiplied, as the list matvec saw
+
+    def listed(v: Tensor) -> list[Tensor]:
+        if last and last[0][0] is v:
+            return last[0][1]
+        last[:] = [(v, split(v))]
+        return last[0][1]
+
+    def flat_matvec(v: list[Tensor]) -> list[Tensor]:
+        return [flat(matvec(listed(v[0])))]
+
+    flat_image = None if image is None else (lambda v: image(listed(v[0])))
+    res = conjugate_gradient(flat_matvec, [flat(b)], x0=None if x0 is None else [flat(x0)], image=flat_image, **options)
+    res.x = split(res.x[0])
+    res.best = None if res.best is None else split(res.best[0])
+    return res
 
 
 def minres(

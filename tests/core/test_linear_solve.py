@@ -145,3 +145,36 @@ def test_cg_drops_the_image_when_a_product_has_none_and_blockwise_never_carries_
         lambda v: [v[0] @ (M.T @ M)], [b.repeat(2, 1)], damping=0.3, blockwise=True, image=image
     )
     assert blocks.image is None
+
+
+@pytest.mark.parametrize("start", ["cold", "warm"])
+def test_a_vector_of_several_tensors_is_solved_as_their_concatenation(start):
+    """A network's parameters are many tensors; CG runs on their concatenation (one kernel per vector
+    operation, not one per tensor) and gives the one-tensor solve's iterates and image bit for bit, while
+    the products and the image see tensors shaped like ``b``."""
+    M, matvec, image, b = _gauss_newton_system()
+    shapes = [(2, 3), (4,), (5, 4)]
+
+    def parts(t):
+        return [c.reshape(s) for c, s in zip(torch.split(t, [6, 4, 20]), shapes)]
+
+    seen, last = set(), {}
+
+    def matvec_parts(v):
+        seen.add(tuple(tuple(t.shape) for t in v))
+        last["v"], last["image"] = v, [M @ torch.cat([t.reshape(-1) for t in v])]
+        return parts(M.T @ last["image"][0])
+
+    def image_parts(v):
+        return last["image"] if last.get("v") is v else None
+
+    x0 = None if start == "cold" else 0.01 * b
+    options = {"damping": 0.3, "tol": 1e-12, "maxiter": 8}
+    whole = conjugate_gradient(matvec, [b], x0=None if x0 is None else [x0], image=image, **options)
+    split = conjugate_gradient(
+        matvec_parts, parts(b), x0=None if x0 is None else parts(x0), image=image_parts, **options
+    )
+    assert seen == {tuple(shapes)}
+    assert [tuple(t.shape) for t in split.x] == shapes and split.iterations == whole.iterations
+    assert torch.equal(torch.cat([t.reshape(-1) for t in split.x]), whole.x[0])
+    assert torch.equal(split.image[0], whole.image[0])
