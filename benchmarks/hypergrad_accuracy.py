@@ -157,6 +157,11 @@ def expected_file(data: list[dict]) -> dict:
     }
 
 
+def _name(value: object) -> str:
+    """A setting that JSON cannot hold (a problem's reference computation) by its qualified name."""
+    return getattr(value, "__qualname__", repr(value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="folder for hypergrad_accuracy.json")
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(data))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "hypergrad_accuracy.json").write_text(json.dumps(data, indent=1))
+        (args.out / "hypergrad_accuracy.json").write_text(json.dumps(data, indent=1, default=_name))
         print(f"wrote {args.out / 'hypergrad_accuracy.json'}")
     if args.update:
         args.expected.parent.mkdir(parents=True, exist_ok=True)

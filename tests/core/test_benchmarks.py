@@ -74,6 +74,26 @@ def test_the_accuracy_benchmark_exits_non_zero_and_prints_the_difference(tmp_pat
     assert good.returncode == 0 and "all 2 rows within rtol 1e-06, atol 1e-10" in good.stdout, good.stdout
 
 
+def test_the_accuracy_benchmark_writes_rows_whose_settings_hold_functions(tmp_path):
+    """dual_meta's settings name its reference computations (functions): written by name, not a crash."""
+    assert _accuracy_module().main(["--out", str(tmp_path), "--problems", "dual_meta"]) == 0
+    rows = json.loads((tmp_path / "hypergrad_accuracy.json").read_text())
+    assert {r["problem"] for r in rows} == {"dual_meta"} and len(rows) == 4
+    assert all(r["settings"]["unrolled"]["init"].endswith("exact_init") for r in rows)
+
+
+def test_the_readme_methods_benchmark_runs_the_example_with_another_method(tmp_path):
+    spec = importlib.util.spec_from_file_location("readme_methods", ROOT / "benchmarks" / "readme_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = module.main(["--out", str(tmp_path), "--hypergrad", "cg_warm", "--steps", "4"])
+    assert json.loads((tmp_path / "readme_methods.json").read_text()) == summary
+    assert summary["hypergrad"] == "cg_warm" and summary["upper_steps"] == 4
+    assert 0 <= summary["median_residual"] <= summary["max_residual"] and summary["cold_restarts"] >= 0
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"method": "cg_warm"' in metrics  # the switched method ran, not the example's darts
+
+
 @pytest.mark.slow
 def test_accuracy_benchmark_matches_its_stored_values_and_writes_rows(tmp_path):
     subprocess.run([sys.executable, str(ACCURACY), "--out", str(tmp_path)], check=True, capture_output=True, cwd=ROOT)
