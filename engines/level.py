@@ -45,6 +45,7 @@ from betty.problems import ImplicitProblem
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .cpu_pooling import channels_last_max_pooling
 from .data import as_source
 from .edges import ReadCheck, check_reads
 from .errors import GraphError, LossError, NonFiniteError
@@ -457,9 +458,16 @@ class Level(ImplicitProblem):
     @contextlib.contextmanager
     def recomputation(self) -> Iterator[None]:
         """The context of every recomputation of the loss by a hypergradient method: the random state of the
-        latest real step, its autocast, the buffers of every connected level's module left untouched, and compiled code run eagerly
-        (``torch.compile`` supports no double backward; the parameters are the same)."""
-        with self._rng(self.last_step_rng), self._autocast(), self._graph_buffers_frozen(), eager(self.module):
+        latest real step, its autocast, the buffers of every connected level's module left untouched, compiled code run eagerly
+        (``torch.compile`` supports no double backward; the parameters are the same), and CPU max-pooling through the
+        faster channels-last kernel (same values and gradients, :mod:`engines.cpu_pooling`)."""
+        with (
+            self._rng(self.last_step_rng),
+            self._autocast(),
+            self._graph_buffers_frozen(),
+            eager(self.module),
+            channels_last_max_pooling(),
+        ):
             yield
 
     @contextlib.contextmanager
