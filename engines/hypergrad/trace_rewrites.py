@@ -10,13 +10,12 @@ functionalised graph in place before it is split into a primal and a tangent par
 * a max-pooling's tangent is a ``gather`` of its input's tangent at the pooled positions; the pointwise
   operations that form that input (the ReLU's ``threshold_backward``, the batch-norm affine ``addcmul``,
   their sums) are moved after the gather, so each product runs them on the pooled quarter of the values
-  and the primal values they read are gathered once per solve;
-* on CPU, ``max_pool2d_with_indices`` runs on a channels-last copy of its input: PyTorch's CPU kernel for
-  the default layout is several times slower than the channels-last one, whose values and indices are
-  the same (both keep the first maximum of a window).
+  and the primal values they read are gathered once per solve.
 
-Every rewrite is exact: gathering commutes with pointwise operations, and the pooling kernels pick the
-same elements. The agreement tests of the Gauss-Newton products (linearised against forward mode and the
+The trace is taken inside the level's recomputation scope, so on CPU its primal part already pools
+through the channels-last kernel of :mod:`engines.cpu_pooling`.
+
+Every rewrite is exact: gathering commutes with pointwise operations. The agreement tests of the Gauss-Newton products (linearised against forward mode and the
 double-VJP trick, 1e-10 in float64) run through all of them.
 """
 
@@ -41,7 +40,7 @@ def simplify(graph: fx.Graph) -> None:
     recomputation never advances them), copies that functionalisation left where no mutation remains,
     arithmetic on zero tangents (:func:`_fold_zeros`) and duplicated pure sub-expressions; move pooling's
     gathers of tangents ahead of the pointwise operations that feed them (:func:`_gather_before_pointwise`);
-    pool through the channels-last kernel on CPU (:func:`_pool_channels_last`); then drop dead code."""
+    then drop dead code."""
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
@@ -72,7 +71,6 @@ def simplify(graph: fx.Graph) -> None:
             seen[key] = node
     graph.eliminate_dead_code()
     _gather_before_pointwise(graph)
-    _pool_channels_last(graph)
     graph.eliminate_dead_code()
 
 
@@ -243,30 +241,3 @@ def _merged_view(view: fx.Node) -> tuple[tuple[int, ...], int] | None:
 def _is_pointwise(node: Any) -> bool:
     tags = getattr(node.target, "tags", ()) if isinstance(node, fx.Node) and node.op == "call_function" else ()
     return torch.Tag.pointwise in tags and torch.Tag.nondeterministic_seeded not in tags
-
-
-def _pool_channels_last(graph: fx.Graph) -> None:
-    """On CPU, 2-d max-pooling of a contiguous 4-d float tensor reads a channels-last copy of its input and
-    gives back contiguous values and indices (PyTorch's default-layout CPU kernel is several times slower;
-    both kernels keep a window's first maximum, so values and indices are the same)."""
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not _aten.max_pool2d_with_indices.default:
-            continue
-        source = node.args[0]
-        val = source.meta.get("val") if isinstance(source, fx.Node) else None
-        if not (
-            isinstance(val, Tensor)
-            and val.device.type == "cpu"
-            and val.dim() == 4
-            and val.is_floating_point()
-            and val.shape[1] > 1
-            and val.is_contiguous()
-        ):
-            continue
-        with graph.inserting_before(node):
-            copy = graph.call_function(_aten.clone.default, (source,), {"memory_format": torch.channels_last})
-        node.args = (copy, *node.args[1:])
-        for item in list(node.users):
-            with graph.inserting_after(item):
-                dense = graph.call_function(_aten.clone.default, (item,), {"memory_format": torch.contiguous_format})
-            item.replace_all_uses_with(dense, delete_user_cb=lambda user, d=dense: user is not d)

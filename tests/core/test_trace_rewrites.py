@@ -1,7 +1,6 @@
 """The rewrites of a traced linearisation change no value: pooling's gather moved ahead of the pointwise
-tangent operations, and CPU max-pooling through the channels-last kernel (same values, same indices)."""
+tangent operations."""
 
-import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.shape_prop import ShapeProp
@@ -66,20 +65,3 @@ def test_an_operand_varying_over_the_pooled_dimensions_keeps_the_pointwise_opera
     before, after = rewritten(fn, grad, pattern, index)
     assert torch.equal(after(grad, pattern, index), before(grad, pattern, index))
     assert (2, 3, 4, 4) in pointwise_shapes(after, grad, pattern, index)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_max_pooling_reads_a_channels_last_copy_with_the_same_values_and_indices(dtype):
-    def pool(x):
-        return aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
-
-    torch.manual_seed(0)
-    ties = torch.randint(0, 3, (4, 8, 12, 12)).to(dtype)  # windows with several equal maxima
-    ties[0, 0, :2, :2] = float("nan")
-    before, after = rewritten(pool, ties)
-    (pooled,) = [n for n in after.graph.nodes if n.target is aten.max_pool2d_with_indices.default]
-    assert pooled.args[0].kwargs == {"memory_format": torch.channels_last}
-    for x in (ties, torch.randn(4, 8, 12, 12, dtype=dtype)):
-        (v0, i0), (v1, i1) = before(x), after(x)
-        assert torch.equal(v0.nan_to_num(), v1.nan_to_num()) and torch.equal(i0, i1)
-        assert v1.is_contiguous() and i1.is_contiguous()
